@@ -1,0 +1,27 @@
+"""Errors a user can act on.
+
+Every exception that reaches the CLI as an `XattnError` is printed as one line and
+exits with code 2; anything else is a bug and keeps its traceback.
+"""
+
+
+class XattnError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+    exit_code = 2
+
+
+class SpecError(XattnError):
+    """The study spec is malformed or inconsistent."""
+
+
+class DataError(XattnError):
+    """A data file is missing, unreadable or inconsistent."""
+
+
+class StoreError(XattnError):
+    """A tracking store, Optuna storage or workspace cannot be used."""
+
+
+class StudyNotFound(XattnError):
+    """No study of that name exists in the tracking store."""
