@@ -1,0 +1,50 @@
+"""Fixtures and helpers for the data-layer tests (imported by tests/test_data_*.py).
+
+The real files are read from the data mirror: $XATTN_DATA_MIRROR, else `shared/data` next
+to the repository. Tests that need it skip when it is absent, unless XATTN_REQUIRE_DATA=1
+makes its absence a failure (for CI machines that are supposed to have it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+DEFAULT_MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def mirror_path() -> Path:
+    return Path(os.environ.get("XATTN_DATA_MIRROR") or DEFAULT_MIRROR)
+
+
+@pytest.fixture(scope="session")
+def data_mirror() -> Path:
+    """The folder holding the published files in their upstream layout."""
+    path = mirror_path()
+    if not (path / "enigma-extra").is_dir():
+        message = f"data mirror not found at {path} (set XATTN_DATA_MIRROR)"
+        if os.environ.get("XATTN_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def hcp_s100(data_mirror):
+    from xattn.data import load_dataset
+
+    return load_dataset("hcp-s100", mirror=data_mirror)
+
+
+def write_csv(path: Path, rows: list[list], header: list | None = None) -> Path:
+    """Write rows (and an optional header) as CSV without an index; returns the path."""
+    pd.DataFrame(rows, columns=header).to_csv(path, index=False, header=header is not None)
+    return path
+
+
+def upper_triangle(matrix: np.ndarray) -> np.ndarray:
+    return matrix[np.triu_indices(len(matrix), k=1)]

@@ -1,0 +1,101 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def xattn(*args, cwd, check=False, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    process = subprocess.run(
+        [sys.executable, "-m", "xattn.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    if check and process.returncode != 0:
+        raise AssertionError(f"xattn {' '.join(map(str, args))} exited {process.returncode}:\n{process.stdout}\n{process.stderr}")
+    return process
+
+
+def write_spec(tmp_path, **changes):
+    raw = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"budget.trails": 2}, "unknown key (did you mean 'trials'?)"),
+        ({"budget.trials": "two"}, "budget.trials"),
+        ({"model.fixed.d_model": 30, "search.space.nhead": [4]}, "not divisible by nhead"),
+        ({"data.dataset": None, "data.files": {"expression": "missing.csv", "connectivity": "c.csv"}}, "missing.csv"),
+        ({"data.dataset": "hcp-s1000"}, "hcp-s1000"),
+    ],
+)
+def test_bad_spec_stops_before_anything_is_written(tmp_path, changes, expected):
+    spec = write_spec(tmp_path, **changes)
+    if "search.space.nhead" in changes:
+        spec_raw = yaml.safe_load(spec.read_text())
+        spec_raw["search"]["space"].pop("d_model")
+        spec.write_text(yaml.safe_dump(spec_raw))
+    workspace = tmp_path / "ws"
+    process = xattn("study", "run", spec, "--workspace", workspace, cwd=tmp_path)
+    assert process.returncode == 2, process.stderr
+    lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, process.stderr
+    assert expected in lines[0]
+    assert not workspace.exists()
+
+
+def test_malformed_yaml_exits_2(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\n  bad: [\n")
+    process = xattn("study", "run", spec, "--workspace", tmp_path / "ws", cwd=tmp_path)
+    assert process.returncode == 2
+    assert "malformed YAML" in process.stderr
+
+
+def test_unknown_study_exits_2(tmp_path):
+    process = xattn("study", "show", "nope", "--workspace", tmp_path / "ws", cwd=tmp_path)
+    assert process.returncode == 2
+    assert "no study named 'nope'" in process.stderr
+
+
+def test_data_list_and_info(tmp_path, mirror):
+    listed = json.loads(xattn("data", "list", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
+    assert {"hcp-s100", "hcp-s100-sc", "hcp-s100-r08", "hcp-s400", "synthetic"} <= {row["name"] for row in listed}
+    info = json.loads(xattn("data", "info", "hcp-s100-r08", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
+    assert info["regions"] == 100 and info["genes"] == 34
+
+
+@pytest.mark.e2e
+def test_quickstart_from_the_cli(tmp_path):
+    """The demo's path, shortened: run, show, export, evaluate, all as a user types them."""
+    process = xattn(
+        "study", "run", REPO / "studies" / "quickstart.yaml", "--trials", 2, "--max-epochs", 2, "--json", cwd=tmp_path, check=True
+    )
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    assert result["name"] == "quickstart" and result["trial_counts"] == {"finished": 2}
+    assert "xattn ui" in process.stdout and "xattn export quickstart" in process.stdout
+
+    shown = json.loads(xattn("study", "show", "quickstart", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
+    assert shown["parent_run_id"] == result["parent_run_id"]
+    assert len(shown["trials"]) == 2
+    assert {t["parent_run_id"] for t in shown["trials"]} == {result["parent_run_id"]}
+
+    xattn("export", "quickstart", "--out", tmp_path / "best", cwd=tmp_path, check=True)
+    evaluated = json.loads(xattn("evaluate", tmp_path / "best", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
+    assert evaluated["metrics"]["test_pearson"] == pytest.approx(result["best"]["metrics"]["test_pearson"], abs=1e-4)

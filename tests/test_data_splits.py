@@ -1,0 +1,114 @@
+"""Region folds: a partition of regions, pairs inside each part, spatial compactness."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.spatial.distance import pdist
+
+from xattn.data import RegionSplit, make_synthetic, ordered_pairs, region_folds
+from xattn.errors import DataError
+
+
+def check_partition(folds, n_regions):
+    tests = np.concatenate([fold.test for fold in folds])
+    assert np.array_equal(np.sort(tests), np.arange(n_regions))
+    sizes = [fold.test.size for fold in folds]
+    assert max(sizes) - min(sizes) <= 1
+    for fold in folds:
+        everything = np.concatenate([fold.train, fold.val, fold.test])
+        assert np.array_equal(np.sort(everything), np.arange(n_regions))
+        assert fold.val.size >= 2 and fold.train.size >= 2
+        for part in ("train", "val", "test"):
+            values = getattr(fold, part)
+            assert values.dtype == np.int64 and np.all(np.diff(values) > 0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n_regions=st.integers(8, 80),
+    n_folds=st.integers(2, 6),
+    method=st.sampled_from(["random", "spatial"]),
+    seed=st.integers(0, 3),
+)
+def test_folds_partition_regions(n_regions, n_folds, method, seed):
+    coords = np.random.default_rng(seed).normal(size=(n_regions, 3))
+    if n_folds > n_regions // 2:
+        with pytest.raises(DataError):
+            region_folds(coords, n_folds, method=method, seed=seed)
+        return
+    folds = region_folds(coords, n_folds, method=method, seed=seed)
+    assert [fold.fold for fold in folds] == list(range(n_folds))
+    check_partition(folds, n_regions)
+
+
+def test_pairs_are_distinct_and_inside_their_part():
+    fold = region_folds(make_synthetic(n_regions=30), 3, seed=1)[0]
+    for part in ("train", "val", "test"):
+        pairs = fold.pairs(part)
+        members = getattr(fold, part)
+        assert pairs.shape == (members.size * (members.size - 1), 2) and pairs.dtype == np.int64
+        assert np.all(pairs[:, 0] != pairs[:, 1])
+        assert np.isin(pairs, members).all()
+        assert len({tuple(p) for p in pairs}) == len(pairs)
+
+
+def test_ordered_pairs_small_case():
+    np.testing.assert_array_equal(ordered_pairs(np.array([5, 7, 9])), [[5, 7], [5, 9], [7, 5], [7, 9], [9, 5], [9, 7]])
+    assert ordered_pairs(np.array([3])).shape == (0, 2)
+
+
+@pytest.mark.parametrize("method", ["random", "spatial"])
+def test_same_seed_same_folds_other_seed_other_folds(method):
+    data = make_synthetic(n_regions=50)
+    first = region_folds(data, 5, method=method, seed=4)
+    assert first == region_folds(data, 5, method=method, seed=4)
+    assert first != region_folds(data, 5, method=method, seed=5)
+
+
+def test_spatial_test_sets_are_more_compact_than_random_ones():
+    data = make_synthetic(n_regions=120, seed=3)
+
+    def mean_spread(folds):
+        return np.mean([pdist(data.coords[fold.test]).mean() for fold in folds])
+
+    spatial = mean_spread(region_folds(data, 5, method="spatial"))
+    random = mean_spread(region_folds(data, 5, method="random"))
+    assert spatial < 0.7 * random
+
+
+def test_json_round_trip():
+    fold = region_folds(make_synthetic(n_regions=20), 4, method="spatial", seed=2)[1]
+    payload = json.loads(json.dumps(fold.to_dict()))
+    assert RegionSplit.from_dict(payload) == fold
+    assert payload["method"] == "spatial" and payload["fold"] == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"n_folds": 1}, {"n_folds": 11}, {"val_fraction": 0.0}, {"val_fraction": 0.6}, {"method": "nearby"}],
+)
+def test_bad_arguments_raise_data_error(options):
+    with pytest.raises(DataError):
+        region_folds(make_synthetic(n_regions=20), **{"n_folds": 4, **options})
+
+
+def test_spatial_folds_need_coordinates(tmp_path):
+    from xattn.data import load_user_files
+
+    (tmp_path / "e.csv").write_text("label,g1,g2\n" + "".join(f"r{k},{k / 10},{1 - k / 10}\n" for k in range(8)))
+    matrix = np.ones((8, 8)) - np.eye(8)
+    np.savetxt(tmp_path / "c.csv", matrix, delimiter=",")
+    data = load_user_files(tmp_path / "e.csv", tmp_path / "c.csv")
+    assert len(region_folds(data, 2)) == 2
+    with pytest.raises(DataError, match="coordinates"):
+        region_folds(data, 2, method="spatial")
+
+
+def test_overlapping_parts_are_rejected():
+    with pytest.raises(DataError):
+        RegionSplit(train=[0, 1], val=[1, 2], test=[3, 4], fold=0, method="random", seed=0)

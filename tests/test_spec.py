@@ -1,0 +1,102 @@
+"""Spec validation: every bad spec is one line naming the field, before anything starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xattn.errors import SpecError
+from xattn.tuning.spec import load_spec, parse_spec
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
+
+
+def minimal(**changes):
+    raw = {
+        "name": "t",
+        "data": {"dataset": "synthetic"},
+        "search": {"space": {"d_model": [16, 32], "learning_rate": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
+        "model": {"fixed": {"nhead": 2}},
+    }
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return raw
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_are_valid(path):
+    spec = load_spec(path)
+    assert spec.name == path.stem
+    assert spec.searched
+
+
+def test_list_shorthand_is_a_choice():
+    spec = parse_spec(minimal())
+    assert spec.searched["d_model"].type == "choice"
+    assert spec.searched["d_model"].candidate_values() == [16, 32]
+    assert spec.search.mode == "min"
+
+
+def test_trial_params_merge_fixed_and_sampled_and_decode_lists():
+    spec = parse_spec(minimal(**{"search.space.deep_hidden_dims": [[64, 32], [32]]}))
+    params = spec.trial_params({"d_model": 32, "deep_hidden_dims": spec.searched["deep_hidden_dims"].values[0]})
+    assert params["deep_hidden_dims"] == [64, 32]
+    assert params["nhead"] == 2 and params["d_model"] == 32 and params["genevec"] == "coexpression"
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"serach": {}}, "unknown key (did you mean 'search'?)"),
+        ({"budget.trails": 3}, "budget.trails: unknown key (did you mean 'trials'?)"),
+        ({"budget.trials": "many"}, "budget.trials"),
+        ({"budget.trials": 0}, "budget.trials"),
+        ({"model.fixed.nhead": 3}, "not divisible by nhead"),
+        ({"model.fixed.d_modle": 3}, "did you mean 'd_model'?"),
+        ({"model.family": "cross_atention"}, "did you mean 'cross_attention'?"),
+        ({"search.space": {}}, "search.space is empty"),
+        ({"search.space.learning_rate": {"type": "loguniform", "low": 0, "high": 1}}, "low > 0"),
+        ({"data.split.fold": 7}, "fold=7"),
+        ({"data.genevec": "gene2vec"}, "gene2vec_file"),
+        ({"name": "bad name!"}, "name"),
+    ],
+)
+def test_bad_specs_give_one_line(changes, expected):
+    raw = minimal()
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    with pytest.raises(SpecError) as caught:
+        parse_spec(raw, source="s.yaml")
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message and message.startswith("s.yaml: ")
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nsearch: [unclosed\n")
+    with pytest.raises(SpecError, match=r"bad.yaml: malformed YAML at line \d+"):
+        load_spec(path)
+
+
+def test_overrides_use_dotted_paths(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    spec = load_spec(path, {"budget.trials": 3, "data.split.method": "spatial"})
+    assert spec.budget.trials == 3 and spec.data.split.method == "spatial"
+
+
+def test_relative_data_paths_resolve_against_the_spec(tmp_path):
+    (tmp_path / "x.csv").write_text("label,A\nr,0.5\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(minimal(**{"data.dataset": None, "data.files": {"expression": "x.csv", "connectivity": "c.csv"}})))
+    spec = load_spec(path)
+    assert spec.data.files.expression == (tmp_path / "x.csv").resolve()

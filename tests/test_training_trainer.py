@@ -1,0 +1,243 @@
+"""fit / predict / evaluate on a small synthetic pair problem with a stand-in model."""
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from xattn.errors import DataError, SpecError
+from xattn.training import (
+    PairData,
+    TrainConfig,
+    TrainingDiverged,
+    evaluate,
+    fit,
+    learning_rate_at,
+    predict,
+)
+
+N_REGIONS, N_GENES = 30, 8
+
+
+@dataclass
+class PairMLPConfig:
+    n_genes: int = N_GENES
+    hidden: int = 32
+    dropout: float = 0.1
+
+
+class PairMLP(nn.Module):
+    """Stand-in with the model contract: MLP on the concatenated features of i and j."""
+
+    family = "test_pair_mlp"
+
+    def __init__(self, config: PairMLPConfig = PairMLPConfig()):
+        super().__init__()
+        self.config = config
+        width = 2 * (config.n_genes + 3)
+        self.net = nn.Sequential(
+            nn.Linear(width, config.hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.hidden, 1)
+        )
+
+    def forward(self, expression, coords, pair_i, pair_j):
+        regions = torch.cat([expression, coords], dim=1)
+        return self.net(torch.cat([regions[pair_i], regions[pair_j]], dim=1)).squeeze(-1)
+
+
+class NaNModel(PairMLP):
+    def forward(self, expression, coords, pair_i, pair_j):
+        return super().forward(expression, coords, pair_i, pair_j) * float("nan")
+
+
+def ordered_pairs(regions: np.ndarray) -> np.ndarray:
+    return np.array([(i, j) for i in regions for j in regions if i != j], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def data() -> PairData:
+    """Regions split 18/6/6; connectivity is a smooth function of both regions' expression."""
+    rng = np.random.default_rng(0)
+    expression = rng.random((N_REGIONS, N_GENES))
+    score = (expression - expression.mean(0)) @ rng.normal(size=N_GENES)
+    score /= score.std()
+    connectivity = np.tanh(0.5 * (score[:, None] + score[None, :]) + 0.5 * np.outer(score, score))
+    regions = rng.permutation(N_REGIONS)
+    return PairData.from_numpy(
+        expression, rng.normal(size=(N_REGIONS, 3)), connectivity,
+        ordered_pairs(regions[:18]), ordered_pairs(regions[18:24]), ordered_pairs(regions[24:]),
+    )  # fmt: skip
+
+
+def new_model(seed: int = 0, cls=PairMLP) -> PairMLP:
+    torch.manual_seed(seed)
+    return cls()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (10x slower on 2 busy cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+FAST = dict(learning_rate=1e-2, batch_size=64, max_epochs=20, patience=20)
+
+
+def test_validation_loss_decreases(data):
+    result = fit(new_model(), data, TrainConfig(**FAST))
+    first = result.history[0]
+    assert result.best_val_loss < 0.7 * first["val_loss"]
+    assert result.history[-1]["train_loss"] < 0.7 * first["train_loss"]
+    assert result.epochs_run == 20 and not result.stopped_early
+    assert set(result.test) == {"test_mse", "test_pearson", "test_spearman", "test_r2"}
+    assert result.test["test_pearson"] > 0.3
+
+
+def test_early_stopping(data):
+    # lr 0: epoch 1 is the only improvement over "no model yet", then nothing changes.
+    result = fit(new_model(), data, TrainConfig(learning_rate=0.0, max_epochs=50, patience=2))
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+    assert [h["stop"] for h in result.history] == [False, False, True]
+    assert [h["improved"] for h in result.history] == [True, False, False]
+
+
+def test_nan_loss_raises_training_diverged(data):
+    with pytest.raises(TrainingDiverged, match=r"epoch 1: batch loss is nan"):
+        fit(new_model(cls=NaNModel), data, TrainConfig(max_epochs=3))
+
+
+def test_same_seed_same_history(data):
+    config = TrainConfig(**{**FAST, "max_epochs": 6})
+    first, second = new_model(), new_model()
+    history_a = fit(first, data, config).history
+    history_b = fit(second, data, config).history
+    assert history_a == history_b
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)
+    other = fit(new_model(), data, TrainConfig(**{**FAST, "max_epochs": 6, "seed": 1})).history
+    assert other[0]["train_loss"] != history_a[0]["train_loss"]  # seed drives the shuffle
+
+
+def test_cosine_schedule_matches_torch(data):
+    config = TrainConfig(learning_rate=0.1, max_epochs=5, patience=5, cosine_lr=True)
+    seen = []
+    fit(new_model(), data, config, on_epoch=lambda r: seen.append((r.lr, r.optimizer.param_groups[0]["lr"])))
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
+    expected = []
+    for _ in range(5):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [a for a, _ in seen] == [b for _, b in seen]
+    assert [a for a, _ in seen] == pytest.approx(expected)
+    assert len(set(expected)) == 5
+    assert learning_rate_at(TrainConfig(learning_rate=0.1), 7) == 0.1
+
+
+def test_reported_test_metrics_belong_to_best_weights(data):
+    config = TrainConfig(**{**FAST, "max_epochs": 15})
+    reports, own = [], {}
+
+    def on_epoch(report):
+        reports.append(report)
+        if report.improved:  # the model holds the new best weights right now
+            own[report.epoch] = evaluate(model, data, data.test_pairs)
+
+    model = new_model()
+    result = fit(model, data, config, on_epoch=on_epoch)
+    assert any(not r.improved for r in reports), "want a non-improving epoch in this test"
+    for report in reports:
+        assert report.test == own[report.best_epoch]
+    assert result.test == reports[-1].test == evaluate(model, data, data.test_pairs)
+    best = result.history[result.best_epoch - 1]
+    assert result.best_val_pearson == reports[-1].best_val_pearson == best["val_pearson"]
+    assert set(reports[-1].optimizer_state) == {"state", "param_groups"}
+    assert result.best_val_loss == evaluate(model, data, data.val_pairs, prefix="val_")["val_mse"]
+
+
+def test_resume_continues_like_uninterrupted_run(data):
+    config = TrainConfig(**{**FAST, "max_epochs": 6, "cosine_lr": True})
+    saved = {}
+
+    def keep_epoch_3(report):
+        if report.epoch == 3:
+            saved["model"] = copy.deepcopy(model.state_dict())
+            saved["optimizer"] = copy.deepcopy(report.optimizer.state_dict())
+
+    model = new_model()
+    full = fit(model, data, config, on_epoch=keep_epoch_3)
+    resumed_model = new_model(seed=99)
+    resumed_model.load_state_dict(saved["model"])
+    resumed = fit(resumed_model, data, config, start_epoch=3, optimizer_state=saved["optimizer"])
+    keys = ("epoch", "train_loss", "val_loss", "val_pearson", "lr")
+    def pick(history):
+        return [{k: h[k] for k in keys} for h in history]
+
+    assert pick(resumed.history) == pick(full.history[3:])
+    assert resumed.epochs_run == 6
+
+
+@pytest.mark.filterwarnings("ignore:precision bf16 on a CPU:RuntimeWarning")
+def test_bf16_trains(data):
+    config = TrainConfig(**{**FAST, "max_epochs": 10, "precision": "bf16"})
+    result = fit(new_model(), data, config)
+    assert math.isfinite(result.best_val_loss)
+    assert result.best_val_loss < result.history[0]["val_loss"]
+
+
+class AutocastProbe(PairMLP):
+    """Records whether each forward (training and evaluation) ran under CPU autocast."""
+
+    def forward(self, expression, coords, pair_i, pair_j):
+        self.seen.append((self.training, torch.is_autocast_enabled("cpu")))
+        return super().forward(expression, coords, pair_i, pair_j)
+
+
+@pytest.mark.filterwarnings("ignore:precision bf16 on a CPU:RuntimeWarning")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_applies_to_training_and_evaluation(data, precision):
+    model = new_model(cls=AutocastProbe)
+    model.seen = []
+    fit(model, data, TrainConfig(max_epochs=1, precision=precision))
+    assert {training for training, _ in model.seen} == {True, False}
+    assert {autocast for _, autocast in model.seen} == {precision == "bf16"}
+
+
+def test_predict_and_evaluate(data):
+    model = new_model().train()
+    prediction = predict(model, data, data.val_pairs, batch_size=7)
+    assert prediction.shape == (len(data.val_pairs),) and prediction.dtype == np.float32
+    assert model.training  # mode restored
+    assert np.array_equal(prediction, predict(model, data, data.val_pairs, batch_size=7))  # eval: no dropout
+    assert np.allclose(prediction, predict(model, data, data.val_pairs), atol=1e-6)  # batching is invisible
+    metrics = evaluate(model, data, data.val_pairs, prefix="val_")
+    assert set(metrics) == {"val_mse", "val_pearson", "val_spearman", "val_r2"}
+
+
+def test_train_config_from_params():
+    params = {"learning_rate": np.float64(3e-4), "batch_size": 256.0, "cosine_lr": np.bool_(True), "d_model": 64}
+    config = TrainConfig.from_params(params, device="cpu", batch_size=128)
+    assert (config.learning_rate, config.batch_size, config.cosine_lr) == (3e-4, 128, True)
+    assert type(config.batch_size) is int and type(config.learning_rate) is float
+    with pytest.raises(SpecError, match="batch_size must be an integer"):
+        TrainConfig.from_params({"batch_size": 12.5})
+    with pytest.raises(SpecError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(SpecError, match="patience must be >= 1, got 0"):
+        TrainConfig(patience=0)
+
+
+def test_pair_data_validation(data):
+    with pytest.raises(DataError, match="val_pairs index regions outside"):
+        dataclasses.replace(data, val_pairs=data.val_pairs + 100)
+    empty = dataclasses.replace(data, test_pairs=data.test_pairs[:0])
+    with pytest.raises(DataError, match="test_pairs is empty"):
+        fit(new_model(), empty, TrainConfig(max_epochs=1))

@@ -1,0 +1,332 @@
+"""The `xattn` command line: each command a few lines over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from xattn.errors import XattnError
+
+app = typer.Typer(help="Hyperparameter studies of cross-attention models of brain connectivity.", no_args_is_help=True)
+study_app = typer.Typer(help="Run and inspect studies.", no_args_is_help=True)
+data_app = typer.Typer(help="Named datasets: list, fetch, describe.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder for stores and artifacts [default: ./.xattn or $XATTN_WORKSPACE].")
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or the workspace's SQLite file].")
+OptunaOpt = typer.Option(None, "--optuna-storage", help="Optuna storage URL [default: $XATTN_OPTUNA_STORAGE or the workspace's SQLite file].")
+MirrorOpt = typer.Option(None, "--mirror", help="Read data files from this local folder laid out like the upstream repositories [default: $XATTN_DATA_MIRROR].")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object as the last line, for scripts.")
+
+
+def friendly(command: Callable) -> Callable:
+    """Turn user-facing errors into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except XattnError as error:
+            err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+
+    return wrapper
+
+
+def _workspace(workspace, tracking_uri, optuna_storage=None, create=True):
+    from xattn.tracking.store import Workspace
+
+    return Workspace.open(workspace, tracking_uri, optuna_storage, create=create)
+
+
+def _parse_sets(values: list[str]) -> dict[str, Any]:
+    overrides = {}
+    for item in values:
+        if "=" not in item:
+            raise XattnError(f"--set {item!r}: expected KEY=VALUE, for example --set data.dataset=hcp-s100")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@study_app.command("run")
+@friendly
+def study_run(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Study spec (YAML), e.g. studies/quickstart.yaml."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Override budget.trials."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override budget.max_epochs."),
+    name: Optional[str] = typer.Option(None, "--name", help="Override the study name (the MLflow experiment)."),
+    sets: list[str] = typer.Option([], "--set", help="Override any spec field: --set data.dataset=hcp-s100 (repeatable)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    optuna_storage: Optional[str] = OptunaOpt,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address [default: $RAY_ADDRESS or a local Ray instance]."),
+    mirror: Optional[Path] = MirrorOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a hyperparameter study with Ray Tune and Optuna, recorded in MLflow."""
+    from xattn.tuning.progress import TrialProgress
+    from xattn.tuning.spec import load_spec
+    from xattn.tuning.study import run_study
+
+    overrides = _parse_sets(sets)
+    for key, value in (("budget.trials", trials), ("budget.max_epochs", max_epochs), ("name", name)):
+        if value is not None:
+            overrides[key] = value
+    spec = load_spec(spec_path, overrides)
+    ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)  # run_study creates it after preflight
+    console.print(
+        f"study [bold]{spec.name}[/]: {spec.model.family} on {spec.data.dataset or 'user files'}, "
+        f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {ws.tracking_uri}",
+        highlight=False,
+    )
+    progress = TrialProgress(console, spec.budget.trials, spec.search.metric, spec.search.mode)
+    try:
+        result = run_study(spec, ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=mirror, progress=progress)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the study run is marked KILLED in MLflow")
+        raise typer.Exit(130) from None
+    _print_result(result, ws)
+    if as_json:
+        print(json.dumps(result.to_dict(), default=str))
+    if result.best is None:
+        err_console.print("[red]error:[/] every trial failed: see the FAILED runs' error artifacts in `xattn ui`")
+        raise typer.Exit(1)
+
+
+def _print_result(result, ws) -> None:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(result.trial_counts.items()))
+    console.print(f"\nstudy {result.name}: {counts} (parent run {result.parent_run_id})", highlight=False)
+    if result.best:
+        table = Table(title="best trial", show_header=False)
+        table.add_row("run id", result.best["run_id"])
+        table.add_row("ray trial", str(result.best["trial_id"]))
+        for key, value in sorted(result.best["params"].items()):
+            table.add_row(key, value)
+        for key in ("best_val_loss", "best_val_pearson", "test_pearson", "test_spearman", "test_mse", "test_r2"):
+            if key in result.best["metrics"]:
+                table.add_row(key, f"{result.best['metrics'][key]:.4f}")
+        console.print(table)
+    where = f" --workspace {ws.root}" if ws.root != Path(".xattn").resolve() else ""
+    tracking = f" --tracking-uri {ws.tracking_uri}" if os.environ.get("MLFLOW_TRACKING_URI") is None and not ws.tracking_uri.startswith("sqlite") else ""
+    console.print("\nlook at it:", highlight=False)
+    console.print(f"  xattn ui{where}{tracking}", highlight=False)
+    console.print(f"  xattn study show {result.name}{where}{tracking}", highlight=False)
+    console.print(f"  xattn export {result.name} --out exports/{result.name}{where}{tracking}", highlight=False)
+
+
+@study_app.command("list")
+@friendly
+def study_list(workspace: Optional[Path] = WorkspaceOpt, tracking_uri: Optional[str] = TrackingOpt, as_json: bool = JsonOpt) -> None:
+    """List the studies in the tracking store."""
+    from xattn.tracking.store import STUDY_TAG
+
+    client = _workspace(workspace, tracking_uri).client()
+    rows = []
+    for experiment in client.search_experiments():
+        if STUDY_TAG not in experiment.tags:
+            continue
+        runs = client.search_runs([experiment.experiment_id], "tags.`xattn.role` = 'study'", order_by=["attributes.start_time DESC"])
+        latest = runs[0] if runs else None
+        rows.append(
+            {
+                "name": experiment.name,
+                "experiment_id": experiment.experiment_id,
+                "study_runs": len(runs),
+                "latest_run_id": latest.info.run_id if latest else None,
+                "latest_status": latest.info.status if latest else None,
+            }
+        )
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("study", "experiment", "runs", "latest run", "status")
+    for row in rows:
+        table.add_row(row["name"], row["experiment_id"], str(row["study_runs"]), str(row["latest_run_id"]), str(row["latest_status"]))
+    console.print(table)
+
+
+@study_app.command("show")
+@friendly
+def study_show(
+    name: str = typer.Argument(..., help="Study name."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run [default: the newest]."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show a study run and its trials."""
+    from xattn.tracking.store import child_runs, find_parent_run
+
+    client = _workspace(workspace, tracking_uri).client()
+    parent = find_parent_run(client, name, run_id)
+    children = child_runs(client, parent)
+    summary = {
+        "name": name,
+        "experiment_id": parent.info.experiment_id,
+        "parent_run_id": parent.info.run_id,
+        "status": parent.info.status,
+        "best_run_id": parent.data.tags.get("xattn.best_run_id"),
+        "trials": [
+            {
+                "run_id": run.info.run_id,
+                "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
+                "ray_trial_id": run.data.tags.get("xattn.ray_trial_id"),
+                "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
+                "status": run.info.status,
+                "params": dict(run.data.params),
+                "metrics": dict(run.data.metrics),
+            }
+            for run in children
+        ],
+    }
+    if as_json:
+        print(json.dumps(summary))
+        return
+    console.print(f"study {name}: run {parent.info.run_id} ({parent.info.status}), {len(children)} trials", highlight=False)
+    table = Table("trial", "status", "best_val_loss", "test_pearson", "params")
+    for trial in summary["trials"]:
+        m = trial["metrics"]
+        table.add_row(
+            str(trial["optuna_trial_number"]),
+            trial["status"],
+            f"{m['best_val_loss']:.4f}" if "best_val_loss" in m else "-",
+            f"{m['test_pearson']:.3f}" if "test_pearson" in m else "-",
+            ", ".join(f"{k}={v}" for k, v in sorted(trial["params"].items())),
+        )
+    console.print(table)
+
+
+@app.command("ui")
+@friendly
+def ui(
+    workspace: Optional[Path] = WorkspaceOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    port: int = typer.Option(5000, "--port", help="Port of the MLflow UI."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean to share it."),
+) -> None:
+    """Open the MLflow UI on the workspace's tracking store."""
+    ws = _workspace(workspace, tracking_uri)
+    if ws.tracking_uri.startswith(("http://", "https://")):
+        console.print(f"the tracking store is a server: open {ws.tracking_uri} in a browser")
+        return
+    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop); store {ws.tracking_uri}", highlight=False)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri, "--host", host, "--port", str(port)]
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command("export")
+@friendly
+def export(
+    study: str = typer.Argument(..., help="Study name."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the export to."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run [default: the newest]."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export the best trial's weights, config and metrics, with a sha256 manifest."""
+    from xattn.export import export_best
+
+    info = export_best(study, out, _workspace(workspace, tracking_uri), run_id=run_id, force=force)
+    console.print(f"exported trial {info['run_id']} of {study} to {info['out']}", highlight=False)
+    console.print(f"  check it: xattn evaluate {out}", highlight=False)
+    if as_json:
+        print(json.dumps(info))
+
+
+@app.command("evaluate")
+@friendly
+def evaluate(
+    directory: Path = typer.Argument(..., metavar="DIR", help="An export folder (xattn export)."),
+    mirror: Optional[Path] = MirrorOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Rebuild the model from an export and print its test metrics on the held-out regions."""
+    from xattn.export import evaluate_export
+
+    result = evaluate_export(directory, mirror=str(mirror) if mirror else None)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table("metric", "now", "logged")
+    for key, value in result["metrics"].items():
+        logged = result["logged"].get(key)
+        table.add_row(key, f"{value:.6f}", f"{logged:.6f}" if logged is not None else "-")
+    console.print(table)
+
+
+@data_app.command("list")
+@friendly
+def data_list(as_json: bool = JsonOpt) -> None:
+    """List the named datasets."""
+    from xattn.data import DATASETS
+
+    rows = [
+        {"name": info.name, "regions": info.regions, "genes": info.genes, "target": info.target, "description": info.description}
+        for info in DATASETS.values()
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("name", "regions", "genes", "target", "description")
+    for row in rows:
+        table.add_row(row["name"], str(row["regions"]), str(row["genes"]), row["target"], row["description"])
+    console.print(table)
+
+
+@data_app.command("fetch")
+@friendly
+def data_fetch(
+    name: str = typer.Argument(..., help="Dataset name (xattn data list)."),
+    mirror: Optional[Path] = MirrorOpt,
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Download cache [default: $XATTN_DATA_CACHE or the user cache]."),
+) -> None:
+    """Download a dataset's files from their pinned upstream addresses, checking sha256."""
+    from xattn.data import fetch
+
+    paths = fetch(name, mirror=mirror, cache_dir=cache_dir, progress=True)
+    for key, path in paths.items():
+        console.print(f"{key}: {path}", highlight=False)
+
+
+@data_app.command("info")
+@friendly
+def data_info(name: str = typer.Argument(..., help="Dataset name (xattn data list)."), mirror: Optional[Path] = MirrorOpt, as_json: bool = JsonOpt) -> None:
+    """Load a dataset and describe it."""
+    from xattn.data import load_dataset
+
+    summary = load_dataset(name, mirror=mirror).summary()
+    if as_json:
+        print(json.dumps(summary))
+        return
+    table = Table(show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""From a spec and one trial's hyperparameters to tensors, a model and metrics.
+
+This is the seam between the library's parts: the Ray Tune trainable, `xattn evaluate` and
+notebooks all go through `prepare_experiment`, so a checkpoint evaluated later sees exactly
+the data, genes, split and normalisation its trial trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from xattn.data import (
+    ConnectomeData,
+    GeneVectors,
+    RegionSplit,
+    build_gene_vectors,
+    load_dataset,
+    load_user_files,
+    region_folds,
+)
+from xattn.models.registry import build_model
+from xattn.training.trainer import PairData
+from xattn.tuning.spec import DataSpec
+
+
+@dataclass
+class Experiment:
+    """Everything one trial trains and is evaluated on, fitted on training regions only."""
+
+    data: ConnectomeData  # restricted to the genes that have a vector
+    split: RegionSplit
+    gene_vectors: GeneVectors
+    coord_mean: np.ndarray
+    coord_std: np.ndarray
+    pairs: PairData
+
+    def checkpoint_extra(self, data_spec: DataSpec, params: dict[str, Any], seed: int) -> dict[str, Any]:
+        """What a checkpoint's config.json needs besides the model to reproduce its test metrics."""
+        return {
+            "params": params,
+            "seed": seed,
+            "data": data_spec.model_dump(mode="json"),
+            "split": self.split.to_dict(),
+            "genes": list(self.data.genes),
+            "coord_mean": self.coord_mean.tolist(),
+            "coord_std": self.coord_std.tolist(),
+        }
+
+
+def load_data(data_spec: DataSpec, mirror: str | None = None) -> ConnectomeData:
+    if data_spec.files is not None:
+        files = data_spec.files
+        return load_user_files(files.expression, files.connectivity, files.coords)
+    options = data_spec.synthetic
+    synthetic = {"n_regions": options.regions, "n_genes": options.genes, "noise": options.noise, "seed": options.seed}
+    return load_dataset(data_spec.dataset, mirror=mirror, synthetic=synthetic)
+
+
+def split_regions(data: ConnectomeData, data_spec: DataSpec, seed: int) -> RegionSplit:
+    split = data_spec.split
+    folds = region_folds(data, split.folds, method=split.method, seed=seed, val_fraction=split.val_fraction)
+    return folds[split.fold]
+
+
+def prepare_experiment(
+    data_spec: DataSpec,
+    params: dict[str, Any],
+    seed: int,
+    *,
+    mirror: str | None = None,
+    split: RegionSplit | None = None,
+    genes: list[str] | None = None,
+    device: str = "cpu",
+) -> Experiment:
+    """Load, split by region, embed genes and normalise coordinates using training regions only.
+
+    `split` and `genes` pin a stored experiment (from a checkpoint) instead of recomputing it.
+    """
+    data = load_data(data_spec, mirror)
+    split = split or split_regions(data, data_spec, seed)
+    vectors = build_gene_vectors(
+        data, params.get("genevec", data_spec.genevec), split.train, path=data_spec.gene2vec_file, seed=seed
+    )
+    data = data.select_genes(vectors.gene_index)
+    if genes is not None and list(data.genes) != list(genes):
+        raise ValueError("the data's genes differ from the checkpoint's: the data files changed since training")
+    coords_train = data.coords[split.train]
+    coord_mean = coords_train.mean(axis=0)
+    coord_std = coords_train.std(axis=0) + 1e-6
+    pairs = PairData(
+        expression=torch.as_tensor(data.expression, dtype=torch.float32),
+        coords=torch.as_tensor((data.coords - coord_mean) / coord_std, dtype=torch.float32),
+        connectivity=torch.as_tensor(data.connectivity, dtype=torch.float32),
+        train_pairs=torch.as_tensor(split.pairs("train")),
+        val_pairs=torch.as_tensor(split.pairs("val")),
+        test_pairs=torch.as_tensor(split.pairs("test")),
+    ).to(device)
+    return Experiment(data, split, vectors, coord_mean, coord_std, pairs)
+
+
+def build_trial_model(experiment: Experiment, family: str, params: dict[str, Any], seed: int) -> torch.nn.Module:
+    """A freshly initialised model, seeded so that (spec, params, seed) fixes its weights."""
+    torch.manual_seed(seed)
+    vectors = experiment.gene_vectors
+    return build_model(
+        family,
+        params,
+        n_genes=experiment.data.n_genes,
+        gene_vectors=torch.as_tensor(vectors.vectors, dtype=torch.float32),
+        learn_gene_vectors=vectors.learnable,
+    )

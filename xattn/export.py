@@ -1,0 +1,109 @@
+"""Export a study's best trial to a folder, and evaluate such a folder again.
+
+An export holds the weights (safetensors), the config that rebuilds model and data
+(config.json), the trial's logged metrics (metrics.json) and a sha256 manifest; evaluation
+refuses a folder whose files do not match its manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from xattn.errors import DataError, StoreError
+from xattn.tracking.store import Workspace, best_child, find_parent_run
+
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | None = None, force: bool = False) -> dict:
+    """Write the best trial of the newest run of `study` (or of parent `run_id`) to `out`."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
+    client = workspace.client()
+    parent = find_parent_run(client, study, run_id)
+    best = best_child(client, parent)
+    staging = Path(tempfile.mkdtemp(prefix=".xattn-export-", dir=out.parent if out.parent.exists() else None))
+    try:
+        downloaded = Path(client.download_artifacts(best.info.run_id, "checkpoint", str(staging)))
+        for item in downloaded.iterdir():
+            shutil.move(str(item), staging / item.name)
+        downloaded.rmdir()
+        metrics = {
+            "study": study,
+            "parent_run_id": parent.info.run_id,
+            "run_id": best.info.run_id,
+            "ray_trial_id": best.data.tags.get("xattn.ray_trial_id"),
+            "optuna_trial_number": best.data.tags.get("xattn.optuna_trial_number"),
+            "params": dict(best.data.params),
+            "metrics": dict(best.data.metrics),
+        }
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        files = sorted(p.name for p in staging.iterdir())
+        manifest = {"files": {name: sha256(staging / name) for name in files}, "run_id": best.info.run_id}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"out": str(out.resolve()), **metrics}
+
+
+def verify_export(directory: Path) -> dict[str, Any]:
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{directory} has no {MANIFEST}: export a study with `xattn export STUDY --out DIR`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{manifest_path} is not a valid manifest: export the study again") from None
+    for name, expected in files.items():
+        path = directory / name
+        if Path(name).name != name or not path.is_file():
+            raise DataError(f"{directory}: {name} is listed in the manifest but missing: export the study again")
+        if sha256(path) != expected:
+            raise DataError(f"{path} does not match its sha256 in {MANIFEST}: the export was altered; export again")
+    return manifest
+
+
+def evaluate_export(directory: Path, *, mirror: str | None = None) -> dict[str, Any]:
+    """Rebuild model and data from an export and recompute the test metrics on its split."""
+    from xattn.data import RegionSplit, data_mirror
+    from xattn.experiment import prepare_experiment
+    from xattn.training.checkpoint import load_checkpoint
+    from xattn.training.trainer import TrainConfig, evaluate
+    from xattn.tuning.spec import DataSpec
+
+    directory = Path(directory)
+    verify_export(directory)
+    model, config = load_checkpoint(directory)
+    mirror_path = data_mirror(mirror)
+    experiment = prepare_experiment(
+        DataSpec.model_validate(config["data"]),
+        config["params"],
+        config["seed"],
+        mirror=str(mirror_path) if mirror_path else None,
+        split=RegionSplit.from_dict(config["split"]),
+        genes=config["genes"],
+    )
+    precision = TrainConfig.from_params(config["params"]).precision
+    metrics = evaluate(model, experiment.pairs, experiment.pairs.test_pairs, precision=precision)
+    logged = json.loads((directory / "metrics.json").read_text()) if (directory / "metrics.json").exists() else {}
+    return {"directory": str(directory.resolve()), "metrics": metrics, "logged": logged.get("metrics", {})}

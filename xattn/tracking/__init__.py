@@ -1,0 +1,1 @@
+"""MLflow: the workspace and stores, and the driver-side trial logger."""

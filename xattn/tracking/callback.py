@@ -1,0 +1,115 @@
+"""The only MLflow writer of a study: a Ray Tune callback running in the driver.
+
+One child run per trial, nested under the study's parent run by the `mlflow.parentRunId`
+tag, linked to its Ray Tune trial id and Optuna trial number.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+
+from xattn.training.checkpoint import CHECKPOINT_FILES
+
+EPOCH_METRICS = ("train_loss", "val_loss", "val_pearson")
+FINAL_METRICS = (
+    "best_val_loss",
+    "best_val_pearson",
+    "best_epoch",
+    "test_mse",
+    "test_pearson",
+    "test_spearman",
+    "test_r2",
+)
+
+
+class MlflowTrialLogger(Callback):
+    def __init__(
+        self,
+        client: MlflowClient,
+        experiment_id: str,
+        parent_run_id: str,
+        optuna_number: Callable[[str], int | None],
+        family: str,
+    ) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.optuna_number = optuna_number
+        self.family = family
+        self.run_ids: dict[str, str] = {}
+
+    def run_id(self, trial) -> str:
+        """The child run of `trial`, created on first sight and reused after a restore."""
+        if trial.trial_id in self.run_ids:
+            return self.run_ids[trial.trial_id]
+        existing = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`xattn.ray_trial_id` = '{trial.trial_id}'"
+            ),
+            max_results=1,
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            number = self.optuna_number(trial.trial_id)
+            tags = {
+                "mlflow.parentRunId": self.parent_run_id,
+                "mlflow.runName": f"trial-{number if number is not None else trial.trial_id}",
+                "xattn.role": "search",
+                "xattn.family": self.family,
+                "xattn.ray_trial_id": trial.trial_id,
+                "xattn.optuna_trial_number": str(number),
+            }
+            run = self.client.create_run(self.experiment_id, tags=tags)
+            run_id = run.info.run_id
+            params = [Param(k, _short(v)) for k, v in sorted(trial.config.items())]
+            self.client.log_batch(run_id, params=params)
+        self.run_ids[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        now = int(time.time() * 1000)
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
+        self.client.log_batch(self.run_id(trial), metrics=metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._finish(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
+        self._finish(trial, "FAILED")
+
+    def _finish(self, trial, status: str) -> None:
+        run_id = self.run_id(trial)
+        result = trial.last_result or {}
+        now = int(time.time() * 1000)
+        step = int(result.get("epoch", 0))
+        metrics = [Metric(k, float(result[k]), now, step) for k in FINAL_METRICS if k in result]
+        tags = [RunTag("xattn.epochs_run", str(step))]
+        if status == "FAILED" and trial.error_file:
+            tags.append(RunTag("xattn.failure", "trial raised: see the error artifact"))
+            self.client.log_artifact(run_id, trial.error_file, "error")
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            # Weights and config rebuild the model; optimizer state stays with Ray for resumes.
+            for name in CHECKPOINT_FILES:
+                self.client.log_artifact(run_id, str(Path(checkpoint.path) / name), "checkpoint")
+        self.client.set_terminated(run_id, status)
+
+
+def _short(value: Any) -> str:
+    """MLflow caps parameter values; long lists are rare but must not crash a trial's record."""
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."

@@ -1,0 +1,113 @@
+"""Where a study's records live: the workspace, the MLflow tracking store and the Optuna storage.
+
+Stores are chosen by URI (flag, environment, or the workspace's embedded SQLite files), never
+by code, so the same study runs against a lab's PostgreSQL-backed server unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from xattn.errors import StoreError, StudyNotFound
+
+DEFAULT_WORKSPACE = Path(".xattn")
+ROLE_TAG = "xattn.role"
+STUDY_TAG = "xattn.study"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+    tracking_uri: str
+    optuna_storage: str
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path | None = None,
+        tracking_uri: str | None = None,
+        optuna_storage: str | None = None,
+        create: bool = True,
+    ) -> "Workspace":
+        root = Path(root or os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
+        if create:
+            ensure_writable(root)
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+        optuna_storage = (
+            optuna_storage or os.environ.get("XATTN_OPTUNA_STORAGE") or f"sqlite:///{root / 'optuna.db'}"
+        )
+        return cls(root, tracking_uri, optuna_storage)
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.root / "ray"
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def artifact_location(self, study: str) -> str | None:
+        """Artifacts beside the embedded store; a tracking server chooses its own location."""
+        if self.tracking_uri.startswith(("http://", "https://", "databricks")):
+            return None
+        return (self.artifact_root / study).as_uri()
+
+
+def ensure_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise StoreError(f"workspace {root} cannot be written ({error.strerror}): pass --workspace DIR") from None
+
+
+def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None) -> Run:
+    """The newest study (parent) run of `study`, or the one with `run_id`."""
+    if run_id:
+        return client.get_run(run_id)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        known = [e.name for e in client.search_experiments() if e.tags.get(STUDY_TAG)]
+        hint = f"; studies here: {', '.join(sorted(known))}" if known else "; run `xattn study run SPEC` first"
+        raise StudyNotFound(f"no study named {study!r} in this tracking store{hint}")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        raise StudyNotFound(f"study {study!r} has no study run yet: run `xattn study run SPEC`")
+    return runs[0]
+
+
+def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+
+
+def best_child(client: MlflowClient, parent: Run) -> Run:
+    """The finished trial with the best selection metric (as the study's spec defined it)."""
+    metric = parent.data.tags.get("xattn.metric", "best_val_loss")
+    mode = parent.data.tags.get("xattn.mode", "min")
+    finished = [
+        run for run in child_runs(client, parent) if run.info.status == "FINISHED" and metric in run.data.metrics
+    ]
+    if not finished:
+        raise StudyNotFound(f"study run {parent.info.run_id} has no finished trial with metric {metric!r}")
+    pick = min if mode == "min" else max
+    return pick(finished, key=lambda run: run.data.metrics[metric])

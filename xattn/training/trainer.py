@@ -1,0 +1,456 @@
+"""Train one model on region pairs: the loop a tuning trial runs.
+
+Design choices (see design/NOTES.md):
+
+- Data lives on the device. `PairData` holds expression, coords and the connectivity
+  matrix as tensors; a batch is a slice of (i, j) index pairs and its targets are
+  gathered from the matrix. No DataLoader, no row per pair.
+- Deterministic from the seed. Each epoch's shuffle and dropout draw from seeds derived
+  from (config.seed, epoch), so two fits from the same initial weights give identical
+  histories, and a fit resumed at epoch k continues exactly as the uninterrupted one.
+- The caller owns reporting. `fit` calls `on_epoch(report)` after every epoch; a Ray Tune
+  trainable reports the metrics there and writes a checkpoint when `report.improved`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xattn.errors import DataError, SpecError
+from xattn.training.metrics import regression_metrics
+
+PRECISIONS = ("fp32", "bf16")
+
+
+class TrainingDiverged(RuntimeError):
+    """A batch loss (or the validation loss) became NaN or infinite.
+
+    Raised at once, before the optimizer step, so no further compute is spent on a
+    trial whose weights are garbage; a tuner should record the trial as failed.
+    """
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings of one trial (the model's own settings live elsewhere)."""
+
+    learning_rate: float = 1e-3
+    batch_size: int = 512
+    max_epochs: int = 100
+    cosine_lr: bool = False
+    weight_decay: float = 0.01
+    patience: int = 10
+    seed: int = 0
+    eval_batch_size: int = 4096
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "learning_rate": math.isfinite(self.learning_rate) and self.learning_rate >= 0,
+            "batch_size": self.batch_size >= 1,
+            "max_epochs": self.max_epochs >= 1,
+            "weight_decay": math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "patience": self.patience >= 1,
+            "seed": self.seed >= 0,
+            "eval_batch_size": self.eval_batch_size >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                bound = 0 if name in ("learning_rate", "weight_decay", "seed") else 1
+                raise SpecError(f"training config: {name} must be >= {bound}, got {getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            choices = ", ".join(PRECISIONS)
+            raise SpecError(f"training config: precision must be one of {choices}, got {self.precision!r}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as error:
+            raise SpecError(f"training config: device {self.device!r} is not a torch device ({error})") from None
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], **overrides: Any) -> TrainConfig:
+        """Build from a trial's flat parameter dict, ignoring keys that are not ours.
+
+        A trial's params mix model and optimiser settings (d_model next to
+        learning_rate), so unknown keys are skipped, not errors. Values are coerced to
+        the field's type because samplers hand back numpy scalars or floats for ints.
+        `overrides` win over `params` (e.g. device chosen by the runner).
+        """
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        merged = {**params, **overrides}
+        return cls(**{k: _coerce(k, kinds[k], v) for k, v in merged.items() if k in kinds})
+
+
+def _coerce(name: str, kind: str, value: Any) -> Any:
+    """Coerce a sampled value to a TrainConfig field type, refusing lossy conversions."""
+    try:
+        if kind == "int" and not isinstance(value, (bool, np.bool_)) and float(value) == int(value):
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    if kind in ("int", "float"):
+        expected = "an integer" if kind == "int" else "a number"
+        raise SpecError(f"training config: {name} must be {expected}, got {value!r}")
+    if kind == "bool":
+        if value not in (True, False):  # also accepts 0/1 and numpy bools
+            raise SpecError(f"training config: {name} must be true or false, got {value!r}")
+        return bool(value)
+    return str(value)
+
+
+@dataclass
+class PairData:
+    """Everything one fit needs, as tensors on one device.
+
+    Pairs are (P, 2) int64 tensors of region indices into the rows of `expression`;
+    the target of pair (i, j) is `connectivity[i, j]`. Coords are expected already
+    normalised with training-region statistics (the data layer's job).
+    """
+
+    expression: Tensor  # (R, G) float32
+    coords: Tensor  # (R, 3) float32
+    connectivity: Tensor  # (R, R) float32
+    train_pairs: Tensor  # (P_train, 2) int64
+    val_pairs: Tensor  # (P_val, 2) int64
+    test_pairs: Tensor  # (P_test, 2) int64
+
+    def __post_init__(self) -> None:
+        n_regions = self.expression.shape[0] if self.expression.ndim == 2 else -1
+        checks = [
+            (self.expression.ndim == 2, f"expression must be 2-D, got shape {tuple(self.expression.shape)}"),
+            (
+                tuple(self.coords.shape) == (n_regions, 3),
+                f"coords are {tuple(self.coords.shape)}, expected ({n_regions}, 3)",
+            ),
+            (
+                tuple(self.connectivity.shape) == (n_regions, n_regions),
+                f"connectivity is {tuple(self.connectivity.shape)}, expected ({n_regions}, {n_regions})",
+            ),
+        ]
+        for name in ("expression", "coords", "connectivity"):
+            checks.append((getattr(self, name).is_floating_point(), f"{name} must be a float tensor"))
+        for name in ("train_pairs", "val_pairs", "test_pairs"):
+            pairs = getattr(self, name)
+            checks.append((pairs.dtype == torch.int64, f"{name} must be int64, got {pairs.dtype}"))
+            shape_ok = pairs.ndim == 2 and pairs.shape[1] == 2
+            checks.append((shape_ok, f"{name} must have shape (P, 2), got {tuple(pairs.shape)}"))
+            in_range = pairs.numel() == 0 or (int(pairs.min()) >= 0 and int(pairs.max()) < n_regions)
+            checks.append((in_range, f"{name} index regions outside 0..{n_regions - 1}"))
+        for ok, message in checks:
+            if not ok:
+                raise DataError(f"pair data: {message}")
+
+    @classmethod
+    def from_numpy(
+        cls,
+        expression: np.ndarray,
+        coords: np.ndarray,
+        connectivity: np.ndarray,
+        train_pairs: np.ndarray,
+        val_pairs: np.ndarray,
+        test_pairs: np.ndarray,
+        device: str | torch.device = "cpu",
+    ) -> PairData:
+        """Convert arrays (floats to float32, pairs to int64) and place them on `device`."""
+
+        def floats(a: np.ndarray) -> Tensor:
+            return torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
+
+        def pairs(a: np.ndarray) -> Tensor:
+            return torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1, 2), device=device)
+
+        return cls(
+            floats(expression), floats(coords), floats(connectivity),
+            pairs(train_pairs), pairs(val_pairs), pairs(test_pairs),
+        )  # fmt: skip
+
+    @property
+    def device(self) -> torch.device:
+        return self.expression.device
+
+    def to(self, device: str | torch.device) -> PairData:
+        """A copy on `device` (tensors already there are shared, not copied)."""
+        return PairData(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
+
+    def targets(self, pairs: Tensor) -> Tensor:
+        """Connectivity values of `pairs`, gathered on the device."""
+        return self.connectivity[pairs[:, 0], pairs[:, 1]]
+
+
+@dataclass
+class EpochReport:
+    """What `fit` tells `on_epoch` after each epoch.
+
+    When `on_epoch` runs, the model holds this epoch's weights — the best ones exactly
+    when `improved` is true, which is when a checkpoint should be written. `test` holds
+    the test metrics of the best weights so far (it changes only on improved epochs).
+    `optimizer` is the live optimizer and `optimizer_state` its state_dict, for resumable
+    checkpoints: the state references live tensors, so save or deep-copy it inside the
+    callback.
+    """
+
+    epoch: int  # 1-based
+    train_loss: float
+    val_loss: float  # validation MSE
+    val_pearson: float
+    best_val_loss: float
+    best_val_pearson: float  # validation Pearson of the best epoch
+    best_epoch: int
+    improved: bool
+    test: dict[str, float]  # test_mse, test_pearson, test_spearman, test_r2 of the best weights
+    stop: bool  # early stopping triggers after this epoch
+    lr: float  # learning rate used in this epoch
+    optimizer: torch.optim.Optimizer = field(repr=False, compare=False)
+
+    def metrics(self) -> dict[str, float | int | bool]:
+        """Flat dict of plain numbers (test metrics inlined), ready for `tune.report`."""
+        names = [f.name for f in dataclasses.fields(self) if f.name not in ("test", "optimizer")]
+        values = {name: getattr(self, name) for name in names}
+        return {**values, **self.test}
+
+    @property
+    def optimizer_state(self) -> dict:
+        """`optimizer.state_dict()` now: live tensors, so torch.save it before returning."""
+        return self.optimizer.state_dict()
+
+
+@dataclass
+class FitResult:
+    """Outcome of `fit`; the model passed in now holds the best weights."""
+
+    best_epoch: int
+    best_val_loss: float
+    best_val_pearson: float
+    epochs_run: int  # last epoch completed, counting epochs before `start_epoch`
+    history: list[dict]  # EpochReport.metrics() of each epoch run by this call
+    test: dict[str, float]  # test metrics of the best weights
+    stopped_early: bool
+
+    def metrics(self) -> dict[str, float | int | bool]:
+        """Flat summary (no history) for final logging."""
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "best_val_pearson": self.best_val_pearson,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            **self.test,
+        }
+
+
+@dataclass
+class _Best:
+    """The best weights seen so far, kept on the device, and their metrics."""
+
+    val_loss: float = math.inf
+    val_pearson: float = 0.0
+    epoch: int = 0
+    state: dict[str, Tensor] | None = None
+    test: dict[str, float] = field(default_factory=dict)
+
+
+def fit(
+    model: nn.Module,
+    data: PairData,
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    start_epoch: int = 0,
+    optimizer_state: dict | None = None,
+) -> FitResult:
+    """Train `model` with AdamW on MSE, early-stop on validation MSE, keep the best weights.
+
+    Moves model and data to `config.device`. To resume after `start_epoch` completed
+    epochs, pass the checkpointed weights (already loaded into `model`) and
+    `optimizer_state`; the incoming weights are then evaluated first and count as the
+    best so far (at epoch `start_epoch`), and the patience counter starts afresh.
+    Raises TrainingDiverged as soon as a loss is NaN or infinite.
+    """
+    device = torch.device(config.device)
+    if config.precision == "bf16" and device.type == "cpu" and not _cpu_has_fast_bf16():
+        warnings.warn(
+            "precision bf16 on a CPU without AVX512-BF16/AMX: bf16 matmuls are emulated and "
+            "much slower than fp32 here; use precision fp32",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    model.to(device)
+    data = data.to(device)
+    for name in ("train_pairs", "val_pairs", "test_pairs"):
+        if len(getattr(data, name)) == 0:
+            raise DataError(f"pair data: {name} is empty; every split needs at least one pair")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+
+    best = _Best()
+    if start_epoch > 0:
+        val = evaluate(model, data, data.val_pairs, prefix="val_", **_eval_kwargs(config))
+        if math.isfinite(val["val_mse"]):
+            best = _snapshot(model, data, config, start_epoch, val)
+    history: list[dict] = []
+    epochs_since_best = 0
+    epoch = start_epoch
+    stop = False
+    for epoch in range(start_epoch + 1, config.max_epochs + 1):
+        lr = learning_rate_at(config, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        train_loss = _train_epoch(model, data, optimizer, config, epoch)
+        val = evaluate(model, data, data.val_pairs, prefix="val_", **_eval_kwargs(config))
+        if not math.isfinite(val["val_mse"]):
+            raise TrainingDiverged(f"training diverged at epoch {epoch}: validation loss is {val['val_mse']}")
+        improved = val["val_mse"] < best.val_loss
+        if improved:
+            best = _snapshot(model, data, config, epoch, val)
+        epochs_since_best = 0 if improved else epochs_since_best + 1
+        stop = epochs_since_best >= config.patience
+        report = EpochReport(
+            epoch=epoch, train_loss=train_loss, val_loss=val["val_mse"], val_pearson=val["val_pearson"],
+            best_val_loss=best.val_loss, best_val_pearson=best.val_pearson, best_epoch=best.epoch,
+            improved=improved, test=dict(best.test),
+            stop=stop, lr=lr, optimizer=optimizer,
+        )  # fmt: skip
+        history.append(report.metrics())
+        if on_epoch is not None:
+            on_epoch(report)
+        if stop:
+            break
+
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    return FitResult(
+        best_epoch=best.epoch, best_val_loss=best.val_loss, best_val_pearson=best.val_pearson, epochs_run=epoch,
+        history=history, test=dict(best.test), stopped_early=stop,
+    )  # fmt: skip
+
+
+def learning_rate_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of 1-based `epoch`.
+
+    With `cosine_lr` this is the closed form of torch's CosineAnnealingLR (T_max =
+    max_epochs, eta_min = 0, stepped once per epoch): a pure function of the epoch, so
+    resuming needs no scheduler state and cannot drift from the uninterrupted run.
+    """
+    if not config.cosine_lr:
+        return config.learning_rate
+    return config.learning_rate * (1 + math.cos(math.pi * (epoch - 1) / config.max_epochs)) / 2
+
+
+def _cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (measured on an AVX2-only EPYC:
+    bf16 matmul 0.8 GFLOP/s against 48 for fp32 on one thread)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # private op: if it goes away, assume yes
+        return True
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 32-bit seed for one epoch, so epochs are independent yet reproducible."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _autocast(device: torch.device, precision: str):
+    """bf16 autocast for forward passes (weights stay fp32); a no-op for fp32."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _eval_kwargs(config: TrainConfig) -> dict[str, Any]:
+    return {"batch_size": config.eval_batch_size, "precision": config.precision}
+
+
+def _train_epoch(
+    model: nn.Module, data: PairData, optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int
+) -> float:
+    """One pass over the shuffled training pairs; returns the pair-weighted mean loss.
+
+    The shuffle is drawn on the CPU so the order does not depend on the device; the
+    global RNG is reseeded for dropout (a fit owns its process's RNG, as a trial does).
+    """
+    model.train()
+    seed = _epoch_seed(config.seed, epoch)
+    torch.manual_seed(seed)
+    order = torch.randperm(len(data.train_pairs), generator=torch.Generator().manual_seed(seed))
+    total = 0.0
+    for batch in data.train_pairs[order.to(data.device)].split(config.batch_size):
+        loss = _batch_loss(model, data, batch, config.precision)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value = loss.item()  # one sync per batch, after backward is queued
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"training diverged at epoch {epoch}: batch loss is {value} "
+                f"(learning_rate {optimizer.param_groups[0]['lr']:g})"
+            )
+        optimizer.step()
+        total += value * len(batch)
+    return total / len(data.train_pairs)
+
+
+def _batch_loss(model: nn.Module, data: PairData, batch: Tensor, precision: str) -> Tensor:
+    """MSE of one batch; the forward may run in bf16, the loss is always fp32."""
+    target = data.targets(batch)
+    with _autocast(data.device, precision):
+        prediction = model(data.expression, data.coords, batch[:, 0], batch[:, 1])
+    if prediction.shape != target.shape:
+        n = len(batch)
+        raise ValueError(f"model returned shape {tuple(prediction.shape)} for {n} pairs, expected ({n},)")
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def _snapshot(model: nn.Module, data: PairData, config: TrainConfig, epoch: int, val: dict[str, float]) -> _Best:
+    """Copy the current (new best) weights and evaluate them on the test pairs."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    test = evaluate(model, data, data.test_pairs, prefix="test_", **_eval_kwargs(config))
+    return _Best(val_loss=val["val_mse"], val_pearson=val["val_pearson"], epoch=epoch, state=state, test=test)
+
+
+def predict(
+    model: nn.Module, data: PairData, pairs: Tensor, batch_size: int = 4096, *, precision: str = "fp32"
+) -> np.ndarray:
+    """Predictions for `pairs` as a float32 array, in eval mode without gradients.
+
+    Pass the precision the model was trained with: a bf16-trained model is evaluated
+    under bf16 autocast so reported metrics match what training selected on. The
+    model's train/eval mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    pairs = pairs.to(data.device)
+    outputs = []
+    try:
+        with torch.no_grad(), _autocast(data.device, precision):
+            for batch in pairs.split(batch_size):
+                outputs.append(model(data.expression, data.coords, batch[:, 0], batch[:, 1]).float())
+    finally:
+        model.train(was_training)
+    if not outputs:
+        return np.empty(0, dtype=np.float32)
+    return torch.cat(outputs).cpu().numpy()
+
+
+def evaluate(
+    model: nn.Module,
+    data: PairData,
+    pairs: Tensor,
+    prefix: str = "test_",
+    *,
+    batch_size: int = 4096,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """`regression_metrics` of the model on `pairs`, keys prefixed (test_mse, ...)."""
+    prediction = predict(model, data, pairs, batch_size, precision=precision)
+    target = data.targets(pairs.to(data.device)).float().cpu().numpy()
+    return {prefix + k: v for k, v in regression_metrics(prediction, target).items()}

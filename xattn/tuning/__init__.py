@@ -1,0 +1,1 @@
+"""Study specs, search spaces, the Ray Tune trainable and the study runner."""

@@ -1,0 +1,332 @@
+"""The study spec: one YAML file that says what to study, validated before anything starts.
+
+Everything a trial needs is in the spec or in the trial's sampled parameters, so a study is
+reproducible from (spec, trial config, seed). Validation turns every mistake into one line
+that names the field and what to do (`SpecError`), before Ray or any store is touched.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from xattn.errors import SpecError
+
+TRAINER_PARAMS = {"learning_rate", "batch_size", "cosine_lr", "weight_decay", "precision"}
+DATA_PARAMS = {"genevec"}
+GENEVEC_KINDS = ("gene2vec", "coexpression", "onehot")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitSpec(_Strict):
+    method: Literal["random", "spatial"] = "random"
+    folds: int = Field(5, ge=2, description="number of region folds (K)")
+    fold: int = Field(0, ge=0, description="which fold is the test set")
+    val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of training regions held out for validation")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "SplitSpec":
+        if self.fold >= self.folds:
+            raise ValueError(f"fold={self.fold} but there are only {self.folds} folds (0..{self.folds - 1})")
+        return self
+
+
+class FilesSpec(_Strict):
+    expression: Path
+    connectivity: Path
+    coords: Path | None = None
+
+
+class SyntheticSpec(_Strict):
+    regions: int = Field(64, ge=8)
+    genes: int = Field(32, ge=2)
+    noise: float = Field(0.1, ge=0)
+    seed: int = 0
+
+
+class DataSpec(_Strict):
+    dataset: str | None = Field("synthetic", description="a named dataset (xattn data list), or null with `files`")
+    files: FilesSpec | None = None
+    synthetic: SyntheticSpec = SyntheticSpec()
+    split: SplitSpec = SplitSpec()
+    genevec: Literal["gene2vec", "coexpression", "onehot"] = "coexpression"
+    gene2vec_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataSpec":
+        if self.files is not None and self.dataset not in (None, "synthetic"):
+            raise ValueError("give either `dataset` or `files`, not both")
+        if self.files is not None:
+            self.__dict__["dataset"] = None
+        return self
+
+
+class ModelSpec(_Strict):
+    family: str = "cross_attention"
+    fixed: dict[str, Any] = Field(default_factory=dict, description="hyperparameters held constant")
+
+
+class ParamSpec(_Strict):
+    """One searched hyperparameter. A bare list in YAML means `{type: choice, values: [...]}`."""
+
+    type: Literal["choice", "uniform", "loguniform", "int", "logint"]
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ParamSpec":
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs a non-empty `values` list")
+            if any(isinstance(v, (list, dict)) for v in self.values):
+                # Optuna categoricals hold scalars only; lists are encoded as strings.
+                self.__dict__["values"] = [_encode_choice(v) for v in self.values]
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"a {self.type} range needs `low` and `high`")
+            if not self.low < self.high:
+                raise ValueError(f"low={self.low} must be below high={self.high}")
+            if self.type.startswith("log") and self.low <= 0:
+                raise ValueError(f"a {self.type} range needs low > 0, got {self.low}")
+        return self
+
+    def candidate_values(self) -> list[Any] | None:
+        """The finite set of values this parameter can take, when it is a choice."""
+        if self.type != "choice":
+            return None
+        return [decode_choice(v) for v in self.values]
+
+
+class SearchSpec(_Strict):
+    space: dict[str, ParamSpec] = Field(default_factory=dict)
+    metric: Literal["val_loss", "val_pearson"] = "val_loss"
+    mode: Literal["min", "max"] | None = None
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: int = Field(2, ge=2)
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _expand_lists(cls, space: Any) -> Any:
+        if isinstance(space, dict):
+            return {k: ({"type": "choice", "values": v} if isinstance(v, list) else v) for k, v in space.items()}
+        return space
+
+    @model_validator(mode="after")
+    def _default_mode(self) -> "SearchSpec":
+        if self.mode is None:
+            self.__dict__["mode"] = "min" if self.metric == "val_loss" else "max"
+        return self
+
+
+class BudgetSpec(_Strict):
+    trials: int = Field(8, ge=1)
+    max_epochs: int = Field(10, ge=1)
+    patience: int = Field(5, ge=1, description="epochs without validation improvement before early stopping")
+    max_concurrent: int | None = Field(None, ge=1)
+
+
+class ResourcesSpec(_Strict):
+    cpus: float = Field(1, gt=0, description="CPUs per trial")
+    gpus: float = Field(0, ge=0, description="GPUs per trial; fractions pack trials on one GPU")
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    seed: int = 0
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    search: SearchSpec = SearchSpec()
+    budget: BudgetSpec = BudgetSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+
+    @property
+    def searched(self) -> dict[str, ParamSpec]:
+        return self.search.space
+
+    def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
+        """The full hyperparameters of one trial: the spec's fixed values, then the sampled ones."""
+        params = {"genevec": self.data.genevec, **self.model.fixed}
+        params.update({k: decode_choice(v) for k, v in sampled.items()})
+        return params
+
+
+def _encode_choice(value: Any) -> Any:
+    return yaml.safe_dump(value, default_flow_style=True).strip() if isinstance(value, (list, dict)) else value
+
+
+def decode_choice(value: Any) -> Any:
+    """Undo `_encode_choice`: `"[512, 256]"` (a list stored as an Optuna categorical) back to a list."""
+    if isinstance(value, str) and value[:1] in "[{":
+        return yaml.safe_load(value)
+    return value
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read and validate a spec file; every problem becomes a one-line `SpecError`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file; see studies/ for examples") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: cannot read the spec ({error})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "malformed YAML"
+        raise SpecError(f"{path}: malformed YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a study spec must be a YAML mapping with at least `name:`")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    spec = parse_spec(raw, source=str(path))
+    return _resolve_paths(spec, path.parent)
+
+
+def parse_spec(raw: dict[str, Any], source: str = "spec") -> StudySpec:
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(f"{source}: {_describe(error, raw)}") from None
+    check_params(spec, source)
+    return spec
+
+
+def check_params(spec: StudySpec, source: str = "spec") -> None:
+    """Reject hyperparameters the trainer would choke on, before any trial starts."""
+    from xattn.models.registry import MODEL_FAMILIES, make_config, model_param_names
+
+    family = spec.model.family
+    if family not in MODEL_FAMILIES:
+        raise SpecError(
+            f"{source}: model.family: unknown model family {family!r}{_did_you_mean(family, MODEL_FAMILIES)}; "
+            f"known families: {', '.join(sorted(MODEL_FAMILIES))}"
+        )
+    known = model_param_names(family) | TRAINER_PARAMS | DATA_PARAMS
+    for section, names in (("model.fixed", spec.model.fixed), ("search.space", spec.searched)):
+        for name in names:
+            if name not in known:
+                raise SpecError(
+                    f"{source}: {section}.{name}: unknown hyperparameter{_did_you_mean(name, known)}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+    if not spec.searched:
+        raise SpecError(f"{source}: search.space is empty: add at least one hyperparameter to search")
+    overlap = set(spec.model.fixed) & set(spec.searched)
+    if overlap:
+        raise SpecError(f"{source}: {sorted(overlap)} both fixed and searched: keep each in one place")
+
+    choices = {name: p.candidate_values() for name, p in spec.searched.items() if p.type == "choice"}
+    genevec_values = choices.get("genevec", [spec.model.fixed.get("genevec", spec.data.genevec)])
+    for value in genevec_values:
+        if value not in GENEVEC_KINDS:
+            raise SpecError(f"{source}: genevec={value!r} is not one of {', '.join(GENEVEC_KINDS)}")
+    if "gene2vec" in genevec_values and spec.data.gene2vec_file is None:
+        raise SpecError(f"{source}: genevec 'gene2vec' needs data.gene2vec_file: point it at a Gene2Vec text file")
+    for name in ("learning_rate", "batch_size"):
+        _check_positive(spec, name, choices, source)
+
+    # Every combination of the searched choices must make a valid model (e.g. d_model % nhead).
+    combos = [dict(zip(choices, values)) for values in itertools.product(*choices.values())][:4096]
+    for combo in combos or [{}]:
+        params = spec.trial_params(combo)
+        for name, p in spec.searched.items():
+            if p.type != "choice":
+                params[name] = int(p.low) if p.type in ("int", "logint") else p.low
+        try:
+            make_config(family, params, n_genes=8)
+        except SpecError as error:
+            where = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("d_model", "nhead")) or "fixed settings"
+            raise SpecError(f"{source}: {error} (search combination {where})") from None
+
+
+def _check_positive(spec: StudySpec, name: str, choices: dict, source: str) -> None:
+    values = choices.get(name) or ([spec.model.fixed[name]] if name in spec.model.fixed else [])
+    if name in spec.searched and spec.searched[name].type != "choice":
+        values = [spec.searched[name].low]
+    for value in values:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise SpecError(f"{source}: {name}={value!r} must be a positive number")
+
+
+def _describe(error: ValidationError, raw: dict) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        parent = first["loc"][:-1]
+        key = str(first["loc"][-1])
+        allowed = _allowed_keys(parent)
+        return f"{location}: unknown key{_did_you_mean(key, allowed)}; allowed here: {', '.join(sorted(allowed))}"
+    if first["type"] == "missing":
+        return f"{location}: required field is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = f" (got {value!r})" if value is not None and not isinstance(value, dict) else ""
+    return f"{location}: {message}{shown}"
+
+
+def _allowed_keys(location: tuple) -> set[str]:
+    """The keys the spec accepts at `location`, for near-miss suggestions."""
+    model: type[BaseModel] = StudySpec
+    parts = [str(part) for part in location]
+    while parts:
+        part = parts.pop(0)
+        if model is SearchSpec and part == "space":
+            parts = parts[1:]  # skip the parameter's own name
+            model = ParamSpec
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        nested = [c for c in (field.annotation, *get_args(field.annotation)) if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            break
+        model = nested[0]
+    return set(model.model_fields)
+
+
+def _did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"--set {dotted}: {part} is not a mapping in the spec")
+    node[leaf] = value
+
+
+def _resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
+    """Data paths in a spec are relative to the spec file, as users expect when they copy one."""
+
+    def resolve(p: Path | None) -> Path | None:
+        if p is None or p.is_absolute():
+            return p
+        return (base / p).resolve() if (base / p).exists() or not p.exists() else p.resolve()
+
+    data = spec.data
+    if data.files is not None:
+        data.files = FilesSpec(
+            expression=resolve(data.files.expression),
+            connectivity=resolve(data.files.connectivity),
+            coords=resolve(data.files.coords),
+        )
+    if data.gene2vec_file is not None:
+        data.gene2vec_file = resolve(data.gene2vec_file)
+    return spec

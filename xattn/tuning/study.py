@@ -1,0 +1,248 @@
+"""Run a study: validate, preflight the data, then Ray Tune + Optuna, recorded in MLflow.
+
+Everything that can be wrong with the user's input is found before Ray starts or any store is
+written; from then on the driver is the only writer of MLflow.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from xattn.data import data_mirror
+from xattn.errors import StoreError
+from xattn.experiment import load_data, split_regions
+from xattn.tracking.callback import MlflowTrialLogger
+from xattn.tracking.store import ROLE_TAG, STUDY_TAG, Workspace, best_child, child_runs, ensure_writable
+from xattn.tuning.spec import StudySpec
+
+
+@dataclass
+class StudyResult:
+    name: str
+    experiment_id: str
+    parent_run_id: str
+    optuna_study: str
+    tracking_uri: str
+    trial_counts: dict[str, int] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def preflight(spec: StudySpec, mirror: str | None) -> None:
+    """Load the data and every gene embedding the space can ask for, so bad files fail now."""
+    from xattn.data import build_gene_vectors
+
+    data = load_data(spec.data, mirror)
+    split = split_regions(data, spec.data, spec.seed)
+    kinds = {spec.data.genevec, spec.model.fixed.get("genevec", spec.data.genevec)}
+    if "genevec" in spec.searched:
+        kinds |= set(spec.searched["genevec"].candidate_values())
+    for kind in sorted(kinds):
+        build_gene_vectors(data, kind, split.train, path=spec.data.gene2vec_file, seed=spec.seed)
+
+
+def connect(workspace: Workspace):
+    client = workspace.client()
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise StoreError(
+            f"cannot use the tracking store {workspace.tracking_uri} ({reason}): check --tracking-uri"
+        ) from None
+    return client
+
+
+def open_experiment(client, workspace: Workspace, spec: StudySpec) -> str:
+    experiment = client.get_experiment_by_name(spec.name)
+    if experiment is None:
+        return client.create_experiment(
+            spec.name, artifact_location=workspace.artifact_location(spec.name), tags={STUDY_TAG: spec.name}
+        )
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    return experiment.experiment_id
+
+
+def start_parent_run(client, experiment_id: str, spec: StudySpec, optuna_study: str) -> str:
+    tags = {
+        ROLE_TAG: "study",
+        STUDY_TAG: spec.name,
+        "xattn.family": spec.model.family,
+        "xattn.metric": f"best_{spec.search.metric}",
+        "xattn.mode": spec.search.mode,
+        "mlflow.runName": f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+    }
+    run = client.create_run(experiment_id, tags=tags)
+    run_id = run.info.run_id
+    client.set_tag(run_id, "xattn.optuna_study", f"{optuna_study}-{run_id[:8]}")
+    params = {
+        "family": spec.model.family,
+        "dataset": spec.data.dataset or "files",
+        "trials": spec.budget.trials,
+        "max_epochs": spec.budget.max_epochs,
+        "seed": spec.seed,
+        "metric": spec.search.metric,
+        "mode": spec.search.mode,
+        **{f"fixed.{k}": v for k, v in spec.model.fixed.items()},
+    }
+    for key, value in params.items():
+        client.log_param(run_id, key, str(value))
+    client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "study.yaml")
+    return run_id
+
+
+def run_study(
+    spec: StudySpec,
+    workspace: Workspace,
+    *,
+    address: str | None = None,
+    mirror: str | None = None,
+    progress=None,
+) -> StudyResult:
+    """Run `spec` to completion and return where everything was recorded."""
+    mirror_path = data_mirror(mirror)
+    mirror = str(mirror_path) if mirror_path else None
+    preflight(spec, mirror)
+    ensure_writable(workspace.root)
+    client = connect(workspace)
+
+    experiment_id = open_experiment(client, workspace, spec)
+    parent_run_id = start_parent_run(client, experiment_id, spec, spec.name)
+    optuna_study = client.get_run(parent_run_id).data.tags["xattn.optuna_study"]
+    try:
+        results = _tune(spec, workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress)
+    except KeyboardInterrupt:
+        client.set_terminated(parent_run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(parent_run_id, "FAILED")
+        raise
+    return _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, results)
+
+
+def _tune(spec, workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress):
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import optuna
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from xattn.tuning.search_space import optuna_space
+    from xattn.tuning.trainable import trainable
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(
+        space=optuna_space(spec.searched),
+        metric=f"best_{spec.search.metric}",
+        mode=spec.search.mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        study_name=optuna_study,
+        storage=optuna.storages.RDBStorage(workspace.optuna_storage),
+    )
+    if spec.search.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            metric=spec.search.metric,
+            mode=spec.search.mode,
+            max_t=spec.budget.max_epochs,
+            grace_period=min(spec.search.grace_period, spec.budget.max_epochs),
+            reduction_factor=spec.search.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+
+    def optuna_number(trial_id: str) -> int | None:
+        trial = searcher._ot_trials.get(trial_id)  # Ray keeps no public map from trial to Optuna trial
+        return trial.number if trial is not None else None
+
+    logger = MlflowTrialLogger(client, experiment_id, parent_run_id, optuna_number, spec.model.family)
+    callbacks = [logger] + ([progress] if progress is not None else [])
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    tuner = tune.Tuner(
+        trainable(spec, mirror),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.budget.trials,
+            max_concurrent_trials=spec.budget.max_concurrent,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{parent_run_id[:8]}",
+            storage_path=str(workspace.ray_storage),
+            callbacks=callbacks,
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return tuner.fit()
+
+
+def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, results) -> StudyResult:
+    parent = client.get_run(parent_run_id)
+    children = child_runs(client, parent)
+    counts: dict[str, int] = {}
+    for run in children:
+        counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
+    rows = [
+        {
+            "run_id": run.info.run_id,
+            "trial": run.data.tags.get("mlflow.runName"),
+            "ray_trial_id": run.data.tags.get("xattn.ray_trial_id"),
+            "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
+            "status": run.info.status,
+            **{f"param.{k}": v for k, v in run.data.params.items()},
+            **run.data.metrics,
+        }
+        for run in children
+    ]
+    buffer = io.StringIO()
+    pd.DataFrame(rows).to_csv(buffer, index=False)
+    client.log_text(parent_run_id, buffer.getvalue(), "trials.csv")
+
+    best = None
+    try:
+        run = best_child(client, parent)
+    except Exception:  # noqa: BLE001 - no finished trial: reported through the counts
+        run = None
+    if run is not None:
+        best = {
+            "trial_id": run.data.tags.get("xattn.ray_trial_id"),
+            "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
+            "run_id": run.info.run_id,
+            "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics),
+        }
+        for key, value in run.data.params.items():
+            client.log_param(parent_run_id, f"best.{key}", value)
+        for key, value in run.data.metrics.items():
+            client.log_metric(parent_run_id, f"best.{key}", value)
+        client.set_tag(parent_run_id, "xattn.best_run_id", run.info.run_id)
+    client.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
+    return StudyResult(
+        name=spec.name,
+        experiment_id=experiment_id,
+        parent_run_id=parent_run_id,
+        optuna_study=optuna_study,
+        tracking_uri=workspace.tracking_uri,
+        trial_counts=counts,
+        best=best,
+    )
