@@ -2,9 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MIRROR = REPO.parent / "shared" / "data"
+from data_fixtures import DEFAULT_MIRROR, data_mirror  # noqa: F401 - a fixture for every test
 
 # Tests read real data from the mirror beside the repository unless told otherwise.
 os.environ.setdefault("XATTN_DATA_MIRROR", str(DEFAULT_MIRROR))
@@ -16,15 +14,9 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
 @pytest.fixture(scope="session")
-def mirror() -> Path:
+def mirror(data_mirror) -> Path:
     """The real-data mirror; a missing one skips locally and fails in CI (XATTN_REQUIRE_DATA=1)."""
-    path = Path(os.environ["XATTN_DATA_MIRROR"])
-    if not (path / "enigma-extra").is_dir():
-        message = f"data mirror not found at {path}: set XATTN_DATA_MIRROR"
-        if os.environ.get("XATTN_REQUIRE_DATA") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+    return data_mirror
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import json
 import os
 import subprocess
@@ -26,10 +27,10 @@ app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
-WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder for stores and artifacts [default: ./.xattn or $XATTN_WORKSPACE].")
-TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or the workspace's SQLite file].")
-OptunaOpt = typer.Option(None, "--optuna-storage", help="Optuna storage URL [default: $XATTN_OPTUNA_STORAGE or the workspace's SQLite file].")
-MirrorOpt = typer.Option(None, "--mirror", help="Read data files from this local folder laid out like the upstream repositories [default: $XATTN_DATA_MIRROR].")
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder for stores and artifacts (default: ./.xattn or $XATTN_WORKSPACE).")
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the workspace's SQLite file).")
+OptunaOpt = typer.Option(None, "--optuna-storage", help="Optuna storage URL (default: $XATTN_OPTUNA_STORAGE or the workspace's SQLite file).")
+MirrorOpt = typer.Option(None, "--mirror", help="Read data files from this local folder laid out like the upstream repositories (default: $XATTN_DATA_MIRROR).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object as the last line, for scripts.")
 
 
@@ -74,7 +75,7 @@ def study_run(
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     optuna_storage: Optional[str] = OptunaOpt,
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address [default: $RAY_ADDRESS or a local Ray instance]."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance)."),
     mirror: Optional[Path] = MirrorOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -164,7 +165,7 @@ def study_list(workspace: Optional[Path] = WorkspaceOpt, tracking_uri: Optional[
 @friendly
 def study_show(
     name: str = typer.Argument(..., help="Study name."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run [default: the newest]."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     as_json: bool = JsonOpt,
@@ -237,7 +238,7 @@ def ui(
 def export(
     study: str = typer.Argument(..., help="Study name."),
     out: Path = typer.Option(..., "--out", help="Folder to write the export to."),
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run [default: the newest]."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
@@ -298,7 +299,7 @@ def data_list(as_json: bool = JsonOpt) -> None:
 def data_fetch(
     name: str = typer.Argument(..., help="Dataset name (xattn data list)."),
     mirror: Optional[Path] = MirrorOpt,
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Download cache [default: $XATTN_DATA_CACHE or the user cache]."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Download cache (default: $XATTN_DATA_CACHE or the user cache)."),
 ) -> None:
     """Download a dataset's files from their pinned upstream addresses, checking sha256."""
     from xattn.data import fetch
@@ -325,6 +326,7 @@ def data_info(name: str = typer.Argument(..., help="Dataset name (xattn data lis
 
 
 def main() -> None:
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-migration chatter on a new store
     app()
 
 
