@@ -9,7 +9,6 @@ os.environ.setdefault("XATTN_DATA_MIRROR", str(DEFAULT_MIRROR))
 # Keep MLflow/Ray from reaching outside the test's own stores.
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 

@@ -132,7 +132,6 @@ def run_study(
 
 
 def _tune(spec, workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress):
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # One checkpoint kept per trial forces a state snapshot per checkpoint; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
