@@ -58,14 +58,6 @@ def save(directory, model, **kwargs):
     return save_checkpoint(directory, model, describe=describe, **kwargs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def data() -> PairData:

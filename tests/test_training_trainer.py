@@ -78,14 +78,6 @@ def new_model(seed: int = 0, cls=PairMLP) -> PairMLP:
     return cls()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (10x slower on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 FAST = dict(learning_rate=1e-2, batch_size=64, max_epochs=20, patience=20)
 

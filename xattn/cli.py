@@ -207,9 +207,17 @@ def study_show(
             trial["status"],
             f"{m['best_val_loss']:.4f}" if "best_val_loss" in m else "-",
             f"{m['test_pearson']:.3f}" if "test_pearson" in m else "-",
-            ", ".join(f"{k}={v}" for k, v in sorted(trial["params"].items())),
+            ", ".join(f"{k}={_short_number(v)}" for k, v in sorted(trial["params"].items())),
         )
     console.print(table)
+
+
+def _short_number(text: str) -> str:
+    """MLflow params are strings: show long floats with 3 significant digits."""
+    try:
+        return text if "." not in text and "e" not in text else f"{float(text):.3g}"
+    except ValueError:
+        return text
 
 
 @app.command("ui")

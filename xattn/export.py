@@ -7,25 +7,18 @@ refuses a folder whose files do not match its manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from xattn.errors import DataError, StoreError
+from xattn.training.checkpoint import file_sha256
 from xattn.tracking.store import Workspace, best_child, find_parent_run
 
 MANIFEST = "manifest.json"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | None = None, force: bool = False) -> dict:
@@ -33,6 +26,7 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = workspace.client()
     parent = find_parent_run(client, study, run_id)
     best = best_child(client, parent)
@@ -53,7 +47,7 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
         }
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         files = sorted(p.name for p in staging.iterdir())
-        manifest = {"files": {name: sha256(staging / name) for name in files}, "run_id": best.info.run_id}
+        manifest = {"files": {name: file_sha256(staging / name) for name in files}, "run_id": best.info.run_id}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if out.exists():
             shutil.rmtree(out)
@@ -78,7 +72,7 @@ def verify_export(directory: Path) -> dict[str, Any]:
         path = directory / name
         if Path(name).name != name or not path.is_file():
             raise DataError(f"{directory}: {name} is listed in the manifest but missing: export the study again")
-        if sha256(path) != expected:
+        if file_sha256(path) != expected:
             raise DataError(f"{path} does not match its sha256 in {MANIFEST}: the export was altered; export again")
     return manifest
 

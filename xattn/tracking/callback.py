@@ -98,7 +98,7 @@ class MlflowTrialLogger(Callback):
         metrics = [Metric(k, float(result[k]), now, step) for k in FINAL_METRICS if k in result]
         tags = [RunTag("xattn.epochs_run", str(step))]
         if status == "FAILED" and trial.error_file:
-            tags.append(RunTag("xattn.failure", "trial raised: see the error artifact"))
+            tags.append(RunTag("xattn.failure", _last_line(trial.error_file)))
             self.client.log_artifact(run_id, trial.error_file, "error")
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         checkpoint = trial.checkpoint
@@ -113,3 +113,12 @@ def _short(value: Any) -> str:
     """MLflow caps parameter values; long lists are rare but must not crash a trial's record."""
     text = str(value)
     return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def _last_line(path: str) -> str:
+    """The exception's message: the last non-empty line of Ray's error file."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "trial raised: see the error artifact"
+    return (lines[-1] if lines else "trial raised")[:500]

@@ -75,7 +75,7 @@ def save_checkpoint(
         )
         if optimizer_state is not None:
             staged[OPTIMIZER] = _stage(directory, OPTIMIZER, lambda path: torch.save(optimizer_state, path))
-        hashes = {name: _sha256(path) for name, path in staged.items()}
+        hashes = {name: file_sha256(path) for name, path in staged.items()}
         document["checkpoint"] = {"format": FORMAT, "files": hashes}
         text = json.dumps(document, indent=2, default=_json_default)
         staged[CONFIG] = _stage(directory, CONFIG, lambda path: path.write_text(text))
@@ -215,12 +215,12 @@ def _verified_file(directory: Path, name: str, document: dict) -> Path:
     if not path.is_file():
         raise DataError(f"{path}: checkpoint file is missing")
     expected = document.get("checkpoint", {}).get("files", {}).get(name)
-    if expected is not None and _sha256(path) != expected:
+    if expected is not None and file_sha256(path) != expected:
         raise DataError(f"{path}: does not match {CONFIG} (corrupt, or left by an interrupted save)")
     return path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
