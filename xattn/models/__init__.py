@@ -1,4 +1,4 @@
-"""Models: the cross-attention gene-token model, its attention dispatch, and the family registry."""
+"""Models: the cross-attention gene-token model, the self-attention baselines, the attention dispatch, the registry."""
 
 from xattn.models.attention import (
     FLASH_ATTN_AVAILABLE,
@@ -9,6 +9,11 @@ from xattn.models.attention import (
     select_backend,
 )
 from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
+from xattn.models.self_attention import (
+    SharedSelfAttentionGene2VecModel,
+    SharedSelfAttentionModel,
+    SharedSelfAttentionPoolingModel,
+)
 from xattn.models.registry import (
     MODEL_FAMILIES,
     ModelFamily,
@@ -41,4 +46,7 @@ __all__ = [
     "model_param_names",
     "model_to_dict",
     "select_backend",
+    "SharedSelfAttentionGene2VecModel",
+    "SharedSelfAttentionModel",
+    "SharedSelfAttentionPoolingModel",
 ]

@@ -58,8 +58,8 @@ class CrossAttentionConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_genes", "gene_vector_dim", "d_model", "nhead", "num_layers"):
-            setattr(self, name, _positive_int(name, getattr(self, name)))
-        self.expression_bins = _positive_int("expression_bins", self.expression_bins)
+            setattr(self, name, positive_int(name, getattr(self, name)))
+        self.expression_bins = positive_int("expression_bins", self.expression_bins)
         if self.expression_bins < 2:
             raise SpecError(f"expression_bins={self.expression_bins} is too few: use at least 2 bins")
         if self.d_model % self.nhead != 0:
@@ -71,7 +71,7 @@ class CrossAttentionConfig:
             raise SpecError(
                 f"deep_hidden_dims={self.deep_hidden_dims!r} is not a list: give layer widths like [512, 256, 128]"
             )
-        self.deep_hidden_dims = tuple(_positive_int("deep_hidden_dims", d) for d in self.deep_hidden_dims)
+        self.deep_hidden_dims = tuple(positive_int("deep_hidden_dims", d) for d in self.deep_hidden_dims)
         for name, choices in (("cls_init", CLS_INITS), ("pooling_mode", POOLING_MODES)):
             if getattr(self, name) not in choices:
                 raise SpecError(f"{name}={getattr(self, name)!r} is not known: choose one of {', '.join(choices)}")
@@ -85,11 +85,34 @@ class CrossAttentionConfig:
             setattr(self, name, float(value))
 
 
-def _positive_int(name: str, value: object) -> int:
+def positive_int(name: str, value: object) -> int:
     """Accept Python and numpy integers (Optuna, YAML); reject bools, floats and non-positive values."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
         raise SpecError(f"{name}={value!r} is not a positive integer: give a whole number >= 1")
     return int(value)
+
+
+def attach_gene_vectors(module: nn.Module, config, gene_vectors: Tensor | None) -> None:
+    """Keep (n_genes, gene_vector_dim) vectors under the state-dict key "gene_vectors":
+    a trainable parameter when config.learn_gene_vectors, else a buffer.
+
+    Without vectors, learnable ones start as N(0, 0.02^2) draws from the caller-seeded global
+    RNG, and fixed ones as zeros that `load_state_dict` fills (how a checkpoint is rebuilt
+    without the original vector file).
+    """
+    shape = (config.n_genes, config.gene_vector_dim)
+    if gene_vectors is None:
+        gene_vectors = torch.randn(shape) * 0.02 if config.learn_gene_vectors else torch.zeros(shape)
+    elif tuple(gene_vectors.shape) != shape:
+        raise SpecError(
+            f"gene vectors have shape {tuple(gene_vectors.shape)} but the model expects {shape}: "
+            "set n_genes and gene_vector_dim from the vectors"
+        )
+    gene_vectors = gene_vectors.detach().clone().float()
+    if config.learn_gene_vectors:
+        module.gene_vectors = nn.Parameter(gene_vectors)
+    else:
+        module.register_buffer("gene_vectors", gene_vectors)
 
 
 class CrossAttention(nn.Module):
@@ -197,28 +220,10 @@ class CrossAttentionGene2VecModel(nn.Module):
     """Predicts connectivity of region pairs (i, j); see the module docstring."""
 
     def __init__(self, config: CrossAttentionConfig, gene_vectors: Tensor | None = None) -> None:
-        """`gene_vectors` (n_genes, gene_vector_dim) are kept under the state-dict key
-        "gene_vectors": a trainable parameter when config.learn_gene_vectors, else a buffer.
-
-        Without vectors, learnable ones start as N(0, 0.02^2) draws from the caller-seeded
-        global RNG, and fixed ones as zeros that `load_state_dict` is expected to fill (how a
-        checkpoint is rebuilt without the original vector file).
-        """
+        """`gene_vectors`: (n_genes, gene_vector_dim), see `attach_gene_vectors`."""
         super().__init__()
         self.config = config
-        shape = (config.n_genes, config.gene_vector_dim)
-        if gene_vectors is None:
-            gene_vectors = torch.randn(shape) * 0.02 if config.learn_gene_vectors else torch.zeros(shape)
-        elif tuple(gene_vectors.shape) != shape:
-            raise SpecError(
-                f"gene vectors have shape {tuple(gene_vectors.shape)} but the model expects {shape}: "
-                "set n_genes and gene_vector_dim from the vectors"
-            )
-        gene_vectors = gene_vectors.detach().clone().float()
-        if config.learn_gene_vectors:
-            self.gene_vectors = nn.Parameter(gene_vectors)
-        else:
-            self.register_buffer("gene_vectors", gene_vectors)
+        attach_gene_vectors(self, config, gene_vectors)
 
         # One-hot bins -> Linear as in the reference (a bin embedding table plus a shared bias).
         self.bin_proj = nn.Linear(config.expression_bins, config.gene_vector_dim)

@@ -17,6 +17,14 @@ from torch import Tensor, nn
 
 from xattn.errors import SpecError
 from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
+from xattn.models.self_attention import (
+    SharedSelfAttentionConfig,
+    SharedSelfAttentionGene2VecConfig,
+    SharedSelfAttentionGene2VecModel,
+    SharedSelfAttentionModel,
+    SharedSelfAttentionPoolingConfig,
+    SharedSelfAttentionPoolingModel,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,24 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         config_cls=CrossAttentionConfig,
         model_cls=CrossAttentionGene2VecModel,
         description="CLS + gene tokens of region i cross-attend to gene tokens of region j",
+    ),
+    "shared_self_attention": ModelFamily(
+        name="shared_self_attention",
+        config_cls=SharedSelfAttentionConfig,
+        model_cls=SharedSelfAttentionModel,
+        description="gene-chunk tokens, shared self-attention per region, flattened; MLP on [h_i, h_j]",
+    ),
+    "shared_self_attention_pooling": ModelFamily(
+        name="shared_self_attention_pooling",
+        config_cls=SharedSelfAttentionPoolingConfig,
+        model_cls=SharedSelfAttentionPoolingModel,
+        description="gene-chunk tokens, shared self-attention per region, attention pooling; MLP on [h_i, h_j]",
+    ),
+    "shared_self_attention_gene2vec": ModelFamily(
+        name="shared_self_attention_gene2vec",
+        config_cls=SharedSelfAttentionGene2VecConfig,
+        model_cls=SharedSelfAttentionGene2VecModel,
+        description="single-gene tokens (gene vector + bin), shared self-attention per region, attention pooling",
     ),
 }
 
@@ -100,7 +126,7 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 def family_of(model_or_config: Any) -> ModelFamily:
     """The registered family a model or config instance belongs to."""
     for fam in MODEL_FAMILIES.values():
-        if isinstance(model_or_config, (fam.model_cls, fam.config_cls)):
+        if type(model_or_config) in (fam.model_cls, fam.config_cls):
             return fam
     raise SpecError(f"{type(model_or_config).__name__} is not a registered model family: add it to MODEL_FAMILIES")
 

@@ -248,8 +248,8 @@ def check_params(spec: StudySpec, source: str = "spec") -> None:
         try:
             make_config(family, params, n_genes=8)
         except SpecError as error:
-            where = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("d_model", "nhead")) or "fixed settings"
-            raise SpecError(f"{source}: {error} (search combination {where})") from None
+            where = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("d_model", "nhead"))
+            raise SpecError(f"{source}: {error}" + (f" (in the searched combination {where})" if where else "")) from None
 
 
 def _check_positive(spec: StudySpec, name: str, choices: dict, source: str) -> None:
