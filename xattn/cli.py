@@ -220,6 +220,47 @@ def _short_number(text: str) -> str:
         return text
 
 
+@app.command("compare")
+@friendly
+def compare(
+    study: str = typer.Argument(..., help="Study name (run with compare_with)."),
+    output: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+) -> None:
+    """Print the comparison of model families: mean and sd over folds x seeds, paired differences."""
+    from xattn.tuning.comparison import comparison_frame, load_comparison
+
+    if output not in ("table", "csv", "json", "markdown"):
+        raise XattnError(f"--format {output!r}: choose table, csv, json or markdown")
+    comparison = load_comparison(_workspace(workspace, tracking_uri).client(), study, run_id)
+    if output == "json":
+        print(json.dumps(comparison))
+        return
+    frame = comparison_frame(comparison)
+    if output == "csv":
+        print(frame.to_csv(index=False), end="")
+        return
+    columns = ["family", "n_runs", "test_pearson_mean", "test_pearson_sd", "test_mse_mean", "test_r2_mean",
+               "diff.mean_difference", "diff.ci95_low", "diff.ci95_high", "diff.p_wilcoxon"]  # fmt: skip
+    shown = frame[[c for c in columns if c in frame.columns]]
+    if output == "markdown":
+        header = "| " + " | ".join(shown.columns) + " |"
+        print(header + "\n|" + "---|" * len(shown.columns))
+        for row in shown.itertuples(index=False):
+            print("| " + " | ".join(_cell(v) for v in row) + " |")
+        return
+    table = Table(*shown.columns, title=f"{study}: {comparison['reference']} vs baselines (diff = reference - baseline, {comparison['metric']})")
+    for row in shown.itertuples(index=False):
+        table.add_row(*(_cell(v) for v in row))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 @app.command("ui")
 @friendly
 def ui(

@@ -71,6 +71,7 @@ def prepare_experiment(
     params: dict[str, Any],
     seed: int,
     *,
+    split_seed: int | None = None,
     mirror: str | None = None,
     split: RegionSplit | None = None,
     genes: list[str] | None = None,
@@ -78,10 +79,11 @@ def prepare_experiment(
 ) -> Experiment:
     """Load, split by region, embed genes and normalise coordinates using training regions only.
 
+    `split_seed` draws the region folds (default: `seed`, which also seeds the gene vectors);
     `split` and `genes` pin a stored experiment (from a checkpoint) instead of recomputing it.
     """
     data = load_data(data_spec, mirror)
-    split = split or split_regions(data, data_spec, seed)
+    split = split or split_regions(data, data_spec, seed if split_seed is None else split_seed)
     vectors = build_gene_vectors(
         data, params.get("genevec", data_spec.genevec), split.train, path=data_spec.gene2vec_file, seed=seed
     )

@@ -17,6 +17,14 @@ from torch import Tensor, nn
 
 from xattn.errors import SpecError
 from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
+from xattn.models.reference import (
+    BilinearLowRankConfig,
+    BilinearLowRankModel,
+    CGEConfig,
+    CorrelatedGeneExpressionModel,
+    DistanceDecayConfig,
+    DistanceDecayModel,
+)
 from xattn.models.self_attention import (
     SharedSelfAttentionConfig,
     SharedSelfAttentionGene2VecConfig,
@@ -59,6 +67,24 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         config_cls=SharedSelfAttentionGene2VecConfig,
         model_cls=SharedSelfAttentionGene2VecModel,
         description="single-gene tokens (gene vector + bin), shared self-attention per region, attention pooling",
+    ),
+    "distance_decay": ModelFamily(
+        name="distance_decay",
+        config_cls=DistanceDecayConfig,
+        model_cls=DistanceDecayModel,
+        description="reference: a * exp(-d_ij / lambda) + b on the regions' euclidean distance",
+    ),
+    "cge": ModelFamily(
+        name="cge",
+        config_cls=CGEConfig,
+        model_cls=CorrelatedGeneExpressionModel,
+        description="reference: a * corr(x_i, x_j) + b, correlated gene expression of the two regions",
+    ),
+    "bilinear_lowrank": ModelFamily(
+        name="bilinear_lowrank",
+        config_cls=BilinearLowRankConfig,
+        model_cls=BilinearLowRankModel,
+        description="reference: (x_i U) . (x_j V) + b with U, V of shape (genes, rank)",
     ),
 }
 

@@ -36,12 +36,19 @@ class MlflowTrialLogger(Callback):
         parent_run_id: str,
         optuna_number: Callable[[str], int | None],
         family: str,
+        *,
+        role: str = "search",
+        fold: int | None = None,
+        seed: int | None = None,
     ) -> None:
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.optuna_number = optuna_number
         self.family = family
+        self.role = role
+        self.fold = fold
+        self.seed = seed
         self.run_ids: dict[str, str] = {}
 
     def run_id(self, trial) -> str:
@@ -60,17 +67,26 @@ class MlflowTrialLogger(Callback):
             self.client.update_run(run_id, status="RUNNING")
         else:
             number = self.optuna_number(trial.trial_id)
+            fold = trial.config.get("_fold", self.fold)
+            seed = trial.config.get("_seed", self.seed)
+            if self.role == "final":
+                name = f"{self.family}-final-fold{fold}-seed{seed}"
+            else:
+                name = f"{self.family}-trial-{number if number is not None else trial.trial_id}"
             tags = {
                 "mlflow.parentRunId": self.parent_run_id,
-                "mlflow.runName": f"trial-{number if number is not None else trial.trial_id}",
-                "xattn.role": "search",
+                "mlflow.runName": name,
+                "xattn.role": self.role,
                 "xattn.family": self.family,
+                "xattn.fold": str(fold),
+                "xattn.seed": str(seed),
                 "xattn.ray_trial_id": trial.trial_id,
-                "xattn.optuna_trial_number": str(number),
             }
+            if number is not None:
+                tags["xattn.optuna_trial_number"] = str(number)
             run = self.client.create_run(self.experiment_id, tags=tags)
             run_id = run.info.run_id
-            params = [Param(k, _short(v)) for k, v in sorted(trial.config.items())]
+            params = [Param(k, _short(v)) for k, v in sorted(trial.config.items()) if not k.startswith("_")]
             self.client.log_batch(run_id, params=params)
         self.run_ids[trial.trial_id] = run_id
         return run_id

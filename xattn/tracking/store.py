@@ -100,12 +100,19 @@ def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
     )
 
 
-def best_child(client: MlflowClient, parent: Run) -> Run:
-    """The finished trial with the best selection metric (as the study's spec defined it)."""
+def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> Run:
+    """The finished search trial (of the study's own family unless `family` is given) with the
+    best selection metric, as the study's spec defined it."""
     metric = parent.data.tags.get("xattn.metric", "best_val_loss")
     mode = parent.data.tags.get("xattn.mode", "min")
+    family = family or parent.data.tags.get("xattn.family")
     finished = [
-        run for run in child_runs(client, parent) if run.info.status == "FINISHED" and metric in run.data.metrics
+        run
+        for run in child_runs(client, parent)
+        if run.info.status == "FINISHED"
+        and metric in run.data.metrics
+        and run.data.tags.get(ROLE_TAG, "search") == "search"
+        and run.data.tags.get("xattn.family", family) == family
     ]
     if not finished:
         raise StudyNotFound(f"study run {parent.info.run_id} has no finished trial with metric {metric!r}")

@@ -141,6 +141,22 @@ class ResourcesSpec(_Strict):
     gpus: float = Field(0, ge=0, description="GPUs per trial; fractions pack trials on one GPU")
 
 
+class BaselineSpec(_Strict):
+    """How one compared family is tuned: its own fixed settings and space (default: spaces.py)."""
+
+    fixed: dict[str, Any] | None = None
+    space: dict[str, ParamSpec] | None = None
+
+    _expand_lists = field_validator("space", mode="before")(SearchSpec._expand_lists.__func__)
+
+
+class ComparisonSpec(_Strict):
+    folds: int = Field(4, ge=2, description="outer region folds K of the final runs")
+    seeds: int = Field(3, ge=1, description="seeds S per fold of the final runs")
+    tune: bool = Field(True, description="tune every family with the study's budget; false: fixed settings")
+    baselines: dict[str, BaselineSpec] = Field(default_factory=dict)
+
+
 class StudySpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
@@ -150,6 +166,31 @@ class StudySpec(_Strict):
     search: SearchSpec = SearchSpec()
     budget: BudgetSpec = BudgetSpec()
     resources: ResourcesSpec = ResourcesSpec()
+    compare_with: list[str] = Field(default_factory=list, description="families to compare; 'all_baselines' for all")
+    comparison: ComparisonSpec = ComparisonSpec()
+
+    @field_validator("compare_with", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        from xattn.tuning.spaces import BASELINES
+
+        if value == "all_baselines" or value == ["all_baselines"]:
+            return list(BASELINES)
+        return value
+
+    def for_family(self, family: str) -> "StudySpec":
+        """The same study (data, split, budget, seed) for another model family."""
+        from xattn.tuning.spaces import DEFAULT_FIXED, DEFAULT_SPACES
+
+        if family == self.model.family:
+            return self
+        override = self.comparison.baselines.get(family, BaselineSpec())
+        space = override.space if override.space is not None else DEFAULT_SPACES.get(family, {})
+        fixed = override.fixed if override.fixed is not None else DEFAULT_FIXED.get(family, {})
+        raw = self.model_dump(mode="json", exclude={"compare_with", "comparison"})
+        raw["model"] = {"family": family, "fixed": dict(fixed)}
+        raw["search"]["space"] = {k: (v.model_dump(exclude_none=True) if isinstance(v, ParamSpec) else v) for k, v in space.items()}
+        return StudySpec.model_validate(raw)
 
     @property
     def searched(self) -> dict[str, ParamSpec]:
@@ -206,6 +247,28 @@ def parse_spec(raw: dict[str, Any], source: str = "spec") -> StudySpec:
 
 def check_params(spec: StudySpec, source: str = "spec") -> None:
     """Reject hyperparameters the trainer would choke on, before any trial starts."""
+    _check_family_params(spec, source)
+    for family in spec.compare_with:
+        _check_family_params(_family_spec(spec, family, source), f"{source}: comparison of {family}")
+
+
+def _family_spec(spec: StudySpec, family: str, source: str) -> StudySpec:
+    from xattn.models.registry import MODEL_FAMILIES
+
+    if family not in MODEL_FAMILIES:
+        raise SpecError(
+            f"{source}: compare_with: unknown model family {family!r}{_did_you_mean(family, MODEL_FAMILIES)}; "
+            f"known families: {', '.join(sorted(MODEL_FAMILIES))}"
+        )
+    if family == spec.model.family:
+        raise SpecError(f"{source}: compare_with lists the study's own family {family!r}: list only the others")
+    try:
+        return spec.for_family(family)
+    except ValidationError as error:
+        raise SpecError(f"{source}: comparison.baselines.{family}: {_describe(error, {})}") from None
+
+
+def _check_family_params(spec: StudySpec, source: str) -> None:
     from xattn.models.registry import MODEL_FAMILIES, make_config, model_param_names
 
     family = spec.model.family

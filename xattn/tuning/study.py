@@ -33,6 +33,7 @@ class StudyResult:
     tracking_uri: str
     trial_counts: dict[str, int] = field(default_factory=dict)
     best: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +103,20 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec, optuna_study: 
     return run_id
 
 
+@dataclass
+class _Context:
+    """What every phase of one study invocation shares."""
+
+    workspace: Workspace
+    client: Any
+    experiment_id: str
+    parent_run_id: str
+    optuna_study: str
+    address: str | None
+    mirror: str | None
+    progress: Any
+
+
 def run_study(
     spec: StudySpec,
     workspace: Workspace,
@@ -110,7 +125,12 @@ def run_study(
     mirror: str | None = None,
     progress=None,
 ) -> StudyResult:
-    """Run `spec` to completion and return where everything was recorded."""
+    """Run `spec` to completion and return where everything was recorded.
+
+    With `compare_with`, every compared family is then tuned with the same budget (unless
+    `comparison.tune` is false), and the best configuration of every family is retrained on
+    each of K outer region folds for S seeds; the paired comparison goes to the parent run.
+    """
     mirror_path = data_mirror(mirror)
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)
@@ -120,23 +140,53 @@ def run_study(
     experiment_id = open_experiment(client, workspace, spec)
     parent_run_id = start_parent_run(client, experiment_id, spec, spec.name)
     optuna_study = client.get_run(parent_run_id).data.tags["xattn.optuna_study"]
+    context = _Context(workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress)
     try:
-        results = _tune(spec, workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress)
+        results = _search(spec, context)
+        comparison = _compare(spec, context, results) if spec.compare_with else None
     except KeyboardInterrupt:
         client.set_terminated(parent_run_id, "KILLED")
         raise
     except BaseException:
         client.set_terminated(parent_run_id, "FAILED")
         raise
-    return _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, results)
+    return _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison)
 
 
-def _tune(spec, workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress):
+def _ray(context: _Context):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # One checkpoint kept per trial forces a state snapshot per checkpoint; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    import optuna
     import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address=context.address,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            configure_logging=True,
+        )
+    return ray
+
+
+def _run_config(spec: StudySpec, context: _Context, phase: str, logger):
+    from ray import tune
+
+    callbacks = [logger] + ([context.progress] if context.progress is not None else [])
+    return tune.RunConfig(
+        name=f"{spec.name}-{context.parent_run_id[:8]}-{phase}",
+        storage_path=str(context.workspace.ray_storage),
+        callbacks=callbacks,
+        verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )
+
+
+def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None):
+    """Tune `spec.model.family` over `spec.search.space`: Optuna TPE suggests, ASHA stops early."""
+    _ray(context)
+    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -150,8 +200,8 @@ def _tune(spec, workspace, client, experiment_id, parent_run_id, optuna_study, a
         metric=f"best_{spec.search.metric}",
         mode=spec.search.mode,
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
-        study_name=optuna_study,
-        storage=optuna.storages.RDBStorage(workspace.optuna_storage),
+        study_name=optuna_study or context.optuna_study,
+        storage=optuna.storages.RDBStorage(context.workspace.optuna_storage),
     )
     if spec.search.scheduler == "asha":
         scheduler = ASHAScheduler(
@@ -168,44 +218,89 @@ def _tune(spec, workspace, client, experiment_id, parent_run_id, optuna_study, a
         trial = searcher._ot_trials.get(trial_id)  # Ray keeps no public map from trial to Optuna trial
         return trial.number if trial is not None else None
 
-    logger = MlflowTrialLogger(client, experiment_id, parent_run_id, optuna_number, spec.model.family)
-    callbacks = [logger] + ([progress] if progress is not None else [])
-    if not ray.is_initialized():
-        ray.init(
-            address=address,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            configure_logging=True,
-        )
+    logger = MlflowTrialLogger(
+        context.client, context.experiment_id, context.parent_run_id, optuna_number, spec.model.family,
+        role="search", fold=spec.data.split.fold, seed=spec.seed,
+    )  # fmt: skip
     tuner = tune.Tuner(
-        trainable(spec, mirror),
+        trainable(spec, context.mirror),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=spec.budget.trials,
             max_concurrent_trials=spec.budget.max_concurrent,
         ),
-        run_config=tune.RunConfig(
-            name=f"{spec.name}-{parent_run_id[:8]}",
-            storage_path=str(workspace.ray_storage),
-            callbacks=callbacks,
-            verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        ),
+        run_config=_run_config(spec, context, f"search-{spec.model.family}", logger),
     )
     return tuner.fit()
 
 
-def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, results) -> StudyResult:
+def _best_config(spec: StudySpec, results) -> dict[str, Any]:
+    metric = f"best_{spec.search.metric}"
+    finished = [r for r in results if r.error is None and r.metrics and metric in r.metrics]
+    if not finished:
+        return {}
+    pick = min if spec.search.mode == "min" else max
+    return dict(pick(finished, key=lambda r: r.metrics[metric]).config)
+
+
+def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Context) -> None:
+    """Retrain one configuration on every outer fold for every seed (identical across families)."""
+    _ray(context)
+    from ray import tune
+
+    from xattn.tuning.trainable import trainable
+
+    final = spec.model_copy(deep=True)
+    final.data.split = final.data.split.model_copy(update={"folds": comparison.folds, "fold": 0})
+    seeds = [spec.seed + offset for offset in range(comparison.seeds)]
+    logger = MlflowTrialLogger(
+        context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
+        role="final", fold=None, seed=None,
+    )  # fmt: skip
+    tuner = tune.Tuner(
+        trainable(final, context.mirror),
+        param_space={**config, "_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent),
+        run_config=_run_config(spec, context, f"final-{spec.model.family}", logger),
+    )
+    tuner.fit()
+
+
+def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]:
+    from xattn.tuning.comparison import compare_runs, log_comparison
+
+    configs = {spec.model.family: _best_config(spec, main_results)}
+    for family in spec.compare_with:
+        family_spec = spec.for_family(family)
+        if spec.comparison.tune:
+            results = _search(family_spec, context, optuna_study=f"{context.optuna_study}-{family}")
+            configs[family] = _best_config(family_spec, results)
+        else:
+            configs[family] = {}
+    for family, config in configs.items():
+        _final(spec.for_family(family), config, spec.comparison, context)
+    parent = context.client.get_run(context.parent_run_id)
+    finals = [run for run in child_runs(context.client, parent) if run.data.tags.get(ROLE_TAG) == "final"]
+    comparison = compare_runs(finals, reference=spec.model.family)
+    log_comparison(context.client, context.parent_run_id, comparison)
+    return comparison
+
+
+def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison) -> StudyResult:
     parent = client.get_run(parent_run_id)
     children = child_runs(client, parent)
     counts: dict[str, int] = {}
     for run in children:
-        counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
+        if run.data.tags.get("xattn.family") == spec.model.family and run.data.tags.get(ROLE_TAG) == "search":
+            counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
     rows = [
         {
             "run_id": run.info.run_id,
+            "family": run.data.tags.get("xattn.family"),
+            "role": run.data.tags.get(ROLE_TAG),
+            "fold": run.data.tags.get("xattn.fold"),
+            "seed": run.data.tags.get("xattn.seed"),
             "trial": run.data.tags.get("mlflow.runName"),
             "ray_trial_id": run.data.tags.get("xattn.ray_trial_id"),
             "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
@@ -221,7 +316,7 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
 
     best = None
     try:
-        run = best_child(client, parent)
+        run = best_child(client, parent, family=spec.model.family)
     except Exception:  # noqa: BLE001 - no finished trial: reported through the counts
         run = None
     if run is not None:
@@ -246,4 +341,5 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
         tracking_uri=workspace.tracking_uri,
         trial_counts=counts,
         best=best,
+        comparison=comparison,
     )

@@ -1,0 +1,92 @@
+"""Comparing families: paired statistics on matched (fold, seed) runs, and a real small study."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from xattn.tracking.store import Workspace
+from xattn.tuning.comparison import compare_runs, load_comparison
+from xattn.tuning.spec import parse_spec
+from xattn.tuning.study import run_study
+
+
+def fake_run(family, fold, seed, pearson, status="FINISHED"):
+    return SimpleNamespace(
+        info=SimpleNamespace(status=status),
+        data=SimpleNamespace(
+            tags={"xattn.family": family, "xattn.fold": str(fold), "xattn.seed": str(seed)},
+            metrics={"test_pearson": pearson, "test_mse": 1 - pearson, "test_r2": pearson / 2},
+        ),
+    )
+
+
+def test_differences_are_paired_on_fold_and_seed():
+    rng = np.random.default_rng(0)
+    keys = [(fold, seed) for fold in range(4) for seed in range(3)]
+    reference = {key: 0.3 + 0.1 * key[0] + rng.normal(0, 0.01) for key in keys}
+    baseline = {key: value - 0.05 + rng.normal(0, 0.01) for key, value in reference.items()}
+    runs = [fake_run("cross", *k, v) for k, v in reference.items()] + [fake_run("base", *k, v) for k, v in baseline.items()]
+    runs.append(fake_run("base", 9, 9, 0.99))  # no partner: must not enter the paired difference
+    runs.append(fake_run("cross", 0, 0, -5.0, status="FAILED"))  # failed runs are not counted
+    result = compare_runs(runs, reference="cross")
+    by_family = {entry["family"]: entry for entry in result["families"]}
+    assert by_family["cross"]["n_runs"] == 12 and by_family["base"]["n_runs"] == 13
+    assert by_family["cross"]["test_pearson_mean"] == pytest.approx(np.mean(list(reference.values())))
+    diff = by_family["base"]["vs_reference"]
+    expected = np.array([reference[k] - baseline[k] for k in keys])
+    assert diff["n_pairs"] == 12
+    assert diff["mean_difference"] == pytest.approx(expected.mean())
+    assert diff["p_wilcoxon"] == pytest.approx(stats.wilcoxon(expected).pvalue)
+    assert diff["ci95_low"] < expected.mean() < diff["ci95_high"]
+    # Pairing removes the fold effect: the paired CI is far narrower than the unpaired spread.
+    assert diff["ci95_high"] - diff["ci95_low"] < 0.05 < np.std(list(reference.values()))
+
+
+@pytest.mark.e2e
+def test_small_comparison_study(tmp_path, mirror, ray_local):
+    folds, seeds, trials = 2, 2, 2
+    spec = parse_spec(
+        {
+            "name": "compare-e2e",
+            "data": {"dataset": "hcp-s100-r08"},
+            "model": {"fixed": {"num_layers": 1, "deep_hidden_dims": [16], "batch_size": 512}},
+            "search": {"space": {"d_model": [8], "nhead": [2], "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+            "budget": {"trials": trials, "max_epochs": 2},
+            "compare_with": ["shared_self_attention_pooling"],
+            "comparison": {
+                "folds": folds,
+                "seeds": seeds,
+                "baselines": {"shared_self_attention_pooling": {"space": {"d_model": [8], "nhead": [2], "num_layers": [1], "token_encoder_dim": [8]}}},
+            },
+        }
+    )
+    workspace = Workspace.open(tmp_path / "ws")
+    result = run_study(spec, workspace, mirror=str(mirror))
+    client = MlflowClient(workspace.tracking_uri)
+    runs = client.search_runs([result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    roles = {}
+    for run in runs:
+        key = (run.data.tags["xattn.family"], run.data.tags["xattn.role"])
+        roles[key] = roles.get(key, 0) + 1
+    assert roles == {
+        ("cross_attention", "search"): trials,
+        ("shared_self_attention_pooling", "search"): trials,
+        ("cross_attention", "final"): folds * seeds,
+        ("shared_self_attention_pooling", "final"): folds * seeds,
+    }
+    finals = [r for r in runs if r.data.tags["xattn.role"] == "final"]
+    for family in ("cross_attention", "shared_self_attention_pooling"):
+        keys = {(r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]) for r in finals if r.data.tags["xattn.family"] == family}
+        assert keys == {(str(f), str(s)) for f in range(folds) for s in range(seeds)}
+
+    comparison = load_comparison(client, spec.name)
+    assert [e["family"] for e in comparison["families"]] == ["cross_attention", "shared_self_attention_pooling"]
+    baseline = comparison["families"][1]
+    assert baseline["n_runs"] == folds * seeds and baseline["vs_reference"]["n_pairs"] == folds * seeds
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert "compare.shared_self_attention_pooling.test_pearson_mean" in parent.data.metrics
+    assert {"comparison.csv", "comparison.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}

@@ -1,0 +1,107 @@
+"""The comparison of model families on matched final runs: same folds, same seeds.
+
+Each family's best configuration was retrained on every outer region fold for every seed;
+a baseline is compared with the study's own family on the runs that share (fold, seed),
+so the difference is paired, with a t confidence interval and a Wilcoxon signed-rank test.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+METRICS = ("test_pearson", "test_mse", "test_r2")
+
+
+def compare_runs(runs, reference: str, metric: str = "test_pearson") -> dict[str, Any]:
+    """Summaries per family and paired differences (reference minus baseline) from MLflow runs."""
+    by_family: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(dict)
+    for run in runs:
+        if run.info.status != "FINISHED":
+            continue
+        tags = run.data.tags
+        key = (tags.get("xattn.fold"), tags.get("xattn.seed"))
+        by_family[tags["xattn.family"]][key] = {m: run.data.metrics[m] for m in METRICS if m in run.data.metrics}
+    families = []
+    reference_runs = by_family.get(reference, {})
+    for family in [reference] + sorted(f for f in by_family if f != reference):
+        matched = by_family[family]
+        entry: dict[str, Any] = {"family": family, "n_runs": len(matched)}
+        for name in METRICS:
+            values = np.array([m[name] for m in matched.values() if name in m])
+            entry[f"{name}_mean"] = float(values.mean()) if values.size else math.nan
+            entry[f"{name}_sd"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
+        if family != reference:
+            entry["vs_reference"] = paired_difference(reference_runs, matched, metric)
+        families.append(entry)
+    return {"reference": reference, "metric": metric, "families": families}
+
+
+def paired_difference(reference: dict, baseline: dict, metric: str) -> dict[str, Any]:
+    """Mean of reference - baseline over the (fold, seed) keys both have, 95% CI, Wilcoxon p."""
+    keys = sorted(k for k in reference.keys() & baseline.keys() if metric in reference[k] and metric in baseline[k])
+    diffs = np.array([reference[k][metric] - baseline[k][metric] for k in keys])
+    result: dict[str, Any] = {"n_pairs": len(keys), "metric": metric}
+    if len(diffs) == 0:
+        return {**result, "mean_difference": math.nan, "ci95_low": math.nan, "ci95_high": math.nan, "p_wilcoxon": math.nan}
+    mean = float(diffs.mean())
+    if len(diffs) > 1:
+        low, high = stats.t.interval(0.95, len(diffs) - 1, loc=mean, scale=stats.sem(diffs))
+    else:
+        low = high = math.nan
+    if len(diffs) > 1 and np.any(diffs != 0):
+        p_value = float(stats.wilcoxon(diffs).pvalue)
+    else:
+        p_value = math.nan
+    return {**result, "mean_difference": mean, "ci95_low": float(low), "ci95_high": float(high), "p_wilcoxon": p_value}
+
+
+def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for entry in comparison["families"]:
+        row = {k: v for k, v in entry.items() if k != "vs_reference"}
+        for key, value in entry.get("vs_reference", {}).items():
+            if key != "metric":
+                row[f"diff.{key}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def log_comparison(client, parent_run_id: str, comparison: dict[str, Any]) -> None:
+    client.log_text(parent_run_id, json.dumps(comparison, indent=2), "comparison.json")
+    buffer = io.StringIO()
+    comparison_frame(comparison).to_csv(buffer, index=False)
+    client.log_text(parent_run_id, buffer.getvalue(), "comparison.csv")
+    for entry in comparison["families"]:
+        for key, value in entry.items():
+            if isinstance(value, float) and math.isfinite(value):
+                client.log_metric(parent_run_id, f"compare.{entry['family']}.{key}", value)
+        for key, value in entry.get("vs_reference", {}).items():
+            if isinstance(value, float) and math.isfinite(value):
+                client.log_metric(parent_run_id, f"compare.{entry['family']}.diff.{key}", value)
+
+
+def load_comparison(client, study: str, run_id: str | None = None) -> dict[str, Any]:
+    """The comparison.json of the newest study run of `study` (or of `run_id`)."""
+    import tempfile
+    from pathlib import Path
+
+    from xattn.errors import StudyNotFound
+    from xattn.tracking.store import find_parent_run
+
+    parent = find_parent_run(client, study, run_id)
+    names = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
+    if "comparison.json" not in names:
+        raise StudyNotFound(
+            f"study run {parent.info.run_id} of {study!r} has no comparison: add `compare_with:` to the spec and run it"
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(parent.info.run_id, "comparison.json", folder)
+        return json.loads(Path(path).read_text())
