@@ -90,3 +90,22 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
     assert parent.info.status == "FINISHED"
     assert "compare.shared_self_attention_pooling.test_pearson_mean" in parent.data.metrics
     assert {"comparison.csv", "comparison.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+    # The same comparison as a user prints it.
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args):
+        process = subprocess.run(
+            [sys.executable, "-m", "xattn.cli", "compare", spec.name, "--workspace", str(tmp_path / "ws"), *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert process.returncode == 0, process.stderr
+        return process.stdout
+
+    printed = json.loads(cli("--format", "json").strip().splitlines()[-1])
+    assert printed == json.loads(json.dumps(comparison))
+    markdown = cli("--format", "markdown")
+    assert markdown.startswith("| family |") and "shared_self_attention_pooling" in markdown
+    assert cli("--format", "csv").splitlines()[0].startswith("family,n_runs,")
