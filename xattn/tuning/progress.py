@@ -17,6 +17,12 @@ class TrialProgress(Callback):
         self.done = 0
         self.best: float | None = None
 
+    def start_phase(self, title: str, total: int, metric: str, mode: str) -> None:
+        """A study with `compare_with` runs several phases; count each one's trials afresh."""
+        self.console.print(f"[bold]{title}[/]: {total} trials", highlight=False)
+        self.total, self.done, self.best = total, 0, None
+        self.metric, self.mode = metric, mode
+
     def __getstate__(self) -> dict:
         # Ray Tune pickles its callbacks with the experiment state; a console holds locks.
         return {k: v for k, v in self.__dict__.items() if k != "console"}

@@ -115,6 +115,7 @@ class _Context:
     address: str | None
     mirror: str | None
     progress: Any
+    spec: StudySpec
 
 
 def run_study(
@@ -140,7 +141,7 @@ def run_study(
     experiment_id = open_experiment(client, workspace, spec)
     parent_run_id = start_parent_run(client, experiment_id, spec, spec.name)
     optuna_study = client.get_run(parent_run_id).data.tags["xattn.optuna_study"]
-    context = _Context(workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress)
+    context = _Context(workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress, spec)
     try:
         results = _search(spec, context)
         comparison = _compare(spec, context, results) if spec.compare_with else None
@@ -222,6 +223,8 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
         context.client, context.experiment_id, context.parent_run_id, optuna_number, spec.model.family,
         role="search", fold=spec.data.split.fold, seed=spec.seed,
     )  # fmt: skip
+    if context.progress is not None and context.spec.compare_with:
+        context.progress.start_phase(f"search {spec.model.family}", spec.budget.trials, spec.search.metric, spec.search.mode)
     tuner = tune.Tuner(
         trainable(spec, context.mirror),
         tune_config=tune.TuneConfig(
@@ -258,6 +261,9 @@ def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Contex
         context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
         role="final", fold=None, seed=None,
     )  # fmt: skip
+    if context.progress is not None:
+        total = comparison.folds * comparison.seeds
+        context.progress.start_phase(f"final {spec.model.family} ({comparison.folds} folds x {comparison.seeds} seeds)", total, "test_pearson", "max")
     tuner = tune.Tuner(
         trainable(final, context.mirror),
         param_space={**config, "_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)},
