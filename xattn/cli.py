@@ -251,14 +251,27 @@ def compare(
         for row in shown.itertuples(index=False):
             print("| " + " | ".join(_cell(v) for v in row) + " |")
         return
-    table = Table(*shown.columns, title=f"{study}: {comparison['reference']} vs baselines (diff = reference - baseline, {comparison['metric']})")
-    for row in shown.itertuples(index=False):
-        table.add_row(*(_cell(v) for v in row))
+    table = Table(title=f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed")
+    for column in ("family", "n", "test r", "test MSE", "test R2", "diff r [95% CI]", "p"):
+        table.add_column(column, no_wrap=True)
+    for entry in comparison["families"]:
+        diff = entry.get("vs_reference")
+        table.add_row(
+            entry["family"],
+            str(entry["n_runs"]),
+            f"{_cell(entry['test_pearson_mean'])} ± {_cell(entry['test_pearson_sd'])}",
+            _cell(entry["test_mse_mean"]),
+            _cell(entry["test_r2_mean"]),
+            f"{_cell(diff['mean_difference'])} [{_cell(diff['ci95_low'])}, {_cell(diff['ci95_high'])}]" if diff else "-",
+            _cell(diff["p_wilcoxon"]) if diff else "-",
+        )
     console.print(table)
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.3f}"  # NaN: the reference has no difference to itself
+    return str(value)
 
 
 @app.command("ui")
@@ -376,6 +389,7 @@ def data_info(name: str = typer.Argument(..., help="Dataset name (xattn data lis
 
 def main() -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-migration chatter on a new store
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     app()
 
 
