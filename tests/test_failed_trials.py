@@ -1,0 +1,49 @@
+"""A trial whose loss diverges is recorded as failed, with its reason, and the study goes on."""
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from xattn.tracking.store import Workspace
+from xattn.tuning.spec import parse_spec
+from xattn.tuning.study import run_study
+
+pytestmark = pytest.mark.e2e
+
+DIVERGING = 1.0e6
+
+
+def test_diverging_trials_fail_and_the_others_finish(tmp_path, ray_local):
+    spec = parse_spec(
+        {
+            "name": "diverge",
+            "seed": 1,
+            "data": {"dataset": "synthetic", "synthetic": {"regions": 32, "genes": 8}},
+            "model": {"fixed": {"d_model": 8, "nhead": 2, "num_layers": 1, "deep_hidden_dims": [8]}},
+            "search": {"space": {"learning_rate": [DIVERGING, 1.0e-3]}, "scheduler": "none"},
+            "budget": {"trials": 4, "max_epochs": 2},
+        }
+    )
+    workspace = Workspace.open(tmp_path / "ws")
+    result = run_study(spec, workspace)
+    client = MlflowClient(workspace.tracking_uri)
+    children = client.search_runs([result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    assert len(children) == 4
+    diverging = [c for c in children if float(c.data.params["learning_rate"]) == DIVERGING]
+    assert 0 < len(diverging) < 4, "the seed must sample both learning rates; pick another seed"
+    for child in children:
+        if child in diverging:
+            assert child.info.status == "FAILED"
+            assert "diverged" in child.data.tags["xattn.failure"]
+            assert "error" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        else:
+            assert child.info.status == "FINISHED" and "test_pearson" in child.data.metrics
+    assert result.trial_counts == {"failed": len(diverging), "finished": 4 - len(diverging)}
+    assert client.get_run(result.parent_run_id).info.status == "FINISHED"
+    states = {
+        t.number: t.state
+        for t in optuna.load_study(study_name=result.optuna_study, storage=workspace.optuna_storage).trials
+    }
+    for child in children:
+        expected = optuna.trial.TrialState.FAIL if child in diverging else optuna.trial.TrialState.COMPLETE
+        assert states[int(child.data.tags["xattn.optuna_trial_number"])] == expected
