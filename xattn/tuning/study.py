@@ -75,7 +75,8 @@ def open_experiment(client, workspace: Workspace, spec: StudySpec) -> str:
     return experiment.experiment_id
 
 
-def start_parent_run(client, experiment_id: str, spec: StudySpec, optuna_study: str) -> str:
+def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, str]:
+    """Create the study run; return its id and the name of its Optuna study."""
     tags = {
         ROLE_TAG: "study",
         STUDY_TAG: spec.name,
@@ -86,7 +87,8 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec, optuna_study: 
     }
     run = client.create_run(experiment_id, tags=tags)
     run_id = run.info.run_id
-    client.set_tag(run_id, "xattn.optuna_study", f"{optuna_study}-{run_id[:8]}")
+    optuna_study = f"{spec.name}-{run_id[:8]}"
+    client.set_tag(run_id, "xattn.optuna_study", optuna_study)
     params = {
         "family": spec.model.family,
         "dataset": spec.data.dataset or "files",
@@ -100,7 +102,7 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec, optuna_study: 
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "study.yaml")
-    return run_id
+    return run_id, optuna_study
 
 
 @dataclass
@@ -139,8 +141,7 @@ def run_study(
     client = connect(workspace)
 
     experiment_id = open_experiment(client, workspace, spec)
-    parent_run_id = start_parent_run(client, experiment_id, spec, spec.name)
-    optuna_study = client.get_run(parent_run_id).data.tags["xattn.optuna_study"]
+    parent_run_id, optuna_study = start_parent_run(client, experiment_id, spec)
     context = _Context(workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress, spec)
     try:
         results = _search(spec, context)
