@@ -230,7 +230,7 @@ def compare(
     tracking_uri: Optional[str] = TrackingOpt,
 ) -> None:
     """Print the comparison of model families: mean and sd over folds x seeds, paired differences."""
-    from xattn.tuning.comparison import comparison_frame, load_comparison
+    from xattn.tuning.comparison import comparison_frame, comparison_markdown, format_cell, load_comparison
 
     if output not in ("table", "csv", "json", "markdown"):
         raise XattnError(f"--format {output!r}: choose table, csv, json or markdown")
@@ -242,14 +242,8 @@ def compare(
     if output == "csv":
         print(frame.to_csv(index=False), end="")
         return
-    columns = ["family", "n_runs", "test_pearson_mean", "test_pearson_sd", "test_mse_mean", "test_r2_mean",
-               "diff.mean_difference", "diff.ci95_low", "diff.ci95_high", "diff.p_wilcoxon"]  # fmt: skip
-    shown = frame[[c for c in columns if c in frame.columns]]
     if output == "markdown":
-        header = "| " + " | ".join(shown.columns) + " |"
-        print(header + "\n|" + "---|" * len(shown.columns))
-        for row in shown.itertuples(index=False):
-            print("| " + " | ".join(_cell(v) for v in row) + " |")
+        print(comparison_markdown(comparison))
         return
     table = Table(title=f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed")
     for column in ("family", "n", "test r", "test MSE", "test R2", "diff r [95% CI]", "p"):
@@ -259,19 +253,74 @@ def compare(
         table.add_row(
             entry["family"],
             str(entry["n_runs"]),
-            f"{_cell(entry['test_pearson_mean'])} ± {_cell(entry['test_pearson_sd'])}",
-            _cell(entry["test_mse_mean"]),
-            _cell(entry["test_r2_mean"]),
-            f"{_cell(diff['mean_difference'])} [{_cell(diff['ci95_low'])}, {_cell(diff['ci95_high'])}]" if diff else "-",
-            _cell(diff["p_wilcoxon"]) if diff else "-",
+            f"{format_cell(entry['test_pearson_mean'])} ± {format_cell(entry['test_pearson_sd'])}",
+            format_cell(entry["test_mse_mean"]),
+            format_cell(entry["test_r2_mean"]),
+            f"{format_cell(diff['mean_difference'])} [{format_cell(diff['ci95_low'])}, {format_cell(diff['ci95_high'])}]" if diff else "-",
+            format_cell(diff["p_wilcoxon"]) if diff else "-",
         )
     console.print(table)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "-" if value != value else f"{value:.3f}"  # NaN: the reference has no difference to itself
-    return str(value)
+@app.command("compare-local")
+@friendly
+def compare_local(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Study spec with compare_with, e.g. studies/s100-compare.yaml."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override budget.max_epochs."),
+    sets: list[str] = typer.Option([], "--set", help="Override any spec field: --set comparison.seeds=2 (repeatable)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when the spec asks for GPUs and one is there)."),
+    mirror: Optional[Path] = MirrorOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the comparison and every run to this JSON file."),
+) -> None:
+    """Train every compared family at its fixed settings on K folds x S seeds here, without Ray or MLflow.
+
+    The same grid `xattn study run` retrains with `comparison.tune: false`, one run after
+    another in this process; nothing is logged. For a GPU node without the platform, or a
+    second check of a logged comparison.
+    """
+    from xattn.data.datasets import data_mirror
+    from xattn.tuning.comparison import comparison_markdown
+    from xattn.tuning.local_comparison import run_local_comparison
+    from xattn.tuning.spec import load_spec
+    from xattn.tuning.trial import preflight
+
+    overrides = _parse_sets(sets)
+    if max_epochs is not None:
+        overrides["budget.max_epochs"] = max_epochs
+    spec = load_spec(spec_path, overrides)
+    if not spec.compare_with:
+        raise XattnError(f"{spec_path}: the spec has no compare_with: name the baselines, e.g. --set compare_with=all_baselines")
+    mirror_path = data_mirror(mirror)
+    mirror = str(mirror_path) if mirror_path else None
+    preflight(spec, mirror)
+    if json_out is not None and not json_out.parent.is_dir():
+        raise XattnError(f"--json-out {json_out}: folder {json_out.parent} does not exist")
+
+    finished: list = []
+
+    def save(comparison: dict | None) -> None:
+        """Rewritten after every run, so a run cut short keeps what it finished."""
+        if json_out is None:
+            return
+        runs_json = [{**run.result.__dict__, "epochs": run.epochs, "seconds": run.seconds} for run in finished]
+        partial = json_out.with_name(json_out.name + ".partial")
+        partial.write_text(json.dumps({"comparison": comparison, "runs": runs_json}, indent=2))
+        partial.replace(json_out)
+
+    def report(run, done: int, total: int) -> None:
+        finished.append(run)
+        save(None)
+        result = run.result
+        console.print(
+            f"[{done}/{total}] {result.family} fold {result.fold} seed {result.seed}: "
+            f"test r {result.metrics.get('test_pearson', float('nan')):.3f} ({run.epochs} epochs, {run.seconds:.0f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    comparison, _ = run_local_comparison(spec, mirror=mirror, device=device, on_run=report)
+    save(comparison)
+    print(comparison_markdown(comparison))
 
 
 @app.command("ui")

@@ -11,6 +11,7 @@ import io
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,15 +21,32 @@ from scipy import stats
 METRICS = ("test_pearson", "test_mse", "test_r2")
 
 
+@dataclass(frozen=True)
+class FinalResult:
+    """The test metrics of one final run: one family, one outer fold, one seed."""
+
+    family: str
+    fold: str
+    seed: str
+    metrics: dict[str, float]
+
+
 def compare_runs(runs, reference: str, metric: str = "test_pearson") -> dict[str, Any]:
-    """Summaries per family and paired differences (reference minus baseline) from MLflow runs."""
+    """`compare_results` over the FINISHED ones of MLflow final runs (tagged family, fold, seed)."""
+    results = [
+        FinalResult(run.data.tags["xattn.family"], run.data.tags.get("xattn.fold"), run.data.tags.get("xattn.seed"),
+                    {m: run.data.metrics[m] for m in METRICS if m in run.data.metrics})
+        for run in runs
+        if run.info.status == "FINISHED"
+    ]  # fmt: skip
+    return compare_results(results, reference, metric)
+
+
+def compare_results(results: list[FinalResult], reference: str, metric: str = "test_pearson") -> dict[str, Any]:
+    """Summaries per family and paired differences (reference minus baseline)."""
     by_family: dict[str, dict[tuple[str, str], dict[str, float]]] = defaultdict(dict)
-    for run in runs:
-        if run.info.status != "FINISHED":
-            continue
-        tags = run.data.tags
-        key = (tags.get("xattn.fold"), tags.get("xattn.seed"))
-        by_family[tags["xattn.family"]][key] = {m: run.data.metrics[m] for m in METRICS if m in run.data.metrics}
+    for result in results:
+        by_family[result.family][(str(result.fold), str(result.seed))] = result.metrics
     families = []
     reference_runs = by_family.get(reference, {})
     for family in [reference] + sorted(f for f in by_family if f != reference):
@@ -72,6 +90,26 @@ def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:
                 row[f"diff.{key}"] = value
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+MARKDOWN_COLUMNS = (
+    "family", "n_runs", "test_pearson_mean", "test_pearson_sd", "test_mse_mean", "test_r2_mean",
+    "diff.mean_difference", "diff.ci95_low", "diff.ci95_high", "diff.p_wilcoxon",
+)  # fmt: skip
+
+
+def comparison_markdown(comparison: dict[str, Any]) -> str:
+    frame = comparison_frame(comparison)
+    shown = frame[[c for c in MARKDOWN_COLUMNS if c in frame.columns]]
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def format_cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.3f}"  # NaN: the reference has no difference to itself
+    return str(value)
 
 
 def log_comparison(client, parent_run_id: str, comparison: dict[str, Any]) -> None:

@@ -18,10 +18,10 @@ import yaml
 
 from xattn.data import data_mirror
 from xattn.errors import StoreError
-from xattn.experiment import load_data, split_regions
 from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tracking.store import ROLE_TAG, STUDY_TAG, Workspace, best_child, child_runs, ensure_writable
 from xattn.tuning.spec import StudySpec
+from xattn.tuning.trial import preflight
 
 
 @dataclass
@@ -37,19 +37,6 @@ class StudyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def preflight(spec: StudySpec, mirror: str | None) -> None:
-    """Load the data and every gene embedding the space can ask for, so bad files fail now."""
-    from xattn.data import build_gene_vectors
-
-    data = load_data(spec.data, mirror)
-    split = split_regions(data, spec.data, spec.seed)
-    kinds = {spec.data.genevec, spec.model.fixed.get("genevec", spec.data.genevec)}
-    if "genevec" in spec.searched:
-        kinds |= set(spec.searched["genevec"].candidate_values())
-    for kind in sorted(kinds):
-        build_gene_vectors(data, kind, split.train, path=spec.data.gene2vec_file, seed=spec.seed)
 
 
 def connect(workspace: Workspace):

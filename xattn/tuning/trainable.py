@@ -13,30 +13,17 @@ from typing import Any
 import torch
 from ray import tune
 
-from xattn.experiment import build_trial_model, prepare_experiment
 from xattn.training.checkpoint import load_checkpoint_weights, load_optimizer_state, save_checkpoint
-from xattn.training.trainer import EpochReport, TrainConfig, fit
+from xattn.training.trainer import EpochReport, fit
 from xattn.tuning.spec import StudySpec
+from xattn.tuning.trial import prepare_trial
 
 
 def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str | None) -> None:
     spec = StudySpec.model_validate(spec_json)
-    config = dict(config)
-    # Final (comparison) runs name their outer fold and seed; the split itself is always drawn
-    # with the study's seed, so every family and seed sees the same regions in fold k.
-    if "_fold" in config:
-        spec.data.split = spec.data.split.model_copy(update={"fold": config.pop("_fold")})
-    seed = config.pop("_seed", spec.seed)
-    params = spec.trial_params(config)
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-
-    experiment = prepare_experiment(spec.data, params, seed, split_seed=spec.seed, mirror=mirror, device=device)
-    model = build_trial_model(experiment, spec.model.family, params, seed).to(device)
-    train_config = TrainConfig.from_params(
-        params, max_epochs=spec.budget.max_epochs, patience=spec.budget.patience, seed=seed, device=device
-    )
-    extra = experiment.checkpoint_extra(spec.data, params, seed)
+    trial = prepare_trial(spec, config, mirror=mirror)
+    model, extra = trial.model, trial.checkpoint_extra
 
     start_epoch, optimizer_state = 0, None
     restored = tune.get_checkpoint()
@@ -68,7 +55,7 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str 
             )
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    fit(model, experiment.pairs, train_config, on_epoch=report, start_epoch=start_epoch, optimizer_state=optimizer_state)
+    fit(model, trial.experiment.pairs, trial.train_config, on_epoch=report, start_epoch=start_epoch, optimizer_state=optimizer_state)
 
 
 def trainable(spec: StudySpec, mirror: str | None) -> Any:

@@ -1,0 +1,66 @@
+"""One trial without a scheduler: a spec and a sampled configuration, made ready to fit.
+
+The Ray Tune trainable and the local comparison runner (benchmarks/comparison.py) both go
+through `prepare_trial`, so a configuration trains the same way whoever schedules it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from xattn.data import build_gene_vectors
+from xattn.experiment import Experiment, build_trial_model, load_data, prepare_experiment, split_regions
+from xattn.training.trainer import TrainConfig
+from xattn.tuning.spec import StudySpec
+
+
+@dataclass
+class PreparedTrial:
+    params: dict[str, Any]
+    seed: int
+    fold: int
+    experiment: Experiment
+    model: torch.nn.Module
+    train_config: TrainConfig
+    checkpoint_extra: dict[str, Any]
+
+
+def prepare_trial(
+    spec: StudySpec, config: dict[str, Any], *, mirror: str | None, device: str | None = None
+) -> PreparedTrial:
+    """Data, split, model and optimiser settings of one trial of `spec`.
+
+    Final (comparison) runs name their outer fold and seed as `_fold` and `_seed`; the split
+    itself is always drawn with the study's seed, so every family and seed sees the same
+    regions in fold k. `device` defaults to CUDA when the spec asks for GPUs and one is there.
+    """
+    spec = spec.model_copy(deep=True)
+    config = dict(config)
+    if "_fold" in config:
+        spec.data.split = spec.data.split.model_copy(update={"fold": config.pop("_fold")})
+    seed = config.pop("_seed", spec.seed)
+    params = spec.trial_params(config)
+    if device is None:
+        device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
+
+    experiment = prepare_experiment(spec.data, params, seed, split_seed=spec.seed, mirror=mirror, device=device)
+    model = build_trial_model(experiment, spec.model.family, params, seed).to(device)
+    train_config = TrainConfig.from_params(
+        params, max_epochs=spec.budget.max_epochs, patience=spec.budget.patience, seed=seed, device=device
+    )
+    extra = experiment.checkpoint_extra(spec.data, params, seed)
+    return PreparedTrial(params, seed, spec.data.split.fold, experiment, model, train_config, extra)
+
+
+def preflight(spec: StudySpec, mirror: str | None) -> None:
+    """Load the data and every gene embedding the space can ask for, so bad files fail now."""
+    data = load_data(spec.data, mirror)
+    split = split_regions(data, spec.data, spec.seed)
+    kinds = {spec.data.genevec, spec.model.fixed.get("genevec", spec.data.genevec)}
+    if "genevec" in spec.searched:
+        kinds |= set(spec.searched["genevec"].candidate_values())
+    for kind in sorted(kinds):
+        build_gene_vectors(data, kind, split.train, path=spec.data.gene2vec_file, seed=spec.seed)
