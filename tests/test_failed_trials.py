@@ -21,7 +21,7 @@ def test_diverging_trials_fail_and_the_others_finish(tmp_path, ray_local):
             "data": {"dataset": "synthetic", "synthetic": {"regions": 32, "genes": 8}},
             "model": {"fixed": {"d_model": 8, "nhead": 2, "num_layers": 1, "deep_hidden_dims": [8]}},
             "search": {"space": {"learning_rate": [DIVERGING, 1.0e-3]}, "scheduler": "none"},
-            "budget": {"trials": 4, "max_epochs": 2},
+            "budget": {"trials": 4, "max_epochs": 2, "max_failures": 2},  # a diverged trial is not retried
         }
     )
     workspace = Workspace.open(tmp_path / "ws")

@@ -6,6 +6,7 @@ import functools
 import logging
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -96,17 +97,49 @@ def study_run(
         highlight=False,
     )
     progress = TrialProgress(console, spec.budget.trials, spec.search.metric, spec.search.mode)
+    _finish_study(lambda: run_study(spec, ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=mirror, progress=progress), ws, spec.name, as_json)
+
+
+@study_app.command("resume")
+@friendly
+def study_resume(
+    name: str = typer.Argument(..., help="Study name: its newest run, if unfinished (killed, interrupted, crashed), continues."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    optuna_storage: Optional[str] = OptunaOpt,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance)."),
+    mirror: Optional[Path] = MirrorOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Continue an interrupted study: finished trials are kept, running ones restart from their checkpoint."""
+    from xattn.tuning.progress import TrialProgress
+    from xattn.tuning.study import resume_study
+
+    ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
+    console.print(f"resuming study [bold]{name}[/]; tracking {ws.tracking_uri}", highlight=False)
+    progress = TrialProgress(console, 0, "val_loss", "min")
+    _finish_study(lambda: resume_study(name, ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=mirror, progress=progress), ws, name, as_json)
+
+
+def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool) -> None:
+    """Run a study to its end; Ctrl-C or SIGTERM leave it KILLED and resumable."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        result = run_study(spec, ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=mirror, progress=progress)
+        result = start()
     except KeyboardInterrupt:
-        err_console.print("interrupted: the study run is marked KILLED in MLflow")
+        err_console.print(f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}`")
         raise typer.Exit(130) from None
     _print_result(result, ws)
     if as_json:
         print(json.dumps(result.to_dict(), default=str))
     if result.best is None:
-        err_console.print("[red]error:[/] every trial failed: see the FAILED runs' error artifacts in `xattn ui`")
+        reasons = "; ".join(f"{n} x {reason}" for reason, n in result.failures.items()) or "no trial reported a result"
+        err_console.print(f"[red]error:[/] every trial failed ({reasons}): see the FAILED runs' error artifacts in `xattn ui`", soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_result(result, ws) -> None:

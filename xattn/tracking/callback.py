@@ -50,6 +50,7 @@ class MlflowTrialLogger(Callback):
         self.fold = fold
         self.seed = seed
         self.run_ids: dict[str, str] = {}
+        self.workers: dict[str, str] = {}
 
     def run_id(self, trial) -> str:
         """The child run of `trial`, created on first sight and reused after a restore."""
@@ -95,10 +96,15 @@ class MlflowTrialLogger(Callback):
         self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        worker = f"{result.get('hostname')}:{result.get('pid')}"
+        if self.workers.get(trial.trial_id) != worker:  # first result, or a retry in a new process
+            self.workers[trial.trial_id] = worker
+            self.client.set_tag(run_id, "xattn.worker", worker)
         now = int(time.time() * 1000)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
-        self.client.log_batch(self.run_id(trial), metrics=metrics)
+        self.client.log_batch(run_id, metrics=metrics)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._finish(trial, "FINISHED")

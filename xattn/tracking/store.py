@@ -91,6 +91,22 @@ def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None)
     return runs[0]
 
 
+COMPLETED_TAG = "xattn.completed"
+
+
+def unfinished_parent_run(client: MlflowClient, experiment_id: str) -> Run | None:
+    """The newest study run that never completed (killed, interrupted or crashed), if any."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{ROLE_TAG}` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if runs and runs[0].info.status != "FINISHED" and COMPLETED_TAG not in runs[0].data.tags:
+        return runs[0]
+    return None
+
+
 def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
     return client.search_runs(
         [parent.info.experiment_id],

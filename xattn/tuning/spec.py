@@ -134,6 +134,7 @@ class BudgetSpec(_Strict):
     max_epochs: int = Field(10, ge=1)
     patience: int = Field(5, ge=1, description="epochs without validation improvement before early stopping")
     max_concurrent: int | None = Field(None, ge=1)
+    max_failures: int = Field(1, ge=0, description="retries of a trial that raised; a diverged trial is never retried")
 
 
 class ResourcesSpec(_Strict):
@@ -212,6 +213,11 @@ def decode_choice(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in "[{":
         return yaml.safe_load(value)
     return value
+
+
+def spec_from_yaml(text: str) -> StudySpec:
+    """A spec as a study run stored it (already validated and with absolute paths)."""
+    return StudySpec.model_validate(yaml.safe_load(text))
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:

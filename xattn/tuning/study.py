@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -17,10 +19,19 @@ import pandas as pd
 import yaml
 
 from xattn.data import data_mirror
-from xattn.errors import StoreError
+from xattn.errors import StoreError, StudyNotFound
 from xattn.tracking.callback import MlflowTrialLogger
-from xattn.tracking.store import ROLE_TAG, STUDY_TAG, Workspace, best_child, child_runs, ensure_writable
-from xattn.tuning.spec import StudySpec
+from xattn.tracking.store import (
+    COMPLETED_TAG,
+    ROLE_TAG,
+    STUDY_TAG,
+    Workspace,
+    best_child,
+    child_runs,
+    ensure_writable,
+    unfinished_parent_run,
+)
+from xattn.tuning.spec import StudySpec, spec_from_yaml
 from xattn.tuning.trial import preflight
 
 
@@ -34,6 +45,7 @@ class StudyResult:
     trial_counts: dict[str, int] = field(default_factory=dict)
     best: dict[str, Any] | None = None
     comparison: dict[str, Any] | None = None
+    failures: dict[str, int] = field(default_factory=dict)  # failure reason -> failed trials
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +83,7 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, 
         "xattn.metric": f"best_{spec.search.metric}",
         "xattn.mode": spec.search.mode,
         "mlflow.runName": f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        DRIVER_TAG: _driver(),
     }
     run = client.create_run(experiment_id, tags=tags)
     run_id = run.info.run_id
@@ -90,6 +103,55 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, 
         client.log_param(run_id, key, str(value))
     client.log_text(run_id, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False), "study.yaml")
     return run_id, optuna_study
+
+
+DRIVER_TAG = "xattn.driver"
+ORPHAN_TAG = "xattn.orphaned"
+
+
+def _driver() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _driver_alive(driver: str | None) -> bool:
+    """Whether the process that last drove a study run is still running on this host."""
+    host, _, pid = (driver or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stored_spec(client, parent) -> StudySpec:
+    """The spec a study run was started with (its study.yaml artifact)."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = client.download_artifacts(parent.info.run_id, "study.yaml", folder)
+        return spec_from_yaml(Path(path).read_text())
+
+
+def reopen_parent_run(client, parent, spec: StudySpec) -> tuple[str, str]:
+    """Take over an unfinished study run of the same spec; return its id and Optuna study."""
+    run_id = parent.info.run_id
+    if stored_spec(client, parent) != spec:
+        raise StoreError(
+            f"study {spec.name!r} has an unfinished run {run_id} of a different spec: "
+            f"`xattn study resume {spec.name}` continues it, --name NEW starts another study"
+        )
+    driver = parent.data.tags.get(DRIVER_TAG)
+    if _driver_alive(driver):
+        raise StoreError(f"study {spec.name!r} is running now (process {driver}): wait for it or stop it first")
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, DRIVER_TAG, _driver())
+    client.set_tag(run_id, "xattn.resumed", str(int(parent.data.tags.get("xattn.resumed", "0")) + 1))
+    return run_id, parent.data.tags["xattn.optuna_study"]
 
 
 @dataclass
@@ -120,6 +182,10 @@ def run_study(
     With `compare_with`, every compared family is then tuned with the same budget (unless
     `comparison.tune` is false), and the best configuration of every family is retrained on
     each of K outer region folds for S seeds; the paired comparison goes to the parent run.
+
+    If the newest run of this study never completed (killed, interrupted, crashed), it is
+    resumed: every phase's Ray Tune experiment is restored, finished trials are kept and
+    unfinished ones continue from their last checkpoint, logging to the same child runs.
     """
     mirror_path = data_mirror(mirror)
     mirror = str(mirror_path) if mirror_path else None
@@ -128,7 +194,14 @@ def run_study(
     client = connect(workspace)
 
     experiment_id = open_experiment(client, workspace, spec)
-    parent_run_id, optuna_study = start_parent_run(client, experiment_id, spec)
+    unfinished = unfinished_parent_run(client, experiment_id)
+    if unfinished is not None:
+        parent_run_id, optuna_study = reopen_parent_run(client, unfinished, spec)
+        if progress is not None:
+            done = sum(run.info.status in ("FINISHED", "FAILED") for run in child_runs(client, unfinished))
+            progress.console.print(f"resuming study run {parent_run_id}: {done} finished trials are kept", highlight=False)
+    else:
+        parent_run_id, optuna_study = start_parent_run(client, experiment_id, spec)
     context = _Context(workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress, spec)
     try:
         results = _search(spec, context)
@@ -142,10 +215,31 @@ def run_study(
     return _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison)
 
 
+def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
+    """Continue the unfinished run of study `name` with the spec it was started with."""
+    client = connect(workspace)
+    experiment = client.get_experiment_by_name(name)
+    parent = unfinished_parent_run(client, experiment.experiment_id) if experiment is not None else None
+    if parent is None:
+        what = "no study" if experiment is None else "no unfinished run of study"
+        raise StudyNotFound(f"{what} {name!r} in {workspace.tracking_uri}: nothing to resume (`xattn study list`)")
+    spec = stored_spec(client, parent)
+    progress = kwargs.get("progress")
+    if progress is not None:
+        progress.total, progress.metric, progress.mode = spec.budget.trials, spec.search.metric, spec.search.mode
+    return run_study(spec, workspace, **kwargs)
+
+
 def _ray(context: _Context):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # One checkpoint kept per trial forces a state snapshot per checkpoint; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Save the experiment state every second (not every 10 s or more): a driver killed with
+    # SIGKILL then loses at most a second of bookkeeping, so a resume repeats almost nothing.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Ctrl-C raises KeyboardInterrupt here at once (the study run is then marked KILLED)
+    # instead of Tune swallowing it and returning a partial result as if the phase were done.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     import ray
 
     if not ray.is_initialized():
@@ -162,14 +256,67 @@ def _ray(context: _Context):
 def _run_config(spec: StudySpec, context: _Context, phase: str, logger):
     from ray import tune
 
-    callbacks = [logger] + ([context.progress] if context.progress is not None else [])
     return tune.RunConfig(
         name=f"{spec.name}-{context.parent_run_id[:8]}-{phase}",
         storage_path=str(context.workspace.ray_storage),
-        callbacks=callbacks,
+        callbacks=_callbacks(context, logger),
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
     )
+
+
+def _callbacks(context: _Context, logger) -> list:
+    return [logger] + ([context.progress] if context.progress is not None else [])
+
+
+def _fit_phase(spec: StudySpec, context: _Context, role: str, trainable, make_logger, *, tune_config, param_space=None):
+    """Run one phase's Ray Tune experiment, or resume it where an earlier driver left it.
+
+    `make_logger(searcher)` builds the MLflow callback for the phase's (possibly restored)
+    searcher. Returns the ResultGrid; raises KeyboardInterrupt when Tune caught Ctrl-C.
+    """
+    from ray import tune
+
+    run_config = _run_config(spec, context, f"{role}-{spec.model.family}", make_logger(tune_config.search_alg))
+    path = context.workspace.ray_storage / run_config.name
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, resume_errored=False, param_space=param_space
+        )
+        # Tune restores its callbacks from a pickle of the old driver's; give it live ones,
+        # tied to the restored searcher (no public API: ray-project/ray#41364).
+        internal = tuner._local_tuner
+        searcher = internal._tune_config.search_alg
+        internal.get_run_config().callbacks = _callbacks(context, make_logger(searcher))
+    else:
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results):
+        raise KeyboardInterrupt  # Tune caught a stop signal (SIGUSR1), saved its state and returned early
+    _close_orphaned_runs(context, role, spec.model.family)
+    return results
+
+
+def _close_orphaned_runs(context: _Context, role: str, family: str) -> None:
+    """Child runs of a finished phase still RUNNING belong to trials a killed driver started
+    but Tune never recorded; Tune ran those again as new trials. Mark them, keep them."""
+    parent = context.client.get_run(context.parent_run_id)
+    for run in child_runs(context.client, parent):
+        tags = run.data.tags
+        if run.info.status == "RUNNING" and tags.get(ROLE_TAG) == role and tags.get("xattn.family") == family:
+            context.client.set_tag(run.info.run_id, ORPHAN_TAG, "the driver was killed before Ray Tune recorded this trial; it ran again as another trial")
+            context.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def _fail_orphaned_optuna_trials(storage: str, study_name: str) -> None:
+    """Optuna trials asked for by a killed driver's searcher but never told a result."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, ORPHAN_TAG, "driver killed before the trial was recorded")
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
 
 
 def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None):
@@ -184,12 +331,15 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     from xattn.tuning.trainable import trainable
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A resumed trial re-reports the epochs after its checkpoint; Optuna keeps the first value.
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", category=UserWarning)
+    study_name = optuna_study or context.optuna_study
     searcher = OptunaSearch(
         space=optuna_space(spec.searched),
         metric=f"best_{spec.search.metric}",
         mode=spec.search.mode,
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
-        study_name=optuna_study or context.optuna_study,
+        study_name=study_name,
         storage=optuna.storages.RDBStorage(context.workspace.optuna_storage),
     )
     if spec.search.scheduler == "asha":
@@ -203,27 +353,27 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     else:
         scheduler = FIFOScheduler()
 
-    def optuna_number(trial_id: str) -> int | None:
-        trial = searcher._ot_trials.get(trial_id)  # Ray keeps no public map from trial to Optuna trial
-        return trial.number if trial is not None else None
+    def make_logger(searcher) -> MlflowTrialLogger:
+        def optuna_number(trial_id: str) -> int | None:
+            trial = searcher._ot_trials.get(trial_id)  # Ray keeps no public map from trial to Optuna trial
+            return trial.number if trial is not None else None
 
-    logger = MlflowTrialLogger(
-        context.client, context.experiment_id, context.parent_run_id, optuna_number, spec.model.family,
-        role="search", fold=spec.data.split.fold, seed=spec.seed,
-    )  # fmt: skip
+        return MlflowTrialLogger(
+            context.client, context.experiment_id, context.parent_run_id, optuna_number, spec.model.family,
+            role="search", fold=spec.data.split.fold, seed=spec.seed,
+        )  # fmt: skip
+
     if context.progress is not None and context.spec.compare_with:
         context.progress.start_phase(f"search {spec.model.family}", spec.budget.trials, spec.search.metric, spec.search.mode)
-    tuner = tune.Tuner(
-        trainable(spec, context.mirror),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=spec.budget.trials,
-            max_concurrent_trials=spec.budget.max_concurrent,
-        ),
-        run_config=_run_config(spec, context, f"search-{spec.model.family}", logger),
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=spec.budget.trials,
+        max_concurrent_trials=spec.budget.max_concurrent,
     )
-    return tuner.fit()
+    results = _fit_phase(spec, context, "search", trainable(spec, context.mirror), make_logger, tune_config=tune_config)
+    _fail_orphaned_optuna_trials(context.workspace.optuna_storage, study_name)
+    return results
 
 
 def _best_config(spec: StudySpec, results) -> dict[str, Any]:
@@ -245,20 +395,20 @@ def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Contex
     final = spec.model_copy(deep=True)
     final.data.split = final.data.split.model_copy(update={"folds": comparison.folds, "fold": 0})
     seeds = [spec.seed + offset for offset in range(comparison.seeds)]
-    logger = MlflowTrialLogger(
-        context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
-        role="final", fold=None, seed=None,
-    )  # fmt: skip
+    def make_logger(_searcher) -> MlflowTrialLogger:
+        return MlflowTrialLogger(
+            context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
+            role="final", fold=None, seed=None,
+        )  # fmt: skip
+
     if context.progress is not None:
         total = comparison.folds * comparison.seeds
         context.progress.start_phase(f"final {spec.model.family} ({comparison.folds} folds x {comparison.seeds} seeds)", total, "test_pearson", "max")
-    tuner = tune.Tuner(
-        trainable(final, context.mirror),
-        param_space={**config, "_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)},
+    _fit_phase(
+        spec, context, "final", trainable(final, context.mirror), make_logger,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent),
-        run_config=_run_config(spec, context, f"final-{spec.model.family}", logger),
-    )
-    tuner.fit()
+        param_space={**config, "_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)},
+    )  # fmt: skip
 
 
 def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]:
@@ -285,9 +435,14 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
     parent = client.get_run(parent_run_id)
     children = child_runs(client, parent)
     counts: dict[str, int] = {}
+    failures: dict[str, int] = {}
     for run in children:
-        if run.data.tags.get("xattn.family") == spec.model.family and run.data.tags.get(ROLE_TAG) == "search":
+        tags = run.data.tags
+        if tags.get("xattn.family") == spec.model.family and tags.get(ROLE_TAG) == "search" and ORPHAN_TAG not in tags:
             counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
+            if run.info.status == "FAILED":
+                reason = tags.get("xattn.failure", "no reason recorded")
+                failures[reason] = failures.get(reason, 0) + 1
     rows = [
         {
             "run_id": run.info.run_id,
@@ -326,6 +481,7 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
         for key, value in run.data.metrics.items():
             client.log_metric(parent_run_id, f"best.{key}", value)
         client.set_tag(parent_run_id, "xattn.best_run_id", run.info.run_id)
+    client.set_tag(parent_run_id, COMPLETED_TAG, "true")
     client.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
     return StudyResult(
         name=spec.name,
@@ -336,4 +492,5 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
         trial_counts=counts,
         best=best,
         comparison=comparison,
+        failures=failures,
     )

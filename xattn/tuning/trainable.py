@@ -14,12 +14,20 @@ import torch
 from ray import tune
 
 from xattn.training.checkpoint import load_checkpoint_weights, load_optimizer_state, save_checkpoint
-from xattn.training.trainer import EpochReport, fit
+from xattn.training.trainer import EpochReport, TrainingDiverged, fit
 from xattn.tuning.spec import StudySpec
 from xattn.tuning.trial import prepare_trial
 
 
+DIVERGED_MARKER = "diverged.txt"
+
+
 def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str | None) -> None:
+    # Ray retries a trial that raised (budget.max_failures); a diverged one would only
+    # diverge again from the same checkpoint and seed, so its retries fail at once.
+    marker = Path(tune.get_context().get_trial_dir()) / DIVERGED_MARKER
+    if marker.exists():
+        raise TrainingDiverged(marker.read_text())
     spec = StudySpec.model_validate(spec_json)
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     trial = prepare_trial(spec, config, mirror=mirror)
@@ -55,7 +63,12 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str 
             )
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    fit(model, trial.experiment.pairs, trial.train_config, on_epoch=report, start_epoch=start_epoch, optimizer_state=optimizer_state)
+    try:
+        fit(model, trial.experiment.pairs, trial.train_config, on_epoch=report, start_epoch=start_epoch,
+            optimizer_state=optimizer_state)  # fmt: skip
+    except TrainingDiverged as error:
+        marker.write_text(str(error))
+        raise
 
 
 def trainable(spec: StudySpec, mirror: str | None) -> Any:
