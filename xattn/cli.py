@@ -32,6 +32,7 @@ WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder fo
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the workspace's SQLite file).")
 OptunaOpt = typer.Option(None, "--optuna-storage", help="Optuna storage URL (default: $XATTN_OPTUNA_STORAGE or the workspace's SQLite file).")
 MirrorOpt = typer.Option(None, "--mirror", help="Read data files from this local folder laid out like the upstream repositories (default: $XATTN_DATA_MIRROR).")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object as the last line, for scripts.")
 
 
@@ -76,7 +77,7 @@ def study_run(
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     optuna_storage: Optional[str] = OptunaOpt,
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance)."),
+    address: Optional[str] = AddressOpt,
     mirror: Optional[Path] = MirrorOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -107,7 +108,7 @@ def study_resume(
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     optuna_storage: Optional[str] = OptunaOpt,
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance)."),
+    address: Optional[str] = AddressOpt,
     mirror: Optional[Path] = MirrorOpt,
     as_json: bool = JsonOpt,
 ) -> None:

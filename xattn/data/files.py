@@ -59,10 +59,10 @@ def load_user_files(
     check_finite_matrix(matrix, connectivity)
     return ConnectomeData(
         name=name,
-        expression=values[keep].astype(np.float32),
+        expression=as_float32(values[keep], expression),
         genes=genes,
-        connectivity=matrix.astype(np.float32),
-        coords=xyz[keep].astype(np.float32),
+        connectivity=as_float32(matrix, connectivity),
+        coords=as_float32(xyz[keep], coords),
         labels=[expr_labels[k] for k in keep],
         original_index=keep.astype(np.int64),
         target=target,
@@ -283,6 +283,13 @@ def sampled_regions(values: np.ndarray, path: Path, labels: list[str]) -> np.nda
     if keep.size < 2:
         raise DataError(f"expression file {path} has {keep.size} region(s) with expression: at least 2 are needed")
     return keep
+
+
+def as_float32(values: np.ndarray, path: Path | None) -> np.ndarray:
+    limit = np.finfo(np.float32).max
+    if values.size and np.nanmax(np.abs(values)) > limit:
+        raise DataError(f"{path} has values beyond +-{limit:.1e}, too large for float32: rescale the data")
+    return values.astype(np.float32)
 
 
 def check_finite_matrix(matrix: np.ndarray, path: Path) -> None:

@@ -18,6 +18,7 @@ from xattn.errors import StoreError, StudyNotFound
 DEFAULT_WORKSPACE = Path(".xattn")
 ROLE_TAG = "xattn.role"
 STUDY_TAG = "xattn.study"
+SQLITE_WAIT = "?timeout=60"
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,11 @@ class Workspace:
         root = Path(root or os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
         if create:
             ensure_writable(root)
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+        # Two studies on one workspace are two writers of each SQLite file: wait for the
+        # other's write (up to a minute) instead of failing with "database is locked" after 5 s.
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}{SQLITE_WAIT}"
         optuna_storage = (
-            optuna_storage or os.environ.get("XATTN_OPTUNA_STORAGE") or f"sqlite:///{root / 'optuna.db'}"
+            optuna_storage or os.environ.get("XATTN_OPTUNA_STORAGE") or f"sqlite:///{root / 'optuna.db'}{SQLITE_WAIT}"
         )
         return cls(root, tracking_uri, optuna_storage)
 

@@ -332,10 +332,11 @@ def _check_positive(spec: StudySpec, name: str, choices: dict, source: str) -> N
 
 def _describe(error: ValidationError, raw: dict) -> str:
     first = error.errors()[0]
-    location = ".".join(str(part) for part in first["loc"])
+    location = ".".join(str(part) if str(part).isprintable() else repr(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         parent = first["loc"][:-1]
         key = str(first["loc"][-1])
+        location = location or repr(key)
         allowed = _allowed_keys(parent)
         return f"{location}: unknown key{_did_you_mean(key, allowed)}; allowed here: {', '.join(sorted(allowed))}"
     if first["type"] == "missing":

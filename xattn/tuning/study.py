@@ -13,6 +13,7 @@ import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -51,16 +52,63 @@ class StudyResult:
         return asdict(self)
 
 
+def open_stores(workspace: Workspace):
+    """Connect to both stores, creating their tables if new, one process at a time: two
+    studies starting at once on a new workspace would otherwise both create the schema."""
+    import optuna
+    from filelock import FileLock
+
+    with FileLock(workspace.root / ".stores.lock"):
+        client = connect(workspace)
+        optuna.storages.RDBStorage(workspace.optuna_storage)
+    return client
+
+
 def connect(workspace: Workspace):
+    """An MLflow client on a store that answers, or a one-line StoreError (within seconds)."""
     client = workspace.client()
+    # MLflow retries an unreachable server for minutes by default; a probe should not.
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
     try:
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise StoreError(
-            f"cannot use the tracking store {workspace.tracking_uri} ({reason}): check --tracking-uri"
+            f"cannot use the tracking store {workspace.tracking_uri} ({_reason(error)}): check --tracking-uri"
         ) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return client
+
+
+def check_optuna_storage(url: str) -> None:
+    """Connect to the Optuna storage without writing to it (a SQLite file is created later)."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL at all
+        raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
+    if parsed.get_backend_name() == "sqlite":
+        return
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        engine = sqlalchemy.create_engine(parsed)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
+        raise StoreError(f"cannot use the Optuna storage {shown} ({_reason(error)}): check --optuna-storage") from None
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def open_experiment(client, workspace: Workspace, spec: StudySpec) -> str:
@@ -130,7 +178,6 @@ def _driver_alive(driver: str | None) -> bool:
 def stored_spec(client, parent) -> StudySpec:
     """The spec a study run was started with (its study.yaml artifact)."""
     import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as folder:
         path = client.download_artifacts(parent.info.run_id, "study.yaml", folder)
@@ -191,7 +238,8 @@ def run_study(
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)
     ensure_writable(workspace.root)
-    client = connect(workspace)
+    check_optuna_storage(workspace.optuna_storage)
+    client = open_stores(workspace)
 
     experiment_id = open_experiment(client, workspace, spec)
     unfinished = unfinished_parent_run(client, experiment_id)
@@ -217,6 +265,9 @@ def run_study(
 
 def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
     """Continue the unfinished run of study `name` with the spec it was started with."""
+    database = workspace.tracking_uri.removeprefix("sqlite:///").split("?")[0]
+    if database != workspace.tracking_uri and not Path(database).exists():
+        raise StudyNotFound(f"no tracking store at {database}: nothing to resume (is --workspace right?)")
     client = connect(workspace)
     experiment = client.get_experiment_by_name(name)
     parent = unfinished_parent_run(client, experiment.experiment_id) if experiment is not None else None
