@@ -1,7 +1,12 @@
 """A trial whose loss diverges is recorded as failed, with its reason, and the study goes on."""
 
+import os
+import subprocess
+import sys
+
 import optuna
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from xattn.tracking.store import Workspace
@@ -47,3 +52,25 @@ def test_diverging_trials_fail_and_the_others_finish(tmp_path, ray_local):
     for child in children:
         expected = optuna.trial.TrialState.FAIL if child in diverging else optuna.trial.TrialState.COMPLETE
         assert states[int(child.data.tags["xattn.optuna_trial_number"])] == expected
+
+
+def test_a_study_whose_every_trial_failed_exits_non_zero_and_says_why(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "all-diverge",
+                "data": {"dataset": "synthetic", "synthetic": {"regions": 24, "genes": 6}},
+                "model": {"fixed": {"d_model": 8, "nhead": 1, "num_layers": 1, "deep_hidden_dims": [8]}},
+                "search": {"space": {"learning_rate": [DIVERGING]}, "scheduler": "none"},
+                "budget": {"trials": 2, "max_epochs": 2},
+            }
+        )
+    )
+    process = subprocess.run(
+        [sys.executable, "-m", "xattn.cli", "study", "run", spec, "--workspace", tmp_path / "ws"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "400"},
+    )  # fmt: skip
+    assert process.returncode == 1, process.stdout + process.stderr
+    (line,) = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert "every trial failed (2 x TrainingDiverged: training diverged at epoch 1" in line

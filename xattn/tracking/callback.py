@@ -6,6 +6,7 @@ tag, linked to its Ray Tune trial id and Optuna trial number.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -143,4 +144,5 @@ def _last_line(path: str) -> str:
         lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return "trial raised: see the error artifact"
-    return (lines[-1] if lines else "trial raised")[:500]
+    last = lines[-1] if lines else "trial raised"
+    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", last)[:500]  # xattn.training.trainer.TrainingDiverged: -> TrainingDiverged:
