@@ -68,6 +68,30 @@ def test_malformed_yaml_exits_2(tmp_path):
     assert "malformed YAML" in process.stderr
 
 
+@pytest.mark.parametrize(
+    "store_flags, expected",
+    [
+        (["--tracking-uri", "http://127.0.0.1:9"], "cannot use the tracking store http://127.0.0.1:9"),
+        (["--optuna-storage", "postgresql://someone:secret@127.0.0.1:9/none"], "someone:***@127.0.0.1:9"),
+        (["--optuna-storage", "not a url"], "is not a SQLAlchemy URL"),
+    ],
+)
+def test_unusable_stores_stop_the_study_with_one_line(tmp_path, store_flags, expected):
+    process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *store_flags, cwd=tmp_path, timeout=120)
+    assert process.returncode == 2, process.stderr
+    (line,) = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert expected in line and "secret" not in process.stderr
+    assert not (tmp_path / "ws" / "ray").exists()
+
+
+def test_an_unwritable_workspace_stops_the_study(tmp_path):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    process = xattn("study", "run", write_spec(tmp_path), "--workspace", blocked / "ws", cwd=tmp_path)
+    assert process.returncode == 2
+    assert "cannot be written" in process.stderr
+
+
 def test_unknown_study_exits_2(tmp_path):
     process = xattn("study", "show", "nope", "--workspace", tmp_path / "ws", cwd=tmp_path)
     assert process.returncode == 2
