@@ -1,0 +1,1 @@
+"""Benchmarks of xattn's training path (run `python -m benchmarks.throughput --help`)."""
