@@ -357,6 +357,35 @@ def compare_local(
     print(comparison_markdown(comparison))
 
 
+@app.command("doctor")
+@friendly
+def doctor(
+    workspace: Optional[Path] = WorkspaceOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    optuna_storage: Optional[str] = OptunaOpt,
+    address: Optional[str] = AddressOpt,
+    mirror: Optional[Path] = MirrorOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check every store and service a study would use: reachable, writable, compatible."""
+    from xattn.doctor import report_json, run_checks
+
+    ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
+    checks = run_checks(ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=str(mirror) if mirror else None)
+    table = Table(title="xattn doctor")
+    for column in ("check", "where", "", "detail"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        table.add_row(check.name, check.target, "[green]ok[/]" if check.ok else "[red]FAIL[/]", check.detail)
+    console.print(table)
+    if as_json:
+        print(report_json(checks))
+    failed = [check for check in checks if not check.ok]
+    if failed:
+        err_console.print(f"[red]error:[/] {failed[0].name}: {failed[0].detail}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
 @app.command("ui")
 @friendly
 def ui(

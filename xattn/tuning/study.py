@@ -295,7 +295,9 @@ def _ray(context: _Context):
 
     if not ray.is_initialized():
         ray.init(
-            address=context.address,
+            # "local": a new instance of our own, even where a `ray start` cluster (or a
+            # stale record of one in /tmp/ray) would make ray.init() try to join it.
+            address=context.address or "local",
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
