@@ -8,7 +8,7 @@ STAMP := $(VENV)/.xattn-installed
 # The data mirror the tests and real-data studies read (a folder laid out like ../shared/data).
 export XATTN_DATA_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean postgres
 
 install: $(STAMP)
 
@@ -24,8 +24,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/xattn study run studies/quickstart.yaml
 
-test: $(STAMP)
+test: $(STAMP) postgres
 	$(PY) -m pytest -q
+
+# The service tests need PostgreSQL on 127.0.0.1:5432; start the machine's cluster if it is
+# installed but stopped (best effort: without one those tests skip, or fail in CI).
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || { command -v pg_ctlcluster >/dev/null 2>&1 && \
+		pg_lsclusters -h | awk '$$3 == 5432 {print $$1, $$2}' | while read version cluster; do \
+		pg_ctlcluster "$$version" "$$cluster" start; done; } || echo "PostgreSQL is not running on 127.0.0.1:5432"
 
 clean:
 	rm -rf .xattn exports

@@ -145,3 +145,11 @@ def test_progress_counts_each_phase_afresh():
     assert "[2/2]" in lines[1] and "best 0.4000" in lines[1]
     assert lines[2].startswith("final cge: 4 trials")
     assert "[2/4]" in lines[4] and "best 0.3000" in lines[4]
+
+
+def test_doctor_names_a_tracking_server_that_is_down(tmp_path):
+    process = xattn("doctor", "--workspace", tmp_path / "ws", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path, timeout=120)
+    assert process.returncode == 1
+    (line,) = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert "tracking store" in line and "http://127.0.0.1:9" in line
+    assert "FAIL" in process.stdout
