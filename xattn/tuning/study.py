@@ -423,6 +423,7 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
         scheduler=scheduler,
         num_samples=spec.budget.trials,
         max_concurrent_trials=spec.budget.max_concurrent,
+        reuse_actors=True,  # a new trial in a warm worker: no process start, no torch import
     )
     results = _fit_phase(spec, context, "search", trainable(spec, context.mirror), make_logger, tune_config=tune_config)
     _fail_orphaned_optuna_trials(context.workspace.optuna_storage, study_name)
@@ -459,7 +460,7 @@ def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Contex
         context.progress.start_phase(f"final {spec.model.family} ({comparison.folds} folds x {comparison.seeds} seeds)", total, "test_pearson", "max")
     _fit_phase(
         spec, context, "final", trainable(final, context.mirror), make_logger,
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent),
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent, reuse_actors=True),
         param_space={**config, "_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)},
     )  # fmt: skip
 
