@@ -378,16 +378,16 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     from xattn.tuning.search_space import optuna_space
+    from xattn.tuning.searcher import ResumableOptunaSearch
     from xattn.tuning.trainable import trainable
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # A resumed trial re-reports the epochs after its checkpoint; Optuna keeps the first value.
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", category=UserWarning)
     study_name = optuna_study or context.optuna_study
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=optuna_space(spec.searched),
         metric=f"best_{spec.search.metric}",
         mode=spec.search.mode,
