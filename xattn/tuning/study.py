@@ -306,11 +306,11 @@ def _ray(context: _Context):
     return ray
 
 
-def _run_config(spec: StudySpec, context: _Context, phase: str, logger):
+def _run_config(spec: StudySpec, context: _Context, name: str, logger):
     from ray import tune
 
     return tune.RunConfig(
-        name=f"{spec.name}-{context.parent_run_id[:8]}-{phase}",
+        name=name,
         storage_path=str(context.workspace.ray_storage),
         callbacks=_callbacks(context, logger),
         verbose=0,
@@ -331,8 +331,8 @@ def _fit_phase(spec: StudySpec, context: _Context, role: str, trainable, make_lo
     """
     from ray import tune
 
-    run_config = _run_config(spec, context, f"{role}-{spec.model.family}", make_logger(tune_config.search_alg))
-    path = context.workspace.ray_storage / run_config.name
+    name = f"{spec.name}-{context.parent_run_id[:8]}-{role}-{spec.model.family}"
+    path = context.workspace.ray_storage / name
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(
             str(path), trainable, resume_unfinished=True, resume_errored=False, param_space=param_space
@@ -343,6 +343,7 @@ def _fit_phase(spec: StudySpec, context: _Context, role: str, trainable, make_lo
         searcher = internal._tune_config.search_alg
         internal.get_run_config().callbacks = _callbacks(context, make_logger(searcher))
     else:
+        run_config = _run_config(spec, context, name, make_logger(tune_config.search_alg))
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
     results = tuner.fit()
     if results.num_terminated + results.num_errors < len(results):
@@ -368,8 +369,7 @@ def _fail_orphaned_optuna_trials(storage: str, study_name: str) -> None:
 
     study = optuna.load_study(study_name=study_name, storage=storage)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(trial._trial_id, ORPHAN_TAG, "driver killed before the trial was recorded")
-        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None):
