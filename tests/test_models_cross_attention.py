@@ -82,7 +82,7 @@ def test_alibi_runs_and_changes_the_output(data):
 
 @pytest.mark.parametrize(
     "cls_init,pooling_mode,use_alibi",
-    [("random", "mean", False), ("spatial", "attention", True), ("spatial", "cls", False)],
+    [("random", "mean", False), ("spatial", "attention", True), ("spatial", "cls", False), ("random", "cls", True)],
 )
 def test_deduplicated_forward_equals_per_pair_forward(data, cls_init, pooling_mode, use_alibi):
     expression, coords, pair_i, pair_j = data
@@ -91,6 +91,32 @@ def test_deduplicated_forward_equals_per_pair_forward(data, cls_init, pooling_mo
         fast = model(expression, coords, pair_i, pair_j)
         naive = model.forward_naive(expression[pair_i], expression[pair_j], coords[pair_i], coords[pair_j])
     torch.testing.assert_close(fast, naive, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pooling_mode,region_i_matters", [("cls", False), ("mean", True), ("attention", True)])
+def test_with_cls_pooling_region_i_cannot_change_the_prediction(data, pooling_mode, region_i_matters):
+    """Queries never attend to each other, so only the CLS query reaches a CLS-pooled output."""
+    expression, coords, pair_i, pair_j = data
+    model = make_model(cls_init="spatial", pooling_mode=pooling_mode).eval()
+    other = expression.clone()
+    sides_i = sorted(set(pair_i.tolist()) - set(pair_j.tolist()))  # regions that only occur as i
+    other[sides_i] = torch.rand(len(sides_i), N_GENES, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        before = model.forward_naive(expression[pair_i], expression[pair_j], coords[pair_i], coords[pair_j])
+        after = model.forward_naive(other[pair_i], other[pair_j], coords[pair_i], coords[pair_j])
+    changed = [k for k, i in enumerate(pair_i.tolist()) if i in sides_i]
+    assert changed
+    assert torch.allclose(before[changed], after[changed], atol=1e-6) != region_i_matters
+
+
+def test_cls_pooling_encodes_only_the_j_regions(data):
+    expression, coords, pair_i, pair_j = data
+    model = make_model(pooling_mode="cls").eval()
+    rows = []
+    model.token_proj.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
+    with torch.no_grad():
+        model(expression, coords, pair_i, pair_j)
+    assert rows == [len(set(pair_j.tolist()))]
 
 
 def test_regions_are_encoded_once_and_keys_values_projected_once_per_unique_j(data):

@@ -12,6 +12,11 @@ the keys/values of each unique j region once before gathering them per pair.
 
 The memory (region j's tokens) is the same tensor in every block, as in the standard
 transformer decoder's cross-attention: only the queries evolve through the residual stream.
+Unlike a decoder there is no self-attention among the queries, so every query token evolves
+on its own, from its gene and expression bin, attending to region j. Two consequences follow
+from the reference design: with pooling_mode "cls" the prediction does not depend on region
+i's expression at all (only on the CLS token and region j; `forward` then skips region i's
+tokens), and with "mean" it is a mean over region i's genes of per-gene terms.
 
 With use_alibi the bias follows FlashAttention's alignment (see attention.py): query gene g
 lines up with key gene g, and the CLS query sits at position -1, so it leans towards the
@@ -247,16 +252,29 @@ class CrossAttentionGene2VecModel(nn.Module):
     def forward(self, expression: Tensor, coords: Tensor, pair_i: Tensor, pair_j: Tensor) -> Tensor:
         """expression (R, G) in [0, 1] and coords (R, 3) of all regions; pair_i, pair_j (B,) row
         indices. Coords must already be normalised (training-region statistics). Returns (B,)."""
-        regions, inverse = torch.unique(torch.cat([pair_i, pair_j]), return_inverse=True)
-        index_i, index_j = inverse[: len(pair_i)], inverse[len(pair_i) :]
-        tokens = self.encode_genes(expression[regions])  # (U, G, d): each region once
-        # Keys/values only for regions that occur as j (random pairs: about half of U).
-        memory_rows, memory_index = torch.unique(index_j, return_inverse=True)
-        memory = tokens.index_select(0, memory_rows)  # (Uj, G, d)
-        x = torch.cat([self.cls_token(coords[pair_i], coords[pair_j]), tokens.index_select(0, index_i)], dim=1)
+        cls = self.cls_token(coords[pair_i], coords[pair_j])
+        if self.only_cls_reaches_output:
+            memory_rows, memory_index = torch.unique(pair_j, return_inverse=True)
+            memory, x = self.encode_genes(expression[memory_rows]), cls  # region i is not needed
+        else:
+            regions, inverse = torch.unique(torch.cat([pair_i, pair_j]), return_inverse=True)
+            index_i, index_j = inverse[: len(pair_i)], inverse[len(pair_i) :]
+            tokens = self.encode_genes(expression[regions])  # (U, G, d): each region once
+            # Keys/values only for regions that occur as j (random pairs: about half of U).
+            memory_rows, memory_index = torch.unique(index_j, return_inverse=True)
+            memory = tokens.index_select(0, memory_rows)  # (Uj, G, d)
+            x = torch.cat([cls, tokens.index_select(0, index_i)], dim=1)
         for block in self.blocks:
             x = block(x, memory, memory_index)  # x: (B, G + 1, d)
         return self.head(self.pool_tokens(self.ln_f(x)))
+
+    @property
+    def only_cls_reaches_output(self) -> bool:
+        """With CLS pooling only the CLS query's output is used, and no query attends to
+        another, so region i's gene tokens cannot change the prediction: `forward` skips
+        them. (With ALiBi the CLS query's bias depends on its position among all queries,
+        so there the full query sequence is kept.)"""
+        return self.config.pooling_mode == "cls" and not self.config.use_alibi
 
     def forward_naive(
         self, expression_i: Tensor, expression_j: Tensor, coords_i: Tensor, coords_j: Tensor
