@@ -7,7 +7,9 @@ What it measures, in one process (children only where a clean process is needed)
 1. Training pairs per second of xattn's trainer against the naive reference trainer of
    `benchmarks.naive`, for `cross_attention` and the three self-attention families, at the
    model configs' default hyperparameters on `hcp-s100` (810 genes, 100 regions; spatial
-   split, fold 0 of 5, co-expression gene vectors). The xattn side runs the trainer's own
+   split, fold 0 of 5, co-expression gene vectors). On CPU each family's batch is the
+   trainer's default (512), halved while one naive batch would take over 6 s, so the slow
+   families fit the time budget; the batch used is recorded. The xattn side runs the trainer's own
    epoch loop, `xattn.training.trainer._train_epoch` (its `_batch_loss`, backward,
    `loss.item()`, AdamW step), on a random subset of n_batches x batch_size training pairs;
    the naive side runs the same number of batches from a shuffling DataLoader through a
@@ -28,7 +30,9 @@ What it measures, in one process (children only where a clean process is needed)
 4. Platform overhead: the same fixed trials run by `xattn study run` (Ray Tune + Optuna +
    MLflow on a temporary workspace; a one-value search space, FIFO scheduler, one trial at a
    time) and by a plain loop of `prepare_experiment` + `build_trial_model` + `fit`, each in a
-   fresh process timed from launch to exit: overhead = (study - plain) / study. Skipped when
+   fresh process timed from launch to exit: overhead = (study - plain) / study, with trials
+   of about 60 s (the goal's condition; `benchmarks.platform_overhead` says how they are
+   sized and how the overhead is split into once-per-study and per-trial parts). Skipped when
    ray, mlflow or optuna is not importable, or with --skip-platform.
 
 Modes used by benchmarks/gpu_check.sh: `--attention-check` (FlashAttention / SDPA backends /
@@ -56,14 +60,30 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.common import (
+    DATASET,
+    MEMORY_TAG,
+    PACKING_TAG,
+    REPO_ROOT,
+    SEED,
+    SPLIT,
+    START,
+    child_env,
+    finite,
+    fmt,
+    log,
+    summary,
+    tagged,
+)
+from benchmarks.platform_overhead import TRIAL_S, measure_platform, plain_trials
 
 FAMILIES = (
     "cross_attention",
@@ -71,65 +91,6 @@ FAMILIES = (
     "shared_self_attention_pooling",
     "shared_self_attention_gene2vec",
 )
-DATASET = "hcp-s100"
-SPLIT = {"method": "spatial", "folds": 5, "fold": 0}
-SEED = 0
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MEMORY_TAG = "XATTN_BENCH_MEMORY "
-PLAIN_TAG = "XATTN_BENCH_PLAIN "
-PACKING_TAG = "XATTN_BENCH_PACKING "
-
-_START = time.perf_counter()
-
-
-def log(message: str) -> None:
-    """A progress line with the seconds since start."""
-    print(f"[{time.perf_counter() - _START:7.1f}s] {message}", flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Statistics
-
-
-def summary(values: Iterable[float]) -> dict[str, Any]:
-    """{"mean", "sd", "min", "max", "n", "values"}; sd is the sample sd (null for one value)."""
-    vals = [float(v) for v in values]
-    if not vals:
-        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0, "values": []}
-    return {
-        "mean": statistics.fmean(vals),
-        "sd": statistics.stdev(vals) if len(vals) > 1 else None,
-        "min": min(vals),
-        "max": max(vals),
-        "n": len(vals),
-        "values": vals,
-    }
-
-
-def _finite(obj: Any) -> Any:
-    """NaN and infinities become None, so the JSON is strict."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _fmt(stat: dict[str, Any] | None, digits: int = 2, scale: float = 1.0) -> str:
-    if not stat or stat.get("mean") is None:
-        return "-"
-    mean = stat["mean"] * scale
-    sd = stat.get("sd")
-    text = f"{mean:.{digits}f}"
-    if sd is not None:
-        text += f" ± {sd * scale:.{digits}f}"
-    if stat.get("n", 0) > 1:
-        text += f" [{stat['min'] * scale:.{digits}f}, {stat['max'] * scale:.{digits}f}]"
-    return text
-
-
 # --------------------------------------------------------------------------------------------
 # FLOPs
 
@@ -185,7 +146,7 @@ class Settings:
     batch_size: int
     rounds: int
     warmup: int
-    target_s: float  # wall time of one xattn round the batch count is chosen for
+    target_s: float  # wall time of one round of the slower trainer the batch count is chosen for
     max_batches: int
     precision: str  # the xattn trainer's precision
     threads: int | None
@@ -193,6 +154,9 @@ class Settings:
     memory_steps: int
     memory_reps: int
     families: tuple[str, ...]
+    # Throughput batches start at the trainer's default (512) and are halved while one naive
+    # batch would take longer than this (None: every family at batch_size).
+    naive_batch_cap_s: float | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -204,7 +168,7 @@ class Settings:
         elif quick:
             defaults = {"batch_size": 16, "rounds": 2, "warmup": 1, "target_s": 1.5, "max_batches": 10}
         else:
-            defaults = {"batch_size": 32, "rounds": 3, "warmup": 1, "target_s": 5.0, "max_batches": 40}
+            defaults = {"batch_size": 32, "rounds": 3, "warmup": 1, "target_s": 4.0, "max_batches": 40}
         precision = args.precision if args.precision != "auto" else ("bf16" if cuda else "fp32")
         return cls(
             device=args.device,
@@ -220,6 +184,7 @@ class Settings:
             memory_steps=args.memory_steps or (1 if quick else 2),
             memory_reps=1 if quick else 2,
             families=tuple(args.families.split(",")) if args.families else FAMILIES,
+            naive_batch_cap_s=None if (cuda or args.batch_size) else (2.0 if quick else 6.0),
         )
 
 
@@ -347,20 +312,35 @@ class NaiveRunner:
         return time.perf_counter() - start
 
 
+def batch_within(family: str, pairs, model: torch.nn.Module, s: Settings) -> int:
+    """The trainer's default batch, halved (not below batch_size) while one naive batch would
+    take over `naive_batch_cap_s`, from two probe batches of batch_size on a copy of `model`."""
+    from xattn.training.trainer import TrainConfig
+
+    probe = NaiveRunner(copy.deepcopy(model), pairs, s.batch_size, s.device)
+    per_pair = min(probe.run(1) for _ in range(2)) / s.batch_size  # the first pays one-off set-up
+    bs = TrainConfig.batch_size
+    while bs > s.batch_size and bs * per_pair > s.naive_batch_cap_s:
+        bs //= 2
+    log(f"{family}: naive {1 / per_pair:.1f} pairs/s at batch {s.batch_size}, so batch {bs} "
+        f"(the default {TrainConfig.batch_size}, halved while a naive batch takes over {s.naive_batch_cap_s:.0f}s)")  # fmt: skip
+    return bs
+
+
 def bench_family(experiment, family: str, s: Settings, flops: float | None = None) -> dict[str, Any]:
     """Alternating timed rounds of xattn's trainer and the naive one; see the module doc."""
     pairs, vectors = gene_subset(experiment, None)
     model = make_model(experiment, family, vectors)
     naive_model = copy.deepcopy(model)  # identical weights, its own optimizer
-    xattn = XattnRunner(model, pairs, s.batch_size, s.precision, s.device)
-    naive = NaiveRunner(naive_model, pairs, s.batch_size, s.device)
-    bs = s.batch_size
+    bs = s.batch_size if s.naive_batch_cap_s is None else batch_within(family, pairs, naive_model, s)
+    xattn = XattnRunner(model, pairs, bs, s.precision, s.device)
+    naive = NaiveRunner(naive_model, pairs, bs, s.device)
 
     log(f"{family}: warm-up ({s.warmup} batch(es) of {bs} pairs each way)")
     # One batch at a time; the fastest one sets the batch count (the first pays one-off set-up).
     t_xattn = min(xattn.run(1) for _ in range(s.warmup))
     t_naive = min(naive.run(1) for _ in range(s.warmup))
-    n = max(1, min(s.max_batches, math.ceil(s.target_s / max(t_xattn, 1e-6))))
+    n = max(1, min(s.max_batches, math.ceil(s.target_s / max(t_xattn, t_naive, 1e-6))))
     log(
         f"{family}: warm-up {bs / t_xattn:.1f} pairs/s xattn, {bs / t_naive:.1f} naive; {s.rounds} rounds of {n} batch(es)"
     )
@@ -480,19 +460,6 @@ def memory_child(s: Settings, n_genes: int) -> None:
     print(MEMORY_TAG + json.dumps(payload), flush=True)
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
-def _tagged(stdout: str, tag: str) -> dict[str, Any] | None:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith(tag):
-            return json.loads(line[len(tag) :])
-    return None
-
-
 def measure_memory(experiment, s: Settings) -> dict[str, Any]:
     """Peak training memory at 405 and 810 genes; the ratio per repetition."""
     peaks: dict[int, list[float]] = {405: [], 810: []}
@@ -524,9 +491,9 @@ def measure_memory(experiment, s: Settings) -> dict[str, Any]:
                 if _SYNTHETIC_FALLBACK:
                     cmd.append("--synthetic-fallback")
                 proc = subprocess.run(
-                    cmd, check=False, capture_output=True, text=True, cwd=REPO_ROOT, env=_child_env(), timeout=900
+                    cmd, check=False, capture_output=True, text=True, cwd=REPO_ROOT, env=child_env(), timeout=900
                 )
-                payload = _tagged(proc.stdout, MEMORY_TAG)
+                payload = tagged(proc.stdout, MEMORY_TAG)
                 if proc.returncode != 0 or payload is None:
                     raise RuntimeError(f"memory child failed ({proc.returncode}): {proc.stderr[-2000:]}")
                 peak = payload["peak_bytes"]
@@ -551,169 +518,6 @@ def measure_memory(experiment, s: Settings) -> dict[str, Any]:
         "method": method,
         "runs": details,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# Platform overhead
-
-
-def platform_spec(s: Settings) -> dict[str, Any]:
-    """Two identical trials of a small cross_attention config (one-value search space)."""
-    if s.quick:
-        dataset, epochs = "hcp-s100-r08", 6
-    else:
-        dataset, epochs = DATASET, 1
-    cpus = s.threads or 2
-    return {
-        "name": "bench-platform",
-        "description": "benchmarks.throughput: platform overhead, two identical trials",
-        "seed": SEED,
-        "data": {"dataset": dataset, "split": {**SPLIT, "val_fraction": 0.2}, "genevec": "coexpression"},
-        "model": {
-            "family": "cross_attention",
-            "fixed": {
-                "d_model": 16,
-                "nhead": 1,
-                "num_layers": 1,
-                "deep_hidden_dims": [64, 32],
-                "transformer_dropout": 0.0,
-                "dropout_rate": 0.0,
-                "batch_size": 256,
-            },
-        },
-        "search": {"metric": "val_loss", "scheduler": "none", "space": {"learning_rate": [0.001]}},
-        "budget": {"trials": 2, "max_epochs": epochs, "patience": epochs, "max_concurrent": 1},
-        "resources": {"cpus": cpus, "gpus": 1 if s.device == "cuda" else 0},
-    }
-
-
-def plain_trials(spec_path: str, mirror: str) -> None:
-    """Child process: the spec's trials through the trainer in a plain loop (what a trial runs,
-    minus Ray, Optuna, MLflow and checkpoints)."""
-    from xattn.experiment import build_trial_model, prepare_experiment
-    from xattn.training.trainer import TrainConfig, fit
-    from xattn.tuning.spec import load_spec
-
-    spec = load_spec(spec_path)
-    sampled = {name: param.candidate_values()[0] for name, param in spec.searched.items()}
-    seconds = []
-    for _ in range(spec.budget.trials):
-        start = time.perf_counter()
-        params = spec.trial_params(sampled)
-        torch.set_num_threads(max(1, int(spec.resources.cpus)))
-        device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-        experiment = prepare_experiment(
-            spec.data, params, spec.seed, split_seed=spec.seed, mirror=mirror, device=device
-        )
-        model = build_trial_model(experiment, spec.model.family, params, spec.seed).to(device)
-        config = TrainConfig.from_params(
-            params, max_epochs=spec.budget.max_epochs, patience=spec.budget.patience, seed=spec.seed, device=device
-        )
-        result = fit(model, experiment.pairs, config)
-        seconds.append(time.perf_counter() - start)
-        print(f"plain trial: {seconds[-1]:.1f}s, best_val_loss {result.best_val_loss:.4f}", flush=True)
-    print(PLAIN_TAG + json.dumps({"trial_seconds": seconds}), flush=True)
-
-
-def _xattn_command() -> list[str]:
-    script = Path(sys.executable).parent / "xattn"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from xattn.cli import main; main()"]
-
-
-def measure_platform(s: Settings) -> dict[str, Any]:
-    missing = [name for name in ("ray", "mlflow", "optuna") if importlib.util.find_spec(name) is None]
-    if missing:
-        return {"skipped": f"not importable here: {', '.join(missing)}"}
-    import yaml
-
-    spec = platform_spec(s)
-    with tempfile.TemporaryDirectory(prefix="xattn-bench-") as tmp:
-        spec_path = Path(tmp) / "bench-platform.yaml"
-        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        env = _child_env()
-        for name in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "XATTN_OPTUNA_STORAGE", "XATTN_WORKSPACE"):
-            env.pop(name, None)
-        env["XATTN_DATA_MIRROR"] = s.mirror
-        trials, epochs = spec["budget"]["trials"], spec["budget"]["max_epochs"]
-        log(f"platform: plain loop, {trials} trials x {epochs} epoch(s) on {spec['data']['dataset']} (fresh process)")
-        start = time.perf_counter()
-        plain = subprocess.run(
-            [sys.executable, "-m", "benchmarks.throughput", "--platform-plain", str(spec_path), "--mirror", s.mirror],
-            check=False, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=1800,
-        )  # fmt: skip
-        plain_wall = time.perf_counter() - start
-        plain_payload = _tagged(plain.stdout, PLAIN_TAG)
-        if plain.returncode != 0 or plain_payload is None:
-            return {"error": f"plain loop failed ({plain.returncode}): {plain.stderr[-2000:]}"}
-        log(f"platform: plain loop {plain_wall:.1f}s; now `xattn study run` (Ray Tune + Optuna + MLflow)")
-        launched = time.time()
-        start = time.perf_counter()
-        study = subprocess.run(
-            [*_xattn_command(), "study", "run", str(spec_path), "--workspace", str(Path(tmp) / "workspace"),
-             "--mirror", s.mirror, "--json"],
-            check=False, capture_output=True, text=True, cwd=tmp, env=env, timeout=1800,
-        )  # fmt: skip
-        study_wall = time.perf_counter() - start
-        timeline = _study_timeline(Path(tmp) / "workspace", spec["name"], launched, launched + study_wall)
-        result = None
-        for line in reversed(study.stdout.splitlines()):
-            if line.startswith("{"):
-                with contextlib.suppress(json.JSONDecodeError):
-                    result = json.loads(line)
-                    break
-        if study.returncode != 0 or result is None:
-            return {"error": f"xattn study run failed ({study.returncode}): {(study.stderr or study.stdout)[-2000:]}"}
-    log(f"platform: study {study_wall:.1f}s")
-    overhead = (study_wall - plain_wall) / study_wall
-    trial_s = plain_payload["trial_seconds"]
-    # One run each: the spread is estimated from the plain loop's trial-to-trial variation.
-    sd_trial = statistics.stdev(trial_s) if len(trial_s) > 1 else None
-    stat = summary([overhead])
-    stat["sd"] = None if sd_trial is None else sd_trial * math.sqrt(len(trial_s)) / study_wall
-    stat["sd_basis"] = (
-        "one run each; sd estimated from the plain loop's trial-to-trial sd, sqrt(trials) * sd / study wall"
-    )
-    return {
-        "overhead_fraction": stat,
-        "study_wall_s": study_wall,
-        "plain_wall_s": plain_wall,
-        "plain_trial_s": summary(trial_s),
-        "trial_counts": result.get("trial_counts"),
-        "study_timeline_s": timeline,
-        "goal": 0.05,
-        "spec": spec,
-    }
-
-
-def _study_timeline(workspace: Path, name: str, launched: float, exited: float) -> dict[str, Any]:
-    """Where the study's wall time went, from the MLflow runs' start and end times: launch to
-    the parent run (imports, preflight, stores), parent run to the first trial (Ray, Optuna),
-    the trials (as the driver's callback saw them: worker start to completion), between and
-    after them (summary, shutdown)."""
-    try:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
-        experiment = client.get_experiment_by_name(name)
-        runs = client.search_runs([experiment.experiment_id], max_results=1000)
-        parent = next(r for r in runs if r.data.tags.get("xattn.role") == "study")
-        trials = sorted((r for r in runs if r.data.tags.get("xattn.role") == "search"), key=lambda r: r.info.start_time)
-        spans = [((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000 for r in trials]
-        first, last = trials[0].info.start_time / 1000, max((r.info.end_time or 0) for r in trials) / 1000
-        parent_start, parent_end = parent.info.start_time / 1000, (parent.info.end_time or 0) / 1000
-        return {
-            "launch_to_parent_run": parent_start - launched,
-            "parent_run_to_first_trial": first - parent_start,
-            "trials": summary(spans),
-            "trials_total": sum(spans),
-            "between_trials": (last - first) - sum(spans),
-            "last_trial_to_parent_end": parent_end - last,
-            "parent_end_to_exit": exited - parent_end,
-        }
-    except Exception as error:  # noqa: BLE001 - the timeline is a diagnosis, not a result
-        return {"error": f"{type(error).__name__}: {error}"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -887,7 +691,7 @@ def _process_start_time() -> float:
         )
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, StopIteration):
-        return time.time() - (time.perf_counter() - _START)
+        return time.time() - (time.perf_counter() - START)
 
 
 def packing_worker(s: Settings, epochs: int, train_pairs: int | None = None) -> dict[str, Any]:
@@ -963,41 +767,60 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def platform_lines(plat: dict[str, Any] | None) -> list[str]:
+    if not plat:
+        return []
+    if "overhead_fraction" not in plat:
+        return [f"platform: {plat.get('skipped') or plat.get('error')}"]
+    trials = len(plat["plain_trial_s"]["values"])
+    lines = [f"platform: {trials} trials of {plat['plain_trial_s']['mean']:.0f}s: study {plat['study_wall_s']:.1f}s, "
+             f"plain {plat['plain_wall_s']:.1f}s, overhead {fmt(plat['overhead_fraction'], 3)} (goal < 0.05)"]  # fmt: skip
+    tl = plat.get("study_timeline_s", {})
+    if "trials_total" in tl:
+        lines.append(f"  study: launch -> parent run {tl['launch_to_parent_run']:.1f}s, -> first trial "
+                     f"{tl['parent_run_to_first_trial']:.1f}s, trials {tl['trials_total']:.1f}s "
+                     f"(plain trials {sum(plat['plain_trial_s']['values']):.1f}s), between trials "
+                     f"{tl['between_trials']:.1f}s, last trial -> exit "
+                     f"{tl['last_trial_to_parent_end'] + tl['parent_end_to_exit']:.1f}s")  # fmt: skip
+    plain_epoch, study_epoch = plat.get("plain_epochs_after_the_first_s"), tl.get("epochs_after_the_first")
+    if plain_epoch and study_epoch and plain_epoch.get("mean") and study_epoch.get("mean"):
+        lines.append(f"  epochs after a trial's first: plain {fmt(plain_epoch, 2)}s, in the study {fmt(study_epoch, 2)}s "
+                     f"(ratio {study_epoch['mean'] / plain_epoch['mean']:.3f})")  # fmt: skip
+    parts = plat.get("parts", {})
+    if "fixed_s" in parts:
+        projected = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in parts["projected_overhead_fraction"].items())
+        needed = parts["trials_for_goal"]
+        goal = f"under 0.05 from {needed} trials" if needed else "never under 0.05 (the per-trial part alone is over it)"
+        lines.append(f"  once per study {parts['fixed_s']:.1f}s, per trial {parts['per_trial_s']:.2f}s "
+                     f"({parts['per_trial_fraction']:.3f} of a trial); studies of such trials: {projected}; {goal}")  # fmt: skip
+    return lines
+
+
 def print_report(report: dict[str, Any]) -> None:
     rows = []
     for family in FAMILIES:
         if family in report:
             r = report[family]
-            rows.append([family, _fmt(r["pairs_per_s"]["xattn"], 1), _fmt(r["pairs_per_s"]["naive"], 1),
-                         _fmt(r["speedup_vs_naive"], 2), f"{r['batch_size']} x {r['batches_per_round']} x {r['rounds']}"])  # fmt: skip
+            rows.append([family, fmt(r["pairs_per_s"]["xattn"], 1), fmt(r["pairs_per_s"]["naive"], 1),
+                         fmt(r["speedup_vs_naive"], 2), f"{r['batch_size']} x {r['batches_per_round']} x {r['rounds']}"])  # fmt: skip
     lines = []
     ca = report.get("cross_attention")
     peaks = report.get("peaks", {})
     if ca and "achieved_flops" in ca:
         lines.append(f"cross_attention: {ca['flops_per_pair_train'] / 1e9:.2f} GFLOP per training pair (model FLOPs), "
-                     f"achieved {_fmt(ca['achieved_flops'], 1, 1e-9)} GFLOP/s ({ca['precision']['xattn']})")  # fmt: skip
+                     f"achieved {fmt(ca['achieved_flops'], 1, 1e-9)} GFLOP/s ({ca['precision']['xattn']})")  # fmt: skip
         lines.append(f"  fp32 matmul peak {peaks['fp32']['peak'] / 1e9:.1f} GFLOP/s ({peaks['fp32']['size']}^3): "
-                     f"fraction {_fmt(ca['fp32_peak_fraction'], 3)}")  # fmt: skip
+                     f"fraction {fmt(ca['fp32_peak_fraction'], 3)}")  # fmt: skip
         lines.append(f"  bf16 matmul peak {peaks['bf16']['peak'] / 1e9:.1f} GFLOP/s ({peaks['bf16']['size']}^3): "
-                     f"fraction {_fmt(ca['bf16_peak_fraction'], 3)}")  # fmt: skip
+                     f"fraction {fmt(ca['bf16_peak_fraction'], 3)}")  # fmt: skip
+        if peaks["bf16"]["peak"] < peaks["fp32"]["peak"]:
+            lines.append("  (bf16 is slower than fp32 on this device: it has no bf16 matrix units, so the bf16 "
+                         "fraction says nothing about the goal; the fp32 fraction does)")  # fmt: skip
     mem = report.get("memory")
     if mem and "peak_ratio_810_over_405" in mem:
-        lines.append(f"memory (cross_attention, batch {mem['batch_size']}): 405 genes {_fmt(mem['peak_bytes_405'], 0, 2**-20)} MiB, "
-                     f"810 genes {_fmt(mem['peak_bytes_810'], 0, 2**-20)} MiB, ratio {_fmt(mem['peak_ratio_810_over_405'], 2)} (goal <= 2.2)")  # fmt: skip
-    plat = report.get("platform")
-    if plat:
-        if "overhead_fraction" in plat:
-            lines.append(f"platform: study {plat['study_wall_s']:.1f}s, plain {plat['plain_wall_s']:.1f}s, "
-                         f"overhead {_fmt(plat['overhead_fraction'], 3)} (goal < 0.05)")  # fmt: skip
-            tl = plat.get("study_timeline_s", {})
-            if "trials_total" in tl:
-                lines.append(f"  study: launch -> parent run {tl['launch_to_parent_run']:.1f}s, -> first trial "
-                             f"{tl['parent_run_to_first_trial']:.1f}s, trials {tl['trials_total']:.1f}s "
-                             f"(plain trials {sum(plat['plain_trial_s']['values']):.1f}s), between trials "
-                             f"{tl['between_trials']:.1f}s, last trial -> exit "
-                             f"{tl['last_trial_to_parent_end'] + tl['parent_end_to_exit']:.1f}s")  # fmt: skip
-        else:
-            lines.append(f"platform: {plat.get('skipped') or plat.get('error')}")
+        lines.append(f"memory (cross_attention, batch {mem['batch_size']}): 405 genes {fmt(mem['peak_bytes_405'], 0, 2**-20)} MiB, "
+                     f"810 genes {fmt(mem['peak_bytes_810'], 0, 2**-20)} MiB, ratio {fmt(mem['peak_ratio_810_over_405'], 2)} (goal <= 2.2)")  # fmt: skip
+    lines += platform_lines(report.get("platform"))
     title = (f"xattn training throughput on {report['dataset']} - {report['device']} ({report['device_name']}), "
              f"torch {report['torch_version']}, {report['threads']} threads, {report['mode']}")  # fmt: skip
     header = ["family", "xattn pairs/s", "naive pairs/s", "xattn / naive", "batch x n x rounds"]
@@ -1058,6 +881,9 @@ def run_benchmark(args: argparse.Namespace, s: Settings) -> dict[str, Any]:
                 result[f"{kind}_peak_fraction"] = summary(
                     v / peaks[kind]["peak"] for v in result["achieved_flops"]["values"]
                 )
+            # Without bf16 matrix units bf16 is emulated and slower than fp32: its "peak" is then
+            # no hardware limit, and a fraction of it above 1 means nothing.
+            result["bf16_peak_below_fp32_peak"] = peaks["bf16"]["peak"] < peaks["fp32"]["peak"]
         report[family] = result
 
     if args.profile:
@@ -1069,7 +895,12 @@ def run_benchmark(args: argparse.Namespace, s: Settings) -> dict[str, Any]:
     else:
         report["memory"] = measure_memory(experiment, s)
 
-    report["platform"] = {"skipped": "--skip-platform"} if args.skip_platform else measure_platform(s)
+    if args.skip_platform:
+        report["platform"] = {"skipped": "--skip-platform"}
+    else:
+        report["platform"] = measure_platform(
+            quick=s.quick, cpus=s.threads or 2, cuda=s.device == "cuda", mirror=s.mirror, trial_s=args.platform_trial_s
+        )
     return report
 
 
@@ -1079,9 +910,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute version (fewer, smaller batches)")
     parser.add_argument("--skip-platform", action="store_true", help="skip the Ray Tune + MLflow overhead measurement")
+    parser.add_argument("--platform-trial-s", type=float, default=TRIAL_S,
+                        help=f"length of each platform trial, seconds (default {TRIAL_S:.0f}; --quick: six short epochs)")  # fmt: skip
     parser.add_argument("--skip-memory", action="store_true", help="skip the 405/810-gene memory measurement")
     parser.add_argument("--families", help=f"comma-separated subset of {','.join(FAMILIES)}")
-    parser.add_argument("--batch-size", type=int, help="default 32 on CPU (16 with --quick), 256 on CUDA")
+    parser.add_argument("--batch-size", type=int,
+                        help="every batch (default: on CPU, throughput at the trainer's default 512, halved while "
+                             "one naive batch takes over 6 s (2 s with --quick) but not below 32 (16), memory at "
+                             "32 (16); 256 on CUDA)")  # fmt: skip
     parser.add_argument("--rounds", type=int, help="alternating timed rounds (default 3, 2 with --quick)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                         help="xattn trainer precision; auto: bf16 on CUDA, fp32 on CPU")  # fmt: skip
@@ -1129,12 +965,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         report = run_benchmark(args, s)
     report["data"] = dict(DATA_USED)
-    report["wall_s"] = time.perf_counter() - _START
+    report["wall_s"] = time.perf_counter() - START
     if not (args.attention_check or args.packing_worker):
         print_report(report)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_finite(report), indent=2, default=str, allow_nan=False))
+        Path(args.json).write_text(json.dumps(finite(report), indent=2, default=str, allow_nan=False))
         log(f"wrote {args.json}")
     return 0
 
