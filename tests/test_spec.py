@@ -100,3 +100,17 @@ def test_relative_data_paths_resolve_against_the_spec(tmp_path):
     path.write_text(yaml.safe_dump(minimal(**{"data.dataset": None, "data.files": {"expression": "x.csv", "connectivity": "c.csv"}})))
     spec = load_spec(path)
     assert spec.data.files.expression == (tmp_path / "x.csv").resolve()
+
+
+@pytest.mark.parametrize(
+    "changes,warned",
+    [
+        ({}, False),  # mean pooling by default
+        ({"search.space.pooling_mode": ["mean", "cls"]}, True),
+        ({"model.fixed.pooling_mode": "cls"}, True),
+        ({"model.fixed.pooling_mode": "attention"}, False),
+    ],
+)
+def test_a_study_that_can_pool_the_cls_token_notes_that_region_i_is_ignored(changes, warned):
+    notes = parse_spec(minimal(**changes)).notes()
+    assert any("region i" in note for note in notes) == warned

@@ -97,6 +97,8 @@ def study_run(
         f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {ws.tracking_uri}",
         highlight=False,
     )
+    for note in spec.notes():
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     progress = TrialProgress(console, spec.budget.trials, spec.search.metric, spec.search.mode)
     _finish_study(lambda: run_study(spec, ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=mirror, progress=progress), ws, spec.name, as_json)
 

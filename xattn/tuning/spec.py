@@ -197,6 +197,18 @@ class StudySpec(_Strict):
     def searched(self) -> dict[str, ParamSpec]:
         return self.search.space
 
+    def notes(self) -> list[str]:
+        """What a user should know about this study before spending compute on it."""
+        notes = []
+        pooling = self.searched.get("pooling_mode")
+        poolings = pooling.candidate_values() if pooling is not None else [self.model.fixed.get("pooling_mode", "mean")]
+        if self.model.family == "cross_attention" and "cls" in (poolings or []):
+            notes.append(
+                "with pooling_mode cls the cross-attention prediction does not depend on region i's "
+                "expression (no query attends to another; README, The model): those trials learn from region j alone"
+            )
+        return notes
+
     def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
         """The full hyperparameters of one trial: the spec's fixed values, then the sampled ones."""
         params = {"genevec": self.data.genevec, **self.model.fixed}
