@@ -7,11 +7,13 @@ The issue's goal is for trials of 60 s or more, so a full run first times a 2-ep
 of the config in a fresh process and picks the epoch count that makes a trial last about
 `trial_s` seconds (`--quick`: six short epochs on the 8-region dataset). Epoch times on a
 shared 2-core machine vary by a third between runs, so the trials' measured lengths are
-reported with the result. The study's extra time is then split
-into what it pays once (imports of Ray, MLflow and Optuna, the stores, Ray's start, its
-shutdown) and what it pays per trial (from the MLflow runs' start and end times against the
-plain loop's trial times), and the overhead of a study of the spec default's size (8 trials)
-and of a 32-trial study with trials of this length is projected from those two parts.
+reported with the result, and so are the epoch times inside and outside the study.
+
+The study's extra time is then split into what it pays once (imports of Ray, MLflow and
+Optuna, the stores, Ray's start, its shutdown) and what it pays per trial (from the MLflow
+runs' start and end times against the plain loop's trial times). From those two parts the
+overhead of a study of the spec default's size (8 trials) and of a 32-trial study, with
+trials of this length, is projected.
 """
 
 from __future__ import annotations

@@ -265,7 +265,7 @@ class CrossAttentionGene2VecModel(nn.Module):
             memory = tokens.index_select(0, memory_rows)  # (Uj, G, d)
             x = torch.cat([cls, tokens.index_select(0, index_i)], dim=1)
         for block in self.blocks:
-            x = block(x, memory, memory_index)  # x: (B, G + 1, d)
+            x = block(x, memory, memory_index)  # x: (B, G + 1, d), or (B, 1, d) when only the CLS query is kept
         return self.head(self.pool_tokens(self.ln_f(x)))
 
     @property

@@ -205,7 +205,8 @@ class StudySpec(_Strict):
         if self.model.family == "cross_attention" and "cls" in (poolings or []):
             notes.append(
                 "with pooling_mode cls the cross-attention prediction does not depend on region i's "
-                "expression (no query attends to another; README, The model): those trials learn from region j alone"
+                "expression (no query attends to another; README, The model): those trials see region j's genes "
+                "and, with cls_init spatial, the two regions' coordinates"
             )
         return notes
 
