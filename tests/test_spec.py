@@ -114,3 +114,10 @@ def test_relative_data_paths_resolve_against_the_spec(tmp_path):
 def test_a_study_that_can_pool_the_cls_token_notes_that_region_i_is_ignored(changes, warned):
     notes = parse_spec(minimal(**changes)).notes()
     assert any("region i" in note for note in notes) == warned
+
+
+def test_max_pairs_per_pass_is_a_trainer_setting_a_spec_can_fix():
+    from xattn.training.trainer import TrainConfig
+
+    spec = parse_spec(minimal(**{"model.fixed.max_pairs_per_pass": 32}))
+    assert TrainConfig.from_params(spec.trial_params({"d_model": 16})).max_pairs_per_pass == 32

@@ -117,6 +117,21 @@ def test_same_seed_same_history(data):
     assert other[0]["train_loss"] != history_a[0]["train_loss"]  # seed drives the shuffle
 
 
+def test_passes_of_at_most_max_pairs_make_the_same_steps_as_whole_batches(data):
+    """Gradients of a batch split into passes (uneven ones too) sum to the whole batch's."""
+    config = TrainConfig(**{**FAST, "max_epochs": 3})
+    whole, split = new_model(), new_model()
+    for model in (whole, split):
+        model.net[2].p = 0.0  # dropout draws differ between pass shapes; the step must not
+    history_whole = fit(whole, data, config).history
+    history_split = fit(split, data, dataclasses.replace(config, max_pairs_per_pass=10)).history
+    for a, b in zip(history_whole, history_split):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    for a, b in zip(whole.state_dict().values(), split.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(whole.net[0].weight, new_model().net[0].weight)  # it did train
+
+
 def test_cosine_schedule_matches_torch(data):
     config = TrainConfig(learning_rate=0.1, max_epochs=5, patience=5, cosine_lr=True)
     seen = []
@@ -225,6 +240,8 @@ def test_train_config_from_params():
         TrainConfig(precision="fp16")
     with pytest.raises(SpecError, match="patience must be >= 1, got 0"):
         TrainConfig(patience=0)
+    with pytest.raises(SpecError, match="max_pairs_per_pass must be >= 0, got -1"):
+        TrainConfig(max_pairs_per_pass=-1)
 
 
 def test_pair_data_validation(data):

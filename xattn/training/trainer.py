@@ -53,6 +53,9 @@ class TrainConfig:
     eval_batch_size: int = 4096
     device: str = "cpu"
     precision: str = "fp32"
+    # The most pairs in one forward/backward pass; a larger batch is split and its gradients
+    # summed before the step: the same gradient (up to rounding) in bounded memory. 0: no limit.
+    max_pairs_per_pass: int = 0
 
     def __post_init__(self) -> None:
         checks = {
@@ -63,10 +66,11 @@ class TrainConfig:
             "patience": self.patience >= 1,
             "seed": self.seed >= 0,
             "eval_batch_size": self.eval_batch_size >= 1,
+            "max_pairs_per_pass": self.max_pairs_per_pass >= 0,
         }
         for name, ok in checks.items():
             if not ok:
-                bound = 0 if name in ("learning_rate", "weight_decay", "seed") else 1
+                bound = 0 if name in ("learning_rate", "weight_decay", "seed", "max_pairs_per_pass") else 1
                 raise SpecError(f"training config: {name} must be >= {bound}, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
             choices = ", ".join(PRECISIONS)
@@ -385,9 +389,12 @@ def _train_epoch(
     order = torch.randperm(len(data.train_pairs), generator=torch.Generator().manual_seed(seed))
     total = 0.0
     for batch in data.train_pairs[order.to(data.device)].split(config.batch_size):
-        loss = _batch_loss(model, data, batch, config.precision)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=data.device)
+        for part in batch.split(config.max_pairs_per_pass or len(batch)):
+            part_loss = _batch_loss(model, data, part, config.precision) * (len(part) / len(batch))
+            part_loss.backward()
+            loss = loss + part_loss.detach()
         value = loss.item()  # one sync per batch, after backward is queued
         if not math.isfinite(value):
             raise TrainingDiverged(

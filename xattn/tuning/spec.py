@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from xattn.errors import SpecError
 
-TRAINER_PARAMS = {"learning_rate", "batch_size", "cosine_lr", "weight_decay", "precision"}
+TRAINER_PARAMS = {"learning_rate", "batch_size", "cosine_lr", "weight_decay", "precision", "max_pairs_per_pass"}
 DATA_PARAMS = {"genevec"}
 GENEVEC_KINDS = ("gene2vec", "coexpression", "onehot")
 
