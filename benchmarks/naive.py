@@ -70,22 +70,10 @@ def naive_forward(
     """Predictions (B,) of `model` for B pairs given per pair: (B, G) expression and (B, 3) coords
     of each side. Both regions of every pair are encoded (2B region rows), nothing is shared."""
     if isinstance(model, CrossAttentionGene2VecModel):
-        return _cross_attention(model, expression_i, expression_j, coords_i, coords_j)
+        return model.forward_naive(expression_i, expression_j, coords_i, coords_j)
     if isinstance(model, _SelfAttentionPairModel):
         return _self_attention(model, expression_i, expression_j)
     raise TypeError(f"no naive forward for {type(model).__name__}: only the attention families have one")
-
-
-def _cross_attention(
-    model: CrossAttentionGene2VecModel, expression_i: Tensor, expression_j: Tensor, coords_i: Tensor, coords_j: Tensor
-) -> Tensor:
-    batch = len(expression_i)
-    tokens = model.encode_genes(torch.cat([expression_i, expression_j]))  # (2B, G, d): every pair's both regions
-    tokens_i, memory = tokens[:batch], tokens[batch:]
-    x = torch.cat([model.cls_token(coords_i, coords_j), tokens_i], dim=1)  # (B, G + 1, d)
-    for block in model.blocks:
-        x = block(x, memory)  # no memory_index: each pair's keys/values are projected from its own row
-    return model.head(model.pool_tokens(model.ln_f(x)))
 
 
 def _self_attention(model: _SelfAttentionPairModel, expression_i: Tensor, expression_j: Tensor) -> Tensor:

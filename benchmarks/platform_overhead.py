@@ -70,25 +70,20 @@ def _run_plain(spec: dict[str, Any], mirror: str) -> tuple[list[float], list[lis
     """The spec's trials through the trainer in a plain loop (what a trial runs, minus Ray,
     Optuna, MLflow and checkpoints): each trial's seconds, and the seconds from its start to
     the end of each of its epochs."""
-    from xattn.experiment import build_trial_model, prepare_experiment
-    from xattn.training.trainer import TrainConfig, fit
+    from xattn.training.trainer import fit
     from xattn.tuning.spec import StudySpec
+    from xattn.tuning.trial import prepare_trial
 
     spec = StudySpec.model_validate(spec)
     sampled = {name: param.candidate_values()[0] for name, param in spec.searched.items()}
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
     seconds, epoch_ends = [], []
     for _ in range(spec.budget.trials):
         start = time.perf_counter()
         ends: list[float] = []
-        params = spec.trial_params(sampled)
-        experiment = prepare_experiment(spec.data, params, spec.seed, split_seed=spec.seed, mirror=mirror, device=device)
-        model = build_trial_model(experiment, spec.model.family, params, spec.seed).to(device)
-        config = TrainConfig.from_params(
-            params, max_epochs=spec.budget.max_epochs, patience=spec.budget.patience, seed=spec.seed, device=device
-        )
-        result = fit(model, experiment.pairs, config, on_epoch=lambda _: ends.append(time.perf_counter() - start))
+        trial = prepare_trial(spec, sampled, mirror=mirror)  # what the Ray trainable prepares
+        result = fit(trial.model, trial.experiment.pairs, trial.train_config,
+                     on_epoch=lambda _: ends.append(time.perf_counter() - start))  # fmt: skip
         seconds.append(time.perf_counter() - start)
         epoch_ends.append(ends)
         print(f"plain trial: {seconds[-1]:.1f}s, best_val_loss {result.best_val_loss:.4f}", flush=True)

@@ -154,3 +154,11 @@ def test_doctor_names_a_tracking_server_that_is_down(tmp_path):
     (line,) = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert "tracking store" in line and "http://127.0.0.1:9" in line
     assert "FAIL" in process.stdout
+
+
+def test_ray_address_comes_from_the_environment_when_not_passed(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    process = xattn("doctor", "--workspace", tmp_path / "ws", "--json", cwd=tmp_path, timeout=120)
+    checks = {check["name"]: check for check in json.loads(process.stdout.strip().splitlines()[-1])["checks"]}
+    assert checks["Ray"]["target"] == "127.0.0.1:9" and not checks["Ray"]["ok"]
+    assert "not reachable" in checks["Ray"]["detail"]

@@ -32,7 +32,7 @@ WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder fo
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the workspace's SQLite file).")
 OptunaOpt = typer.Option(None, "--optuna-storage", help="Optuna storage URL (default: $XATTN_OPTUNA_STORAGE or the workspace's SQLite file).")
 MirrorOpt = typer.Option(None, "--mirror", help="Read data files from this local folder laid out like the upstream repositories (default: $XATTN_DATA_MIRROR).")
-AddressOpt = typer.Option(None, "--address", help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance).")
+AddressOpt = typer.Option(None, "--address", envvar="RAY_ADDRESS", show_envvar=False, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance).")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object as the last line, for scripts.")
 
 
@@ -100,7 +100,7 @@ def study_run(
     for note in spec.notes():
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     progress = TrialProgress(console, spec.budget.trials, spec.search.metric, spec.search.mode)
-    _finish_study(lambda: run_study(spec, ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=mirror, progress=progress), ws, spec.name, as_json)
+    _finish_study(lambda: run_study(spec, ws, address=address, mirror=mirror, progress=progress), ws, spec.name, as_json)
 
 
 @study_app.command("resume")
@@ -121,7 +121,7 @@ def study_resume(
     ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
     console.print(f"resuming study [bold]{name}[/]; tracking {ws.tracking_uri}", highlight=False)
     progress = TrialProgress(console, 0, "val_loss", "min")
-    _finish_study(lambda: resume_study(name, ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=mirror, progress=progress), ws, name, as_json)
+    _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json)
 
 
 def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool) -> None:
@@ -373,7 +373,7 @@ def doctor(
     from xattn.doctor import report_json, run_checks
 
     ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
-    checks = run_checks(ws, address=address or os.environ.get("RAY_ADDRESS"), mirror=str(mirror) if mirror else None)
+    checks = run_checks(ws, address=address, mirror=str(mirror) if mirror else None)
     table = Table(title="xattn doctor")
     for column in ("check", "where", "", "detail"):
         table.add_column(column, overflow="fold")

@@ -128,12 +128,12 @@ def check_optuna(url: str) -> Check:
         storage = optuna.storages.RDBStorage(url)
         current, head = storage.get_current_version(), storage.get_head_version()
     except StoreError as error:
-        return Check("Optuna storage", _masked_sqlalchemy(url), False, str(error))
+        return Check("Optuna storage", masked(url), False, str(error))
     except Exception as error:  # noqa: BLE001
-        return Check("Optuna storage", _masked_sqlalchemy(url), False, f"{type(error).__name__}: {str(error)[:200]}")
+        return Check("Optuna storage", masked(url), False, f"{type(error).__name__}: {str(error)[:200]}")
     if current != head:
-        return Check("Optuna storage", _masked_sqlalchemy(url), False, f"schema {current}, Optuna {optuna.__version__} needs {head}: run `optuna storage upgrade --storage URL`")
-    return Check("Optuna storage", _masked_sqlalchemy(url), True, f"reachable; schema current (Optuna {optuna.__version__})")
+        return Check("Optuna storage", masked(url), False, f"schema {current}, Optuna {optuna.__version__} needs {head}: run `optuna storage upgrade --storage URL`")
+    return Check("Optuna storage", masked(url), True, f"reachable; schema current (Optuna {optuna.__version__})")
 
 
 def check_ray(address: str | None) -> Check:
@@ -217,15 +217,6 @@ def _explain_http(message: str) -> str:
     if "403" in message or "Permission denied" in message:
         return "permission denied (403): the user may read but not write here"
     return message[:300]
-
-
-def _masked_sqlalchemy(url: str) -> str:
-    try:
-        import sqlalchemy
-
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001
-        return url
 
 
 def report_json(checks: list[Check]) -> str:
