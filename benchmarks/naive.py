@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from xattn.models.cross_attention import CrossAttentionGene2VecModel
-from xattn.models.self_attention import _SelfAttentionPairModel, combine_pair
+from xattn.models.self_attention import _SelfAttentionPairModel
 
 __all__ = ["NaiveTrainer", "PairDataset", "naive_forward", "naive_loader"]
 
@@ -79,7 +79,7 @@ def naive_forward(
 def _self_attention(model: _SelfAttentionPairModel, expression_i: Tensor, expression_j: Tensor) -> Tensor:
     batch = len(expression_i)
     h = model.readout(model.encoder(model.tokens(torch.cat([expression_i, expression_j]))))  # (2B, D)
-    return model.head(combine_pair(h[:batch], h[batch:], model.interaction))
+    return model.predict_pair(h[:batch], h[batch:])  # combine, MLP head, optional clamp
 
 
 class NaiveTrainer:

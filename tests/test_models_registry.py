@@ -84,9 +84,9 @@ def test_unknown_family_lists_families_and_suggests_a_near_miss():
 def test_build_model_takes_the_vector_dimension_from_the_vectors():
     model = build_model("cross_attention", TRIAL, n_genes=16, gene_vectors=torch.randn(16, 12))
     assert isinstance(model, CrossAttentionGene2VecModel)
-    assert model.config.gene_vector_dim == 12 and model.gene_vectors.shape == (16, 12)
+    assert model.config.gene_vector_dim == 12 and model.gene_tokens.gene_vectors.shape == (16, 12)
     learned = build_model("cross_attention", TRIAL, n_genes=16, learn_gene_vectors=True)
-    assert learned.gene_vectors.requires_grad and learned.config.gene_vector_dim == 200
+    assert learned.gene_tokens.gene_vectors.requires_grad and learned.config.gene_vector_dim == 200
 
 
 def test_config_dict_is_json_and_rebuilds_the_same_config():

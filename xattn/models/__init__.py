@@ -9,6 +9,7 @@ from xattn.models.attention import (
     select_backend,
 )
 from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
+from xattn.models.mlp import MLPConfig, MLPModel
 from xattn.models.self_attention import (
     SharedSelfAttentionGene2VecModel,
     SharedSelfAttentionModel,
@@ -29,6 +30,8 @@ from xattn.models.registry import (
 
 __all__ = [
     "FLASH_ATTN_AVAILABLE",
+    "MLPConfig",
+    "MLPModel",
     "MODEL_FAMILIES",
     "CrossAttentionConfig",
     "CrossAttentionGene2VecModel",

@@ -1,7 +1,7 @@
 """CrossAttentionGene2VecModel: connectivity of a region pair (i, j) from gene expression.
 
-Every gene of a region is a token (its gene vector plus an embedding of its binned
-expression). A CLS token and the gene tokens of region i are the queries; the gene tokens of
+Every gene of a region is a token (its gene vector plus an encoding of its expression,
+xattn/models/gene_tokens.py). A CLS token and the gene tokens of region i are the queries; the gene tokens of
 region j are the keys/values. After `num_layers` pre-norm cross-attention blocks the query
 tokens are pooled and an MLP head predicts one number per pair.
 
@@ -13,7 +13,7 @@ the keys/values of each unique j region once before gathering them per pair.
 The memory (region j's tokens) is the same tensor in every block, as in the standard
 transformer decoder's cross-attention: only the queries evolve through the residual stream.
 Unlike a decoder there is no self-attention among the queries, so every query token evolves
-on its own, from its gene and expression bin, attending to region j. Two consequences follow
+on its own, from its gene and expression, attending to region j. Two consequences follow
 from the reference design: with pooling_mode "cls" the prediction does not depend on region
 i's expression at all (only on the CLS token and region j; `forward` then skips region i's
 tokens), and with "mean" it is a mean over region i's genes of per-gene terms.
@@ -26,8 +26,6 @@ first genes of the gene order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral, Real
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,6 +33,8 @@ from torch import Tensor
 
 from xattn.errors import SpecError
 from xattn.models.attention import alibi_slopes, attention
+from xattn.models.gene_tokens import EXPRESSION_ENCODINGS, GeneTokens
+from xattn.models.layers import AttentionPooling, FeedForward, MLPHead, boolean, choice, layer_widths, positive_int, probability
 
 CLS_INITS = ("random", "spatial")
 POOLING_MODES = ("mean", "attention", "cls")
@@ -42,14 +42,17 @@ POOLING_MODES = ("mean", "attention", "cls")
 
 @dataclass
 class CrossAttentionConfig:
-    """Architecture hyperparameters; defaults follow the reference implementation.
+    """Architecture hyperparameters; defaults follow the reference implementation, except
+    expression_encoding: the reference's 5 equal-width bins lose what distinguishes a held-out
+    region at the end of a spatial gradient (README, "The model"), so values enter continuously.
 
     Trainer settings of the reference (learning_rate, batch_size, cosine_lr) live elsewhere.
     """
 
     n_genes: int
     gene_vector_dim: int = 200
-    expression_bins: int = 5
+    expression_encoding: str = "continuous"  # | "quantile_bins" | "equal_bins" (gene_tokens.py)
+    expression_bins: int = 5  # bins of the two binned encodings
     d_model: int = 128
     nhead: int = 4
     num_layers: int = 4
@@ -72,52 +75,24 @@ class CrossAttentionConfig:
                 f"d_model={self.d_model} is not divisible by nhead={self.nhead}: "
                 "choose d_model a multiple of nhead"
             )
-        if isinstance(self.deep_hidden_dims, (str, bytes)) or not hasattr(self.deep_hidden_dims, "__iter__"):
-            raise SpecError(
-                f"deep_hidden_dims={self.deep_hidden_dims!r} is not a list: give layer widths like [512, 256, 128]"
-            )
-        self.deep_hidden_dims = tuple(positive_int("deep_hidden_dims", d) for d in self.deep_hidden_dims)
-        for name, choices in (("cls_init", CLS_INITS), ("pooling_mode", POOLING_MODES)):
-            if getattr(self, name) not in choices:
-                raise SpecError(f"{name}={getattr(self, name)!r} is not known: choose one of {', '.join(choices)}")
+        self.deep_hidden_dims = layer_widths("deep_hidden_dims", self.deep_hidden_dims)
+        self.expression_encoding = choice("expression_encoding", self.expression_encoding, EXPRESSION_ENCODINGS)
+        self.cls_init = choice("cls_init", self.cls_init, CLS_INITS)
+        self.pooling_mode = choice("pooling_mode", self.pooling_mode, POOLING_MODES)
         for name in ("use_alibi", "learn_gene_vectors"):
-            if not isinstance(getattr(self, name), bool):
-                raise SpecError(f"{name}={getattr(self, name)!r} is not a boolean: use true or false")
+            setattr(self, name, boolean(name, getattr(self, name)))
         for name in ("transformer_dropout", "dropout_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real) or not 0.0 <= value < 1.0:
-                raise SpecError(f"{name}={value!r} is not a probability: choose a value in [0, 1)")
-            setattr(self, name, float(value))
+            setattr(self, name, probability(name, getattr(self, name)))
 
 
-def positive_int(name: str, value: object) -> int:
-    """Accept Python and numpy integers (Optuna, YAML); reject bools, floats and non-positive values."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-        raise SpecError(f"{name}={value!r} is not a positive integer: give a whole number >= 1")
-    return int(value)
-
-
-def attach_gene_vectors(module: nn.Module, config, gene_vectors: Tensor | None) -> None:
-    """Keep (n_genes, gene_vector_dim) vectors under the state-dict key "gene_vectors":
-    a trainable parameter when config.learn_gene_vectors, else a buffer.
-
-    Without vectors, learnable ones start as N(0, 0.02^2) draws from the caller-seeded global
-    RNG, and fixed ones as zeros that `load_state_dict` fills (how a checkpoint is rebuilt
-    without the original vector file).
-    """
-    shape = (config.n_genes, config.gene_vector_dim)
-    if gene_vectors is None:
-        gene_vectors = torch.randn(shape) * 0.02 if config.learn_gene_vectors else torch.zeros(shape)
-    elif tuple(gene_vectors.shape) != shape:
-        raise SpecError(
-            f"gene vectors have shape {tuple(gene_vectors.shape)} but the model expects {shape}: "
-            "set n_genes and gene_vector_dim from the vectors"
-        )
-    gene_vectors = gene_vectors.detach().clone().float()
-    if config.learn_gene_vectors:
-        module.gene_vectors = nn.Parameter(gene_vectors)
-    else:
-        module.register_buffer("gene_vectors", gene_vectors)
+def gene_tokens_of(config, gene_vectors: Tensor | None) -> GeneTokens:
+    """The gene tokens a config with n_genes, gene_vector_dim, d_model, expression_encoding,
+    expression_bins and learn_gene_vectors asks for."""
+    return GeneTokens(
+        config.n_genes, config.gene_vector_dim, config.d_model,
+        encoding=config.expression_encoding, bins=config.expression_bins,
+        learn_gene_vectors=config.learn_gene_vectors, gene_vectors=gene_vectors,
+    )  # fmt: skip
 
 
 class CrossAttention(nn.Module):
@@ -158,20 +133,6 @@ class CrossAttention(nn.Module):
         return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, Lq, d)))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, config: CrossAttentionConfig) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(config.d_model, 4 * config.d_model),
-            nn.GELU(),
-            nn.Linear(4 * config.d_model, config.d_model),
-            nn.Dropout(config.transformer_dropout),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-
 class CrossAttentionBlock(nn.Module):
     """Pre-norm block: x + Attn(LN(x), memory), then x + FFN(LN(x)).
 
@@ -184,60 +145,21 @@ class CrossAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(config.d_model)
         self.attn = CrossAttention(config)
         self.ln_2 = nn.LayerNorm(config.d_model)
-        self.ffn = FeedForward(config)
+        self.ffn = FeedForward(config.d_model, config.transformer_dropout)
 
     def forward(self, x: Tensor, memory: Tensor, memory_index: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), memory, memory_index)
         return x + self.ffn(self.ln_2(x))
 
 
-class AttentionPooling(nn.Module):
-    """Weighted mean of the tokens, weights = softmax over tokens of a learned score.
-
-    The score Linear(d, 1) is a learned query dotted with each token (single head).
-    """
-
-    def __init__(self, d_model: int) -> None:
-        super().__init__()
-        self.score = nn.Linear(d_model, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        weights = torch.softmax(self.score(x), dim=1)  # (B, L, 1)
-        return (weights * x).sum(dim=1)
-
-
-class MLPHead(nn.Module):
-    """d_model -> hidden dims (GELU, dropout) -> 1."""
-
-    def __init__(self, d_model: int, hidden_dims: tuple[int, ...], dropout: float) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = d_model
-        for hidden in hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout)]
-            width = hidden
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).squeeze(-1)
-
-
 class CrossAttentionGene2VecModel(nn.Module):
     """Predicts connectivity of region pairs (i, j); see the module docstring."""
 
     def __init__(self, config: CrossAttentionConfig, gene_vectors: Tensor | None = None) -> None:
-        """`gene_vectors`: (n_genes, gene_vector_dim), see `attach_gene_vectors`."""
+        """`gene_vectors`: (n_genes, gene_vector_dim), see `gene_tokens.attach_gene_vectors`."""
         super().__init__()
         self.config = config
-        attach_gene_vectors(self, config, gene_vectors)
-
-        # One-hot bins -> Linear as in the reference (a bin embedding table plus a shared bias).
-        self.bin_proj = nn.Linear(config.expression_bins, config.gene_vector_dim)
-        self.token_proj = nn.Linear(config.gene_vector_dim, config.d_model)
-        # Tokens feed both streams and are never re-normalised as memory: fix their scale here,
-        # whatever the scale of the (pretrained) gene vectors.
-        self.token_ln = nn.LayerNorm(config.d_model)
+        self.gene_tokens = gene_tokens_of(config, gene_vectors)
 
         # "random" CLS: six values drawn once (kept in the state dict), through the same kind of
         # projection as the spatial coordinates, so it is in effect a learned vector.
@@ -289,14 +211,12 @@ class CrossAttentionGene2VecModel(nn.Module):
         return self.head(self.pool_tokens(self.ln_f(x)))
 
     def encode_genes(self, expression: Tensor) -> Tensor:
-        """(N, G) expression in [0, 1] -> (N, G, d_model) gene tokens.
+        """(N, G) expression in [0, 1] -> (N, G, d_model) gene tokens."""
+        return self.gene_tokens(expression)
 
-        Equal-width bins on [0, 1]; values outside are clamped and 1.0 falls in the last bin.
-        """
-        n_bins = self.config.expression_bins
-        bins = (expression.clamp(0.0, 1.0) * n_bins).long().clamp_(max=n_bins - 1)
-        one_hot = F.one_hot(bins, n_bins).to(self.bin_proj.weight.dtype)
-        return self.token_ln(self.token_proj(self.bin_proj(one_hot) + self.gene_vectors))
+    def fit_to_training_regions(self, expression: Tensor) -> None:
+        """Fit the token statistics (per-gene mean, std, bin edges) to the training regions."""
+        self.gene_tokens.fit_to_training_regions(expression)
 
     def cls_token(self, coords_i: Tensor, coords_j: Tensor) -> Tensor:
         """(B, 1, d_model) CLS tokens from the (B, 3) coords of each side (unused when "random")."""

@@ -53,7 +53,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from xattn.errors import SpecError
-from xattn.models.cross_attention import positive_int
+from xattn.models.layers import positive_int
 
 # A row whose expression is constant (std 0) standardises to zeros, so its correlation with
 # every region is 0 instead of NaN.

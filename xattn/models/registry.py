@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from xattn.errors import SpecError
 from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
+from xattn.models.mlp import MLPConfig, MLPModel
 from xattn.models.reference import (
     BilinearLowRankConfig,
     BilinearLowRankModel,
@@ -86,6 +87,13 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         model_cls=BilinearLowRankModel,
         description="reference: (x_i U) . (x_j V) + b with U, V of shape (genes, rank)",
     ),
+    "mlp": ModelFamily(
+        name="mlp",
+        config_cls=MLPConfig,
+        model_cls=MLPModel,
+        description="MLP on both regions' expression (standardised genes or PCA fitted on training regions), "
+        "optional coordinates and distance",
+    ),
 }
 
 # Set from the data (gene count, vector file), never searched over.
@@ -142,6 +150,18 @@ def build_model(
     dim = None if gene_vectors is None else int(gene_vectors.shape[1])
     config = make_config(fam, params, n_genes=n_genes, learn_gene_vectors=learn_gene_vectors, gene_vector_dim=dim)
     return fam.model_cls(config, gene_vectors=gene_vectors)
+
+
+def fit_to_training_regions(model: nn.Module, expression: Tensor) -> None:
+    """Fit what a model derives from data (token statistics, bin edges, PCA) to the (n_train, G)
+    expression of the training regions; models without such statistics are left as they are.
+
+    The fitted values are buffers, so they are saved with the weights and a checkpoint never
+    needs the training data again.
+    """
+    fit = getattr(model, "fit_to_training_regions", None)
+    if fit is not None:
+        fit(expression)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
