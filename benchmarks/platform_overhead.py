@@ -61,7 +61,7 @@ def platform_spec(*, quick: bool, cpus: int, cuda: bool, epochs: int = 1) -> dic
             },
         },
         "search": {"metric": "val_loss", "scheduler": "none", "space": {"learning_rate": [0.001]}},
-        "budget": {"trials": 2, "max_epochs": epochs, "patience": epochs, "max_concurrent": 1},
+        "budget": {"trials": 2, "max_epochs": epochs, "patience_steps": 10**9, "max_concurrent": 1},
         "resources": {"cpus": cpus, "gpus": 1 if cuda else 0},
     }
 

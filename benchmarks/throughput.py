@@ -99,10 +99,11 @@ def cross_attention_flops_per_pair(config: Any, n_genes: int | None = None, *, t
     """Matmul FLOPs of one region pair through CrossAttentionGene2VecModel (a multiply-add = 2).
 
     `config` is a CrossAttentionConfig (or anything with its fields); `n_genes` defaults to
-    config.n_genes. With G genes, d = d_model, v = gene_vector_dim, b = expression_bins,
+    config.n_genes. With G genes, d = d_model,
     L = num_layers, Lq = G + 1 query tokens (CLS + region i's genes), Lk = G key tokens:
 
-        gene tokens, both regions   2 * (2*G*b*v + 2*G*v*d)        bin_proj, token_proj
+        gene tokens                 0 per pair                      identity_proj runs once per
+                                                                    forward on the G gene vectors
         CLS token                   2*6*d                           cls_proj
         each of the L blocks        2*Lq*d*d + 2*Lq*d*d             q_proj, out_proj
                                     2*Lk*d*2d                       kv_proj
@@ -115,23 +116,22 @@ def cross_attention_flops_per_pair(config: Any, n_genes: int | None = None, *, t
     both inputs and weights, each about one forward). These are *model* FLOPs: both regions
     are counted for every pair, as the model is defined; xattn's forward encodes each unique
     region of a batch once and projects each unique key/value region once per block, so it
-    executes somewhat fewer (the token and K/V terms, about 11% of the total at the defaults).
-    LayerNorm, softmax, GELU and the optimizer are not counted.
+    executes somewhat fewer (the K/V terms). Element-wise token values, LayerNorm, softmax,
+    GELU and the optimizer are not counted.
 
-    At the defaults (G = 810, d = 128, 4 blocks, v = 200, b = 5, head 512-256-128) this is
-    2.71 GFLOP forward and 8.12 GFLOP per training pair; the attention products are half of
+    At the defaults (G = 810, d = 128, 4 blocks, head 512-256-128) this is
+    2.62 GFLOP forward and 7.86 GFLOP per training pair; the attention products are half of
     it. (The issue quotes "about 6 GFLOP per pair per training step".)
     """
     G = int(config.n_genes if n_genes is None else n_genes)
-    d, v, b = int(config.d_model), int(config.gene_vector_dim), int(config.expression_bins)
+    d = int(config.d_model)
     lq, lk = G + 1, G
-    tokens = 2 * (2 * G * b * v + 2 * G * v * d)
     cls = 2 * 6 * d
     block = 2 * lq * d * d * 2 + 2 * lk * d * 2 * d + 2 * lq * lk * d * 2 + 2 * lq * d * 4 * d * 2
     pooling = 2 * lq * d if config.pooling_mode == "attention" else 0
     widths = [d, *config.deep_hidden_dims, 1]
     head = sum(2 * a * c for a, c in itertools.pairwise(widths))
-    forward = tokens + cls + int(config.num_layers) * block + pooling + head
+    forward = cls + int(config.num_layers) * block + pooling + head
     return float(3 * forward if training else forward)
 
 
@@ -265,7 +265,9 @@ class XattnRunner:
         self.model = model.to(device)
         self.pairs = pairs.to(device)
         self.device = device
-        self.config = TrainConfig(batch_size=batch_size, device=device, precision=precision, seed=SEED)
+        # The naive trainer is plain AdamW: no warm-up, schedule or clipping here either.
+        self.config = TrainConfig(batch_size=batch_size, device=device, precision=precision, seed=SEED,
+                                  warmup_steps=0, lr_schedule="constant", grad_clip=0.0)  # fmt: skip
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay
         )
@@ -705,7 +707,7 @@ def packing_worker(s: Settings, epochs: int, train_pairs: int | None = None) -> 
     if train_pairs:
         pairs = dataclasses.replace(pairs, train_pairs=pairs.train_pairs[:train_pairs])
     model = make_model(experiment, "cross_attention", vectors).to(s.device)
-    config = TrainConfig(batch_size=s.batch_size, max_epochs=epochs, patience=epochs, device=s.device,
+    config = TrainConfig(batch_size=s.batch_size, max_epochs=epochs, patience_steps=10**9, device=s.device,
                          precision=s.precision, seed=SEED)  # fmt: skip
     sync(s.device)
     train_start = time.time()

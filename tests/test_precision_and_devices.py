@@ -52,14 +52,14 @@ def test_bf16_training_reaches_the_fp32_validation_loss(device):
     """Autocast keeps fp32 master weights: on a fixed seed bf16 ends within 5% of fp32."""
     spec = DataSpec(synthetic={"regions": 48, "genes": 8, "noise": 0.05, "seed": 0})
     params = {"d_model": 16, "nhead": 2, "num_layers": 1, "deep_hidden_dims": [16], "dropout_rate": 0.0,
-              "transformer_dropout": 0.0, "genevec": "coexpression"}  # fmt: skip
+              "transformer_dropout": 0.0, "genevec": "coexpression", "expression_encoding": "continuous"}  # fmt: skip
     experiment = prepare_experiment(spec, params, seed=0, device=device)
     untrained = evaluate(build_trial_model(experiment, "cross_attention", params, seed=0).to(device), experiment.pairs,
                          experiment.pairs.val_pairs, prefix="val_")["val_mse"]  # fmt: skip
     losses = {}
     for precision in ("fp32", "bf16"):
         model = build_trial_model(experiment, "cross_attention", params, seed=0)
-        config = TrainConfig(learning_rate=1e-2, batch_size=128, max_epochs=12, patience=12, device=device, precision=precision)
+        config = TrainConfig(learning_rate=1e-2, batch_size=128, max_epochs=12, device=device, precision=precision)
         losses[precision] = fit(model, experiment.pairs, config).best_val_loss
     assert losses["fp32"] < 0.8 * untrained  # it learned, so the comparison means something
     assert abs(losses["bf16"] - losses["fp32"]) <= 0.05 * losses["fp32"], losses

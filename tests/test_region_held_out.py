@@ -35,7 +35,7 @@ def with_noise_on_test_regions(experiment):
 
 @pytest.mark.parametrize("family", sorted(MODEL_FAMILIES))
 def test_weights_do_not_depend_on_test_regions(experiment, family):
-    config = TrainConfig(learning_rate=3e-3, batch_size=256, max_epochs=2, patience=2)
+    config = TrainConfig(learning_rate=3e-3, batch_size=256, max_epochs=2)
     fitted = []
     for pairs in (experiment.pairs, with_noise_on_test_regions(experiment)):
         model = build_trial_model(experiment, family, TINY, seed=0)

@@ -79,7 +79,8 @@ def new_model(seed: int = 0, cls=PairMLP) -> PairMLP:
 
 
 
-FAST = dict(learning_rate=1e-2, batch_size=64, max_epochs=20, patience=20)
+FAST = dict(learning_rate=1e-2, batch_size=64, max_epochs=20, patience_steps=1000, warmup_steps=0)
+STEPS_PER_EPOCH = 5  # 18 training regions: 306 pairs in batches of 64
 
 
 def test_validation_loss_decreases(data):
@@ -92,12 +93,64 @@ def test_validation_loss_decreases(data):
     assert result.test["test_pearson"] > 0.3
 
 
-def test_early_stopping(data):
+def test_early_stopping_counts_optimizer_steps(data):
     # lr 0: epoch 1 is the only improvement over "no model yet", then nothing changes.
-    result = fit(new_model(), data, TrainConfig(learning_rate=0.0, max_epochs=50, patience=2))
+    patience = 2 * STEPS_PER_EPOCH
+    result = fit(new_model(), data, TrainConfig(learning_rate=0.0, max_epochs=50, patience_steps=patience))
     assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
     assert [h["stop"] for h in result.history] == [False, False, True]
     assert [h["improved"] for h in result.history] == [True, False, False]
+    assert [h["step"] for h in result.history] == [5, 10, 15] and result.steps_run == 15
+
+
+def test_min_steps_keeps_a_run_going_past_its_patience(data):
+    config = TrainConfig(learning_rate=0.0, max_epochs=50, patience_steps=STEPS_PER_EPOCH, min_steps=40)
+    result = fit(new_model(), data, config)
+    assert result.stopped_early and result.steps_run == 40 and result.epochs_run == 8
+
+
+def test_warm_up_rises_linearly_over_steps():
+    config = TrainConfig(learning_rate=0.1, warmup_steps=10, lr_schedule="constant")
+    assert [learning_rate_at(config, step, 5) for step in (1, 5, 10, 11, 500)] == pytest.approx(
+        [0.01, 0.05, 0.1, 0.1, 0.1]
+    )
+
+
+def test_plateau_halves_the_rate_after_a_third_of_the_patience(data):
+    # lr 0: only epoch 1 improves, so every later epoch counts towards the plateau.
+    config = TrainConfig(learning_rate=0.0, max_epochs=12, patience_steps=30, warmup_steps=0, lr_schedule="plateau")
+    scales = []
+    fit(new_model(), data, config, on_epoch=lambda r: scales.append(r.optimizer.param_groups[0].get("plateau_scale", 1.0)))
+    # patience 30 steps = 6 epochs; a third of it, 10 steps = 2 epochs without improvement
+    assert scales[:7] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125]
+
+
+def test_the_monitor_decides_which_epoch_is_best(data):
+    results = {}
+    for monitor in ("val_loss", "val_pearson"):
+        results[monitor] = fit(new_model(), data, TrainConfig(**{**FAST, "max_epochs": 12, "monitor": monitor}))
+    by_pearson = results["val_pearson"]
+    pearsons = [h["val_pearson"] for h in by_pearson.history]
+    assert by_pearson.best_epoch == 1 + int(np.argmax(pearsons))
+    by_loss = results["val_loss"]
+    assert by_loss.best_epoch == 1 + int(np.argmin([h["val_loss"] for h in by_loss.history]))
+
+
+def test_gradients_are_clipped_to_grad_clip(data):
+    norms = []
+    model = new_model()
+    original_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        norms.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm().item())
+        return original_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = spy
+    try:
+        fit(model, data, TrainConfig(**{**FAST, "max_epochs": 1, "learning_rate": 1.0, "grad_clip": 0.01}))
+    finally:
+        torch.optim.AdamW.step = original_step
+    assert len(norms) == STEPS_PER_EPOCH and max(norms) <= 0.01 * (1 + 1e-5)
 
 
 def test_nan_loss_raises_training_diverged(data):
@@ -117,6 +170,27 @@ def test_same_seed_same_history(data):
     assert other[0]["train_loss"] != history_a[0]["train_loss"]  # seed drives the shuffle
 
 
+def test_a_last_batch_of_one_pair_joins_the_batch_before_it():
+    from xattn.training.trainer import _batch_sizes
+
+    assert _batch_sizes(129, 64) == [64, 65]
+    assert _batch_sizes(130, 64) == [64, 64, 2]
+    assert _batch_sizes(128, 64) == [64, 64]
+    assert _batch_sizes(1, 64) == [1]
+    # so a BatchNorm head trains on any number of pairs (306 pairs = 5 x 61 + 1)
+    bn = new_model()
+    bn.net.insert(2, nn.BatchNorm1d(32))
+    result = fit(bn, data_with_pairs(306), TrainConfig(**{**FAST, "max_epochs": 1, "batch_size": 61}))
+    assert result.steps_run == 5
+
+
+def data_with_pairs(n: int) -> PairData:
+    rng = np.random.default_rng(3)
+    pairs = ordered_pairs(np.arange(18))[:n]
+    return PairData.from_numpy(rng.random((N_REGIONS, N_GENES)), rng.normal(size=(N_REGIONS, 3)),
+                               rng.random((N_REGIONS, N_REGIONS)), pairs, pairs[:10], pairs[:10])  # fmt: skip
+
+
 def test_passes_of_at_most_max_pairs_make_the_same_steps_as_whole_batches(data):
     """Gradients of a batch split into passes (uneven ones too) sum to the whole batch's."""
     config = TrainConfig(**{**FAST, "max_epochs": 3})
@@ -132,21 +206,23 @@ def test_passes_of_at_most_max_pairs_make_the_same_steps_as_whole_batches(data):
     assert not torch.equal(whole.net[0].weight, new_model().net[0].weight)  # it did train
 
 
-def test_cosine_schedule_matches_torch(data):
-    config = TrainConfig(learning_rate=0.1, max_epochs=5, patience=5, cosine_lr=True)
+def test_cosine_schedule_matches_torch_per_step(data):
+    config = TrainConfig(learning_rate=0.1, max_epochs=5, patience_steps=1000, cosine_lr=True, warmup_steps=0)
+    assert config.lr_schedule == "cosine"
     seen = []
     fit(new_model(), data, config, on_epoch=lambda r: seen.append((r.lr, r.optimizer.param_groups[0]["lr"])))
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5)
-    expected = []
-    for _ in range(5):
-        expected.append(optimizer.param_groups[0]["lr"])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=5 * STEPS_PER_EPOCH)
+    per_step = []
+    for _ in range(5 * STEPS_PER_EPOCH):
+        per_step.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    expected = per_step[STEPS_PER_EPOCH - 1 :: STEPS_PER_EPOCH]  # the last step of each epoch
     assert [a for a, _ in seen] == [b for _, b in seen]
     assert [a for a, _ in seen] == pytest.approx(expected)
     assert len(set(expected)) == 5
-    assert learning_rate_at(TrainConfig(learning_rate=0.1), 7) == 0.1
+    assert learning_rate_at(TrainConfig(learning_rate=0.1, lr_schedule="constant", warmup_steps=0), 7, 5) == 0.1
 
 
 def test_reported_test_metrics_belong_to_best_weights(data):
@@ -171,7 +247,7 @@ def test_reported_test_metrics_belong_to_best_weights(data):
 
 
 def test_resume_continues_like_uninterrupted_run(data):
-    config = TrainConfig(**{**FAST, "max_epochs": 6, "cosine_lr": True})
+    config = TrainConfig(**{**FAST, "max_epochs": 6, "cosine_lr": True, "warmup_steps": 12})
     saved = {}
 
     def keep_epoch_3(report):
@@ -238,8 +314,12 @@ def test_train_config_from_params():
         TrainConfig.from_params({"batch_size": 12.5})
     with pytest.raises(SpecError, match="precision must be one of fp32, bf16, got 'fp16'"):
         TrainConfig(precision="fp16")
-    with pytest.raises(SpecError, match="patience must be >= 1, got 0"):
-        TrainConfig(patience=0)
+    with pytest.raises(SpecError, match="patience_steps must be >= 1, got 0"):
+        TrainConfig(patience_steps=0)
+    with pytest.raises(SpecError, match="lr_schedule must be one of constant, cosine, plateau, got 'step'"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(SpecError, match="monitor must be one of val_loss, val_pearson"):
+        TrainConfig(monitor="val_r2")
     with pytest.raises(SpecError, match="max_pairs_per_pass must be >= 0, got -1"):
         TrainConfig(max_pairs_per_pass=-1)
 
