@@ -112,3 +112,69 @@ def test_spatial_folds_need_coordinates(tmp_path):
 def test_overlapping_parts_are_rejected():
     with pytest.raises(DataError):
         RegionSplit(train=[0, 1], val=[1, 2], test=[3, 4], fold=0, method="random", seed=0)
+
+
+def mst_gap(coords: np.ndarray, regions: np.ndarray) -> float:
+    """The longest edge of the minimum spanning tree of `regions`: the widest gap a patch has."""
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial.distance import cdist
+
+    return float(minimum_spanning_tree(cdist(coords[regions], coords[regions])).max())
+
+
+def spacing(coords: np.ndarray, regions: np.ndarray) -> float:
+    """The largest nearest-neighbour distance among `regions`: the data's own spacing."""
+    from scipy.spatial.distance import cdist
+
+    distance = cdist(coords[regions], coords[regions])
+    np.fill_diagonal(distance, np.inf)
+    return float(distance.min(axis=1).max())
+
+
+@pytest.mark.parametrize("dataset", ["hcp-s100", "hcp-s400", "synthetic"])
+def test_spatial_validation_is_a_contiguous_patch_outside_the_test_patch(dataset, data_mirror):
+    """In a spatial fold the validation regions form a patch with no gap wider than the spacing
+    of the candidate regions, more compact than random draws of the same size, and disjoint
+    from the test patch."""
+    from xattn.data import load_dataset
+
+    data = load_dataset(dataset, mirror=data_mirror, synthetic={"n_regions": 96, "n_genes": 8, "seed": 2})
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        for split in region_folds(data, 4, method="spatial", seed=seed, val_fraction=0.2):
+            candidates = np.concatenate([split.train, split.val])
+            assert np.intersect1d(split.val, split.test).size == 0
+            assert split.val.size == round(0.2 * candidates.size)
+            assert mst_gap(data.coords, split.val) <= 1.25 * spacing(data.coords, candidates)
+            random_spread = np.mean([pdist(data.coords[rng.choice(candidates, split.val.size, replace=False)]).mean() for _ in range(20)])
+            assert pdist(data.coords[split.val]).mean() < 0.85 * random_spread  # 0.54-0.82 measured
+
+
+def test_random_folds_validate_on_scattered_regions():
+    coords = np.random.default_rng(0).normal(size=(80, 3))
+    scattered = region_folds(coords, 4, method="random", seed=0)[0]
+    patch = region_folds(coords, 4, method="spatial", seed=0)[0]
+    assert scattered.val.size == patch.val.size
+    assert mst_gap(coords, scattered.val) > 1.25 * mst_gap(coords, patch.val)
+
+
+@pytest.mark.parametrize("method", ["spatial", "random"])
+def test_inner_folds_partition_the_non_test_regions_with_the_same_test_set(method):
+    from xattn.data.splits import inner_folds
+
+    coords = np.random.default_rng(1).normal(size=(90, 3))
+    split = region_folds(coords, 3, method=method, seed=4)[1]
+    inner = inner_folds(coords, split, 4)
+    non_test = np.sort(np.concatenate([split.train, split.val]))
+    assert np.array_equal(np.sort(np.concatenate([s.val for s in inner])), non_test)
+    for s in inner:
+        assert np.array_equal(s.test, split.test) and (s.fold, s.method, s.seed) == (1, method, 4)
+        assert np.array_equal(np.sort(np.concatenate([s.train, s.val])), non_test)
+    sizes = [s.val.size for s in inner]
+    assert max(sizes) - min(sizes) <= 1
+    spreads = [pdist(coords[s.val]).mean() for s in inner]
+    random_spread = pdist(coords[non_test]).mean()
+    assert (max(spreads) < 0.9 * random_spread) == (method == "spatial")
+    assert [s.to_dict() for s in inner_folds(coords, split, 4)] == [s.to_dict() for s in inner]  # seeded
+    with pytest.raises(DataError, match="inner_folds=1 does not fit"):
+        inner_folds(coords, split, 1)

@@ -26,7 +26,7 @@ SPEC = {
     "data": {"dataset": "synthetic", "synthetic": {"regions": 40, "genes": 8, "noise": 0.05, "seed": 0}},
     "model": {"fixed": {"d_model": 16, "nhead": 2, "num_layers": 1, "deep_hidden_dims": [16], "batch_size": 64}},
     "search": {"space": {"learning_rate": {"type": "loguniform", "low": 1.0e-3, "high": 1.0e-2}}, "scheduler": "none"},
-    "budget": {"trials": 4, "max_epochs": 120, "patience": 120, "max_concurrent": 1},
+    "budget": {"trials": 4, "max_epochs": 120, "patience_steps": 100000, "max_concurrent": 1},
 }
 
 

@@ -41,7 +41,7 @@ def study(tmp_path_factory, mirror, ray_local):
                 },
                 "grace_period": 2,
             },
-            "budget": {"trials": TRIALS, "max_epochs": EPOCHS, "patience": 3},
+            "budget": {"trials": TRIALS, "max_epochs": EPOCHS, "patience_steps": 100000},
         }
     )
     workspace = Workspace.open(tmp_path_factory.mktemp("ws"))

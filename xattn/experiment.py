@@ -22,7 +22,8 @@ from xattn.data import (
     load_user_files,
     region_folds,
 )
-from xattn.models.registry import build_model
+from xattn.data.gene_selection import select_genes
+from xattn.models.registry import build_model, fit_to_training_regions
 from xattn.training.trainer import PairData
 from xattn.tuning.spec import DataSpec
 
@@ -31,7 +32,7 @@ from xattn.tuning.spec import DataSpec
 class Experiment:
     """Everything one trial trains and is evaluated on, fitted on training regions only."""
 
-    data: ConnectomeData  # restricted to the genes that have a vector
+    data: ConnectomeData  # restricted to the selected genes that have a vector
     split: RegionSplit
     gene_vectors: GeneVectors
     coord_mean: np.ndarray
@@ -77,13 +78,15 @@ def prepare_experiment(
     genes: list[str] | None = None,
     device: str = "cpu",
 ) -> Experiment:
-    """Load, split by region, embed genes and normalise coordinates using training regions only.
+    """Load, split by region, select and embed genes and normalise coordinates using training
+    regions only.
 
     `split_seed` draws the region folds (default: `seed`, which also seeds the gene vectors);
     `split` and `genes` pin a stored experiment (from a checkpoint) instead of recomputing it.
     """
     data = load_data(data_spec, mirror)
     split = split or split_regions(data, data_spec, seed if split_seed is None else split_seed)
+    data = data.select_genes(select_genes(data, data_spec.genes, split.train))
     vectors = build_gene_vectors(
         data, params.get("genevec", data_spec.genevec), split.train, path=data_spec.gene2vec_file, seed=seed
     )
@@ -105,13 +108,16 @@ def prepare_experiment(
 
 
 def build_trial_model(experiment: Experiment, family: str, params: dict[str, Any], seed: int) -> torch.nn.Module:
-    """A freshly initialised model, seeded so that (spec, params, seed) fixes its weights."""
+    """A freshly initialised model, seeded so that (spec, params, seed) fixes its weights, with
+    its data-fitted statistics (token bins, PCA, ...) fitted on the training regions only."""
     torch.manual_seed(seed)
     vectors = experiment.gene_vectors
-    return build_model(
+    model = build_model(
         family,
         params,
         n_genes=experiment.data.n_genes,
         gene_vectors=torch.as_tensor(vectors.vectors, dtype=torch.float32),
         learn_gene_vectors=vectors.learnable,
     )
+    fit_to_training_regions(model, torch.as_tensor(experiment.data.expression[experiment.split.train]))
+    return model

@@ -4,6 +4,13 @@ A pair (i, j) belongs to a part only when both regions do, so no test pair share
 region with training. "random" folds scatter test regions over the brain; "spatial" folds
 hold out contiguous patches, which also removes the help a test region gets from its
 training neighbours (spatial autocorrelation of expression and connectivity).
+
+Validation regions are carved from the non-test regions with the split's own method: a
+spatial fold validates on a spatial patch too. Random validation regions inside a spatial
+fold each have trained neighbours, which makes validation easier than test (measured on
+hcp-s100: validation r 0.47 where test r was 0.26), and early stopping and the tuner then
+select on a signal that does not predict the test metric. `inner_folds` partitions the
+non-test regions the same way, for validation averaged over several patches.
 """
 
 from __future__ import annotations
@@ -87,8 +94,10 @@ def region_folds(
 
     "spatial" groups regions by balanced k-means on their coordinates (seeded farthest-point
     start, then Lloyd steps whose assignment gives every cluster its exact quota), so each
-    test set is a compact patch. In every fold, `val_fraction` of the remaining regions
-    (at least 2, seeded) is held out for validation and the rest trains.
+    test set is a compact patch. In every fold `val_fraction` of the remaining regions (at
+    least 2) validate, drawn with the same method and seeded by (seed, fold): at random, or as
+    a spatial patch grown from a random remaining region by repeatedly adding the remaining
+    region nearest to the patch (so the patch has no gap larger than the data's own spacing).
     """
     coords, coords_missing = _coords_of(data_or_coords)
     n_regions = len(coords)
@@ -100,8 +109,74 @@ def region_folds(
     else:
         test_sets = np.array_split(np.random.default_rng(seed).permutation(n_regions), n_folds)
     return [
-        _split_fold(n_regions, test, fold, method, seed, val_fraction) for fold, test in enumerate(test_sets)
+        _split_fold(coords, test, fold, method, seed, val_fraction) for fold, test in enumerate(test_sets)
     ]
+
+
+def inner_folds(
+    data_or_coords: ConnectomeData | np.ndarray, split: RegionSplit, n_inner: int
+) -> list[RegionSplit]:
+    """`n_inner` splits of `split`'s non-test regions with the same test set: the non-test
+    regions are partitioned by the split's method (balanced k-means patches, as the test
+    folds, or random groups) and each group validates once while the others train. Seeded
+    by the split's (seed, fold)."""
+    coords, _ = _coords_of(data_or_coords)
+    n_remaining = len(coords) - len(split.test)
+    if int(n_inner) != n_inner or not 2 <= n_inner <= n_remaining // MIN_PART_REGIONS - 1:
+        raise DataError(
+            f"inner_folds={n_inner!r} does not fit {n_remaining} non-test regions: use an integer from 2 to "
+            f"{max(2, n_remaining // MIN_PART_REGIONS - 1)}"
+        )
+    groups = _validation_groups(coords, split.test, int(n_inner), split.method, split.seed, split.fold)
+    return [_with_validation(split.test, groups, g, split.fold, split.method, split.seed) for g in range(len(groups))]
+
+
+def _split_fold(
+    coords: np.ndarray, test: np.ndarray, fold: int, method: str, seed: int, val_fraction: float
+) -> RegionSplit:
+    remaining = np.setdiff1d(np.arange(len(coords)), test)
+    n_val = _val_size(remaining.size, val_fraction)
+    rng = np.random.default_rng([seed, fold])
+    if method == "spatial":
+        val = _grown_patch(coords, remaining, n_val, rng)
+    else:
+        val = rng.permutation(remaining)[:n_val]
+    return RegionSplit(train=np.setdiff1d(remaining, val), val=val, test=test, fold=fold, method=method, seed=seed)
+
+
+def _val_size(n_remaining: int, val_fraction: float) -> int:
+    return max(MIN_PART_REGIONS, int(round(val_fraction * n_remaining)))
+
+
+def _grown_patch(coords: np.ndarray, candidates: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` of `candidates`: a seeded start, then always the candidate nearest to the patch."""
+    distance = cdist(coords[candidates], coords[candidates])
+    inside = np.zeros(len(candidates), dtype=bool)
+    inside[rng.integers(len(candidates))] = True
+    to_patch = distance[inside].min(axis=0)
+    for _ in range(size - 1):
+        nearest = int(np.where(inside, np.inf, to_patch).argmin())
+        inside[nearest] = True
+        to_patch = np.minimum(to_patch, distance[nearest])
+    return candidates[inside]
+
+
+def _validation_groups(
+    coords: np.ndarray, test: np.ndarray, n_groups: int, method: str, seed: int, fold: int
+) -> list[np.ndarray]:
+    """The non-test regions partitioned into `n_groups` (sizes differ by at most one)."""
+    remaining = np.setdiff1d(np.arange(len(coords)), test)
+    rng = np.random.default_rng([seed, fold])
+    if method == "spatial":
+        return [remaining[group] for group in _balanced_kmeans(coords[remaining], n_groups, rng)]
+    return np.array_split(rng.permutation(remaining), n_groups)
+
+
+def _with_validation(
+    test: np.ndarray, groups: list[np.ndarray], chosen: int, fold: int, method: str, seed: int
+) -> RegionSplit:
+    train = np.concatenate([group for g, group in enumerate(groups) if g != chosen])
+    return RegionSplit(train=train, val=groups[chosen], test=test, fold=fold, method=method, seed=seed)
 
 
 def _coords_of(data_or_coords: ConnectomeData | np.ndarray) -> tuple[np.ndarray, bool]:
@@ -129,22 +204,6 @@ def _check_arguments(n_regions: int, n_folds: int, method: str, val_fraction: fl
             f"{n_regions} regions in {n_folds} folds leave fewer than {MIN_PART_REGIONS} training regions: "
             "use fewer folds or a smaller val_fraction"
         )
-
-
-def _val_size(n_remaining: int, val_fraction: float) -> int:
-    return max(MIN_PART_REGIONS, int(round(val_fraction * n_remaining)))
-
-
-def _split_fold(
-    n_regions: int, test: np.ndarray, fold: int, method: str, seed: int, val_fraction: float
-) -> RegionSplit:
-    """Validation drawn from the non-test regions with a generator seeded by (seed, fold)."""
-    remaining = np.setdiff1d(np.arange(n_regions), test)
-    shuffled = np.random.default_rng([seed, fold]).permutation(remaining)
-    n_val = _val_size(remaining.size, val_fraction)
-    return RegionSplit(
-        train=shuffled[n_val:], val=shuffled[:n_val], test=test, fold=fold, method=method, seed=seed
-    )
 
 
 def _balanced_kmeans(coords: np.ndarray, k: int, rng: np.random.Generator) -> list[np.ndarray]:

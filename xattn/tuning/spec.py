@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from xattn.errors import SpecError
 
-TRAINER_PARAMS = {"learning_rate", "batch_size", "cosine_lr", "weight_decay", "precision", "max_pairs_per_pass"}
+TRAINER_PARAMS = {
+    "learning_rate", "batch_size", "lr_schedule", "cosine_lr", "warmup_steps", "grad_clip", "weight_decay",
+    "precision", "max_pairs_per_pass",
+}  # fmt: skip
 DATA_PARAMS = {"genevec"}
 GENEVEC_KINDS = ("gene2vec", "coexpression", "onehot")
 
@@ -39,6 +42,14 @@ class SplitSpec(_Strict):
         return self
 
 
+class TopVarianceSpec(_Strict):
+    top_variance: int = Field(ge=1, description="the N genes that vary most across the training regions")
+
+
+class GeneFileSpec(_Strict):
+    file: Path = Field(description="a gene list: one symbol a line (relative to the spec)")
+
+
 class FilesSpec(_Strict):
     expression: Path
     connectivity: Path
@@ -57,8 +68,27 @@ class DataSpec(_Strict):
     files: FilesSpec | None = None
     synthetic: SyntheticSpec = SyntheticSpec()
     split: SplitSpec = SplitSpec()
+    genes: Literal["all"] | TopVarianceSpec | GeneFileSpec = Field(
+        "all", description="all | {top_variance: N} (ranked on training regions) | {file: PATH}"
+    )
     genevec: Literal["gene2vec", "coexpression", "onehot"] = "coexpression"
     gene2vec_file: Path | None = None
+
+    @field_validator("genes", mode="before")
+    @classmethod
+    def _gene_selection(cls, value: Any) -> Any:
+        # One message for every malformed selection, instead of one per member of the union.
+        usage = "use all, {top_variance: N} or {file: PATH}"
+        if value == "all" or isinstance(value, (TopVarianceSpec, GeneFileSpec)):
+            return value
+        if isinstance(value, dict) and list(value) == ["top_variance"]:
+            n = value["top_variance"]
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"top_variance must be a whole number >= 1, got {n!r}")
+            return TopVarianceSpec(top_variance=n)
+        if isinstance(value, dict) and list(value) == ["file"] and isinstance(value["file"], (str, Path)):
+            return GeneFileSpec(file=value["file"])
+        raise ValueError(f"{value!r} is not a gene selection: {usage}")
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataSpec":
@@ -132,7 +162,10 @@ class SearchSpec(_Strict):
 class BudgetSpec(_Strict):
     trials: int = Field(8, ge=1)
     max_epochs: int = Field(10, ge=1)
-    patience: int = Field(5, ge=1, description="epochs without validation improvement before early stopping")
+    patience_steps: int = Field(
+        1500, ge=1, description="optimizer steps without a better validation metric before early stopping"
+    )
+    min_steps: int = Field(0, ge=0, description="optimizer steps before early stopping may stop a run")
     max_concurrent: int | None = Field(None, ge=1)
     max_failures: int = Field(1, ge=0, description="retries of a trial that raised; a diverged trial is never retried")
 
@@ -412,4 +445,6 @@ def _resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
         )
     if data.gene2vec_file is not None:
         data.gene2vec_file = resolve(data.gene2vec_file)
+    if isinstance(data.genes, GeneFileSpec):
+        data.genes = GeneFileSpec(file=resolve(data.genes.file))
     return spec

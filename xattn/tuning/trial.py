@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from xattn.data import build_gene_vectors
+from xattn.data.gene_selection import select_genes
 from xattn.experiment import Experiment, build_trial_model, load_data, prepare_experiment, split_regions
 from xattn.training.trainer import TrainConfig
 from xattn.tuning.spec import StudySpec
@@ -48,17 +49,21 @@ def prepare_trial(
 
     experiment = prepare_experiment(spec.data, params, seed, split_seed=spec.seed, mirror=mirror, device=device)
     model = build_trial_model(experiment, spec.model.family, params, seed).to(device)
+    budget = spec.budget
     train_config = TrainConfig.from_params(
-        params, max_epochs=spec.budget.max_epochs, patience=spec.budget.patience, seed=seed, device=device
-    )
+        params, max_epochs=budget.max_epochs, patience_steps=budget.patience_steps, min_steps=budget.min_steps,
+        monitor=spec.search.metric, seed=seed, device=device,
+    )  # fmt: skip
     extra = experiment.checkpoint_extra(spec.data, params, seed)
     return PreparedTrial(params, seed, spec.data.split.fold, experiment, model, train_config, extra)
 
 
 def preflight(spec: StudySpec, mirror: str | None) -> None:
-    """Load the data and every gene embedding the space can ask for, so bad files fail now."""
+    """Load the data, select genes and build every gene embedding the space can ask for, so bad
+    files fail now."""
     data = load_data(spec.data, mirror)
     split = split_regions(data, spec.data, spec.seed)
+    data = data.select_genes(select_genes(data, spec.data.genes, split.train))
     kinds = {spec.data.genevec, spec.model.fixed.get("genevec", spec.data.genevec)}
     if "genevec" in spec.searched:
         kinds |= set(spec.searched["genevec"].candidate_values())
