@@ -114,7 +114,6 @@ def test_quickstart_from_the_cli(tmp_path):
     result = json.loads(process.stdout.strip().splitlines()[-1])
     assert result["name"] == "quickstart" and result["trial_counts"] == {"finished": 2}
     assert "xattn ui" in process.stdout and "xattn export quickstart" in process.stdout
-    assert "note: with pooling_mode cls" in process.stdout  # the quickstart space can pick cls pooling
 
     shown = json.loads(xattn("study", "show", "quickstart", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
     assert shown["parent_run_id"] == result["parent_run_id"]

@@ -103,17 +103,20 @@ def test_relative_data_paths_resolve_against_the_spec(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "changes,warned",
+    "changes,noted",
     [
-        ({}, False),  # mean pooling by default
-        ({"search.space.pooling_mode": ["mean", "cls"]}, True),
-        ({"model.fixed.pooling_mode": "cls"}, True),
-        ({"model.fixed.pooling_mode": "attention"}, False),
+        ({}, False),
+        ({"data.split.inner_folds": 3}, True),
     ],
 )
-def test_a_study_that_can_pool_the_cls_token_notes_that_region_i_is_ignored(changes, warned):
+def test_a_study_with_inner_folds_notes_the_trials_it_will_train(changes, noted):
     notes = parse_spec(minimal(**changes)).notes()
-    assert any("region i" in note for note in notes) == warned
+    assert any("inner folds" in note and "ASHA is off" in note for note in notes) == noted
+
+
+def test_inner_folds_of_one_are_refused():
+    with pytest.raises(SpecError, match="inner_folds=1 is not cross-validation"):
+        parse_spec(minimal(**{"data.split.inner_folds": 1}))
 
 
 def test_max_pairs_per_pass_is_a_trainer_setting_a_spec_can_fix():

@@ -36,7 +36,7 @@ def study(tmp_path_factory, mirror, ray_local):
                     "nhead": [2],
                     "expression_bins": [3, 5],
                     "cls_init": ["random", "spatial"],
-                    "pooling_mode": ["mean", "cls", "attention"],
+                    "pooling_mode": ["mean", "attention"],
                     "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
                 },
                 "grace_period": 2,
@@ -83,6 +83,16 @@ def test_parent_holds_spec_best_and_table(study):
     best_losses = [c["metrics"]["best_val_loss"] for c in _children(client, result)]
     assert result.best["metrics"]["best_val_loss"] == pytest.approx(min(best_losses))
     assert result.trial_counts == {"finished": TRIALS}
+    # how well validation ranked the trials by test r: computed from the trials, logged, returned
+    assert parent.data.metrics["search.val_test_n_trials"] == TRIALS
+    agreement = result.agreement[spec.model.family]
+    assert agreement["n_trials"] == TRIALS and -1 <= agreement["spearman"] <= 1
+    assert parent.data.metrics["search.val_test_spearman"] == pytest.approx(agreement["spearman"])
+    from scipy import stats
+
+    children = _children(client, result)
+    rho = stats.spearmanr([-c["metrics"]["best_val_loss"] for c in children], [c["metrics"]["test_pearson"] for c in children])[0]
+    assert agreement["spearman"] == pytest.approx(rho)
 
 
 def test_optuna_storage_holds_the_study(study):

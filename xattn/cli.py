@@ -99,7 +99,7 @@ def study_run(
     )
     for note in spec.notes():
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    progress = TrialProgress(console, spec.budget.trials, spec.search.metric, spec.search.mode)
+    progress = TrialProgress(console, spec.search_trials, spec.search.metric, spec.search.mode)
     _finish_study(lambda: run_study(spec, ws, address=address, mirror=mirror, progress=progress), ws, spec.name, as_json)
 
 
@@ -158,6 +158,13 @@ def _print_result(result, ws) -> None:
             if key in result.best["metrics"]:
                 table.add_row(key, f"{result.best['metrics'][key]:.4f}")
         console.print(table)
+    for family, agreement in result.agreement.items():
+        if agreement["spearman"] == agreement["spearman"]:  # not NaN: three trials or more
+            console.print(
+                f"{family} search: validation {agreement['metric']} ranks its {agreement['n_trials']} trials by test r "
+                f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
+                highlight=False,
+            )
     where = f" --workspace {ws.root}" if ws.root != Path(".xattn").resolve() else ""
     tracking = f" --tracking-uri {ws.tracking_uri}" if os.environ.get("MLFLOW_TRACKING_URI") is None and not ws.tracking_uri.startswith("sqlite") else ""
     console.print("\nlook at it:", highlight=False)

@@ -23,6 +23,7 @@ from xattn.data import (
     region_folds,
 )
 from xattn.data.gene_selection import select_genes
+from xattn.data.splits import inner_folds
 from xattn.models.registry import build_model, fit_to_training_regions
 from xattn.training.trainer import PairData
 from xattn.tuning.spec import DataSpec
@@ -75,6 +76,7 @@ def prepare_experiment(
     split_seed: int | None = None,
     mirror: str | None = None,
     split: RegionSplit | None = None,
+    inner_fold: int | None = None,
     genes: list[str] | None = None,
     device: str = "cpu",
 ) -> Experiment:
@@ -82,10 +84,14 @@ def prepare_experiment(
     regions only.
 
     `split_seed` draws the region folds (default: `seed`, which also seeds the gene vectors);
-    `split` and `genes` pin a stored experiment (from a checkpoint) instead of recomputing it.
+    `inner_fold` k trains on inner fold k of the split's non-test regions
+    (`data_spec.split.inner_folds` of them); `split` and `genes` pin a stored experiment
+    (from a checkpoint) instead of recomputing it.
     """
     data = load_data(data_spec, mirror)
     split = split or split_regions(data, data_spec, seed if split_seed is None else split_seed)
+    if inner_fold is not None:
+        split = inner_folds(data, split, data_spec.split.inner_folds)[inner_fold]
     data = data.select_genes(select_genes(data, data_spec.genes, split.train))
     vectors = build_gene_vectors(
         data, params.get("genevec", data_spec.genevec), split.train, path=data_spec.gene2vec_file, seed=seed

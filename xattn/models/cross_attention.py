@@ -62,6 +62,7 @@ class CrossAttentionConfig:
     use_alibi: bool = False
     transformer_dropout: float = 0.1
     dropout_rate: float = 0.1
+    head_batchnorm: bool = False  # BatchNorm1d after each hidden activation of the head
     learn_gene_vectors: bool = False  # True for the learned (one-hot) gene-vector option
 
     def __post_init__(self) -> None:
@@ -79,10 +80,21 @@ class CrossAttentionConfig:
         self.expression_encoding = choice("expression_encoding", self.expression_encoding, EXPRESSION_ENCODINGS)
         self.cls_init = choice("cls_init", self.cls_init, CLS_INITS)
         self.pooling_mode = choice("pooling_mode", self.pooling_mode, POOLING_MODES)
-        for name in ("use_alibi", "learn_gene_vectors"):
+        for name in ("use_alibi", "learn_gene_vectors", "head_batchnorm"):
             setattr(self, name, boolean(name, getattr(self, name)))
         for name in ("transformer_dropout", "dropout_rate"):
             setattr(self, name, probability(name, getattr(self, name)))
+
+
+def blind_spot(config: CrossAttentionConfig) -> tuple[str, str] | None:
+    """(field, why) when a model with this config cannot depend on something a region-pair
+    model must see, else None: studies refuse such configurations (xattn.tuning.spec)."""
+    if config.pooling_mode == "cls":
+        return "pooling_mode", (
+            "the prediction cannot depend on region i's expression (no query attends to another, "
+            "so only the CLS query reaches the output)"
+        )
+    return None
 
 
 def gene_tokens_of(config, gene_vectors: Tensor | None) -> GeneTokens:
@@ -136,7 +148,7 @@ class CrossAttention(nn.Module):
 class CrossAttentionBlock(nn.Module):
     """Pre-norm block: x + Attn(LN(x), memory), then x + FFN(LN(x)).
 
-    The memory is not normalised here: `encode_genes` ends in a LayerNorm, and a per-block
+    The memory arrives normalised (the model's `memory_ln`, once per region): a per-block
     LayerNorm's affine map would be absorbed by the K/V projection anyway.
     """
 
@@ -160,6 +172,10 @@ class CrossAttentionGene2VecModel(nn.Module):
         super().__init__()
         self.config = config
         self.gene_tokens = gene_tokens_of(config, gene_vectors)
+        # Tokens enter the query stream as they are (a continuous value keeps its magnitude
+        # there); as keys and values they are normalised, so an extreme region cannot make
+        # the attention logits explode.
+        self.memory_ln = nn.LayerNorm(config.d_model)
 
         # "random" CLS: six values drawn once (kept in the state dict), through the same kind of
         # projection as the spatial coordinates, so it is in effect a learned vector.
@@ -169,7 +185,7 @@ class CrossAttentionGene2VecModel(nn.Module):
         self.blocks = nn.ModuleList(CrossAttentionBlock(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.pool = AttentionPooling(config.d_model) if config.pooling_mode == "attention" else None
-        self.head = MLPHead(config.d_model, config.deep_hidden_dims, config.dropout_rate)
+        self.head = MLPHead(config.d_model, config.deep_hidden_dims, config.dropout_rate, batchnorm=config.head_batchnorm)
 
     def forward(self, expression: Tensor, coords: Tensor, pair_i: Tensor, pair_j: Tensor) -> Tensor:
         """expression (R, G) in [0, 1] and coords (R, 3) of all regions; pair_i, pair_j (B,) row
@@ -177,14 +193,14 @@ class CrossAttentionGene2VecModel(nn.Module):
         cls = self.cls_token(coords[pair_i], coords[pair_j])
         if self.only_cls_reaches_output:
             memory_rows, memory_index = torch.unique(pair_j, return_inverse=True)
-            memory, x = self.encode_genes(expression[memory_rows]), cls  # region i is not needed
+            memory, x = self.memory_ln(self.encode_genes(expression[memory_rows])), cls  # region i is not needed
         else:
             regions, inverse = torch.unique(torch.cat([pair_i, pair_j]), return_inverse=True)
             index_i, index_j = inverse[: len(pair_i)], inverse[len(pair_i) :]
             tokens = self.encode_genes(expression[regions])  # (U, G, d): each region once
             # Keys/values only for regions that occur as j (random pairs: about half of U).
             memory_rows, memory_index = torch.unique(index_j, return_inverse=True)
-            memory = tokens.index_select(0, memory_rows)  # (Uj, G, d)
+            memory = self.memory_ln(tokens.index_select(0, memory_rows))  # (Uj, G, d)
             x = torch.cat([cls, tokens.index_select(0, index_i)], dim=1)
         for block in self.blocks:
             x = block(x, memory, memory_index)  # x: (B, G + 1, d), or (B, 1, d) when only the CLS query is kept
@@ -205,7 +221,7 @@ class CrossAttentionGene2VecModel(nn.Module):
         coords of each side. The reference `forward` is tested against."""
         cls = self.cls_token(coords_i, coords_j)
         x = torch.cat([cls, self.encode_genes(expression_i)], dim=1)
-        memory = self.encode_genes(expression_j)
+        memory = self.memory_ln(self.encode_genes(expression_j))
         for block in self.blocks:
             x = block(x, memory)
         return self.head(self.pool_tokens(self.ln_f(x)))

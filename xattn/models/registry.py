@@ -11,12 +11,13 @@ import dataclasses
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
 from xattn.errors import SpecError
 from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
+from xattn.models.cross_attention import blind_spot as cross_attention_blind_spot
 from xattn.models.mlp import MLPConfig, MLPModel
 from xattn.models.reference import (
     BilinearLowRankConfig,
@@ -42,6 +43,11 @@ class ModelFamily:
     config_cls: type
     model_cls: type[nn.Module]
     description: str
+    # Whether predictions depend on both regions' expression; false for a reference built on
+    # something else on purpose (distance decay).
+    uses_expression: bool = True
+    # config -> (field, what its predictions cannot depend on), or None: see `blind_spot`.
+    blind_spot: Callable[[Any], tuple[str, str] | None] | None = None
 
 
 MODEL_FAMILIES: dict[str, ModelFamily] = {
@@ -50,6 +56,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         config_cls=CrossAttentionConfig,
         model_cls=CrossAttentionGene2VecModel,
         description="CLS + gene tokens of region i cross-attend to gene tokens of region j",
+        blind_spot=cross_attention_blind_spot,
     ),
     "shared_self_attention": ModelFamily(
         name="shared_self_attention",
@@ -74,6 +81,7 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
         config_cls=DistanceDecayConfig,
         model_cls=DistanceDecayModel,
         description="reference: a * exp(-d_ij / lambda) + b on the regions' euclidean distance",
+        uses_expression=False,
     ),
     "cge": ModelFamily(
         name="cge",
@@ -162,6 +170,13 @@ def fit_to_training_regions(model: nn.Module, expression: Tensor) -> None:
     fit = getattr(model, "fit_to_training_regions", None)
     if fit is not None:
         fit(expression)
+
+
+def blind_spot(family: str | ModelFamily, config: Any) -> tuple[str, str] | None:
+    """(the field to blame, what a model of `family` with `config` cannot depend on although it
+    should), or None when it sees both regions: a study refuses to train such configurations."""
+    fam = get_family(family)
+    return fam.blind_spot(config) if fam.blind_spot is not None else None
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

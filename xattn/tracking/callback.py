@@ -14,7 +14,9 @@ from typing import Any, Callable
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
+from ray.tune.search.repeater import TRIAL_INDEX
 
+from xattn.tracking.store import INNER_FOLD_TAG
 from xattn.training.checkpoint import CHECKPOINT_FILES
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_pearson")
@@ -71,10 +73,12 @@ class MlflowTrialLogger(Callback):
             number = self.optuna_number(trial.trial_id)
             fold = trial.config.get("_fold", self.fold)
             seed = trial.config.get("_seed", self.seed)
+            inner = trial.config.get(TRIAL_INDEX)
             if self.role == "final":
                 name = f"{self.family}-final-fold{fold}-seed{seed}"
             else:
                 name = f"{self.family}-trial-{number if number is not None else trial.trial_id}"
+                name += f"-inner{inner}" if inner is not None else ""
             tags = {
                 "mlflow.parentRunId": self.parent_run_id,
                 "mlflow.runName": name,
@@ -86,6 +90,8 @@ class MlflowTrialLogger(Callback):
             }
             if number is not None:
                 tags["xattn.optuna_trial_number"] = str(number)
+            if inner is not None:
+                tags[INNER_FOLD_TAG] = str(inner)
             run = self.client.create_run(self.experiment_id, tags=tags)
             run_id = run.info.run_id
             params = [Param(k, _short(v)) for k, v in sorted(trial.config.items()) if not k.startswith("_")]

@@ -18,6 +18,7 @@ from xattn.errors import StoreError, StudyNotFound
 DEFAULT_WORKSPACE = Path(".xattn")
 ROLE_TAG = "xattn.role"
 STUDY_TAG = "xattn.study"
+INNER_FOLD_TAG = "xattn.inner_fold"  # a search run's inner fold, when the spec asks for inner folds
 SQLITE_WAIT = "?timeout=60"
 
 
@@ -136,4 +137,11 @@ def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> 
     if not finished:
         raise StudyNotFound(f"study run {parent.info.run_id} has no finished trial with metric {metric!r}")
     pick = min if mode == "min" else max
-    return pick(finished, key=lambda run: run.data.metrics[metric])
+    # With inner folds a configuration is several runs: the best mean wins, and its first
+    # inner fold stands for it.
+    groups: dict[str, list[Run]] = {}
+    for run in finished:
+        key = run.data.tags.get("xattn.optuna_trial_number", run.info.run_id) if INNER_FOLD_TAG in run.data.tags else run.info.run_id
+        groups.setdefault(key, []).append(run)
+    best = pick(groups.values(), key=lambda runs: sum(r.data.metrics[metric] for r in runs) / len(runs))
+    return min(best, key=lambda run: int(run.data.tags.get(INNER_FOLD_TAG, 0)))

@@ -81,6 +81,28 @@ def paired_difference(reference: dict, baseline: dict, metric: str) -> dict[str,
     return {**result, "mean_difference": mean, "ci95_low": float(low), "ci95_high": float(high), "p_wilcoxon": p_value}
 
 
+def validation_test_agreement(trials: list[dict[str, float]], metric: str, mode: str) -> dict[str, Any]:
+    """Does the search select on a signal that predicts the test metric? The Spearman rank
+    correlation, across a search's finished trials, between each trial's validation metric
+    (`best_<metric>`, signed so that larger is better) and its test Pearson r.
+
+    Positive means trials that validate better also test better; near zero means the tuner
+    cannot tell good configurations from bad ones on this validation signal.
+    """
+    pairs = [
+        (t[f"best_{metric}"], t["test_pearson"])
+        for t in trials
+        if math.isfinite(t.get(f"best_{metric}", math.nan)) and math.isfinite(t.get("test_pearson", math.nan))
+    ]
+    result: dict[str, Any] = {"metric": metric, "n_trials": len(pairs), "spearman": math.nan, "p_value": math.nan}
+    values = np.array(pairs, dtype=np.float64).reshape(-1, 2)
+    if len(pairs) >= 3 and np.ptp(values[:, 0]) > 0 and np.ptp(values[:, 1]) > 0:
+        sign = -1.0 if mode == "min" else 1.0
+        rho, p_value = stats.spearmanr(sign * values[:, 0], values[:, 1])
+        result.update(spearman=float(rho), p_value=float(p_value))
+    return result
+
+
 def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for entry in comparison["families"]:

@@ -34,11 +34,16 @@ class SplitSpec(_Strict):
     folds: int = Field(5, ge=2, description="number of region folds (K)")
     fold: int = Field(0, ge=0, description="which fold is the test set")
     val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of training regions held out for validation")
+    inner_folds: int = Field(
+        0, ge=0, description="0: search on one validation set; K >= 2: each trial on K inner folds, ranked by their mean"
+    )
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> "SplitSpec":
         if self.fold >= self.folds:
             raise ValueError(f"fold={self.fold} but there are only {self.folds} folds (0..{self.folds - 1})")
+        if self.inner_folds == 1:
+            raise ValueError("inner_folds=1 is not cross-validation: use 0 (one validation set) or 2 or more")
         return self
 
 
@@ -221,6 +226,8 @@ class StudySpec(_Strict):
         override = self.comparison.baselines.get(family, BaselineSpec())
         space = override.space if override.space is not None else DEFAULT_SPACES.get(family, {})
         fixed = override.fixed if override.fixed is not None else DEFAULT_FIXED.get(family, {})
+        if override.fixed is None:  # what the spec's own space searches is no longer fixed by default
+            fixed = {k: v for k, v in fixed.items() if k not in space}
         raw = self.model_dump(mode="json", exclude={"compare_with", "comparison"})
         raw["model"] = {"family": family, "fixed": dict(fixed)}
         raw["search"]["space"] = {k: (v.model_dump(exclude_none=True) if isinstance(v, ParamSpec) else v) for k, v in space.items()}
@@ -230,16 +237,20 @@ class StudySpec(_Strict):
     def searched(self) -> dict[str, ParamSpec]:
         return self.search.space
 
+    @property
+    def search_trials(self) -> int:
+        """Trials the search runs: one per configuration, or one per inner fold of each."""
+        return self.budget.trials * (self.data.split.inner_folds or 1)
+
     def notes(self) -> list[str]:
         """What a user should know about this study before spending compute on it."""
         notes = []
-        pooling = self.searched.get("pooling_mode")
-        poolings = pooling.candidate_values() if pooling is not None else [self.model.fixed.get("pooling_mode", "mean")]
-        if self.model.family == "cross_attention" and "cls" in (poolings or []):
+        inner = self.data.split.inner_folds
+        if inner:
             notes.append(
-                "with pooling_mode cls the cross-attention prediction does not depend on region i's "
-                "expression (no query attends to another; README, The model): those trials see region j's genes "
-                "and, with cls_init spatial, the two regions' coordinates"
+                f"each of the {self.budget.trials} configurations trains on {inner} inner folds "
+                f"({self.budget.trials * inner} trials) and is ranked by their mean"
+                + ("; ASHA is off, since stopping some folds early would skew the mean" if self.search.scheduler == "asha" else "")
             )
         return notes
 
@@ -321,7 +332,7 @@ def _family_spec(spec: StudySpec, family: str, source: str) -> StudySpec:
 
 
 def _check_family_params(spec: StudySpec, source: str) -> None:
-    from xattn.models.registry import MODEL_FAMILIES, make_config, model_param_names
+    from xattn.models.registry import MODEL_FAMILIES, blind_spot, make_config, model_param_names
 
     family = spec.model.family
     if family not in MODEL_FAMILIES:
@@ -353,7 +364,8 @@ def _check_family_params(spec: StudySpec, source: str) -> None:
     for name in ("learning_rate", "batch_size"):
         _check_positive(spec, name, choices, source)
 
-    # Every combination of the searched choices must make a valid model (e.g. d_model % nhead).
+    # Every combination of the searched choices must make a valid model (e.g. d_model % nhead)
+    # whose prediction can depend on both regions (e.g. not CLS pooling without query mixing).
     combos = [dict(zip(choices, values)) for values in itertools.product(*choices.values())][:4096]
     for combo in combos or [{}]:
         params = spec.trial_params(combo)
@@ -361,10 +373,15 @@ def _check_family_params(spec: StudySpec, source: str) -> None:
             if p.type != "choice":
                 params[name] = int(p.low) if p.type in ("int", "logint") else p.low
         try:
-            make_config(family, params, n_genes=8)
+            config = make_config(family, params, n_genes=8)
         except SpecError as error:
             where = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("d_model", "nhead"))
             raise SpecError(f"{source}: {error}" + (f" (in the searched combination {where})" if where else "")) from None
+        blind = blind_spot(family, config)
+        if blind is not None:
+            field, why = blind
+            where = f"search.space.{field}" if field in spec.searched else f"model.fixed.{field}"
+            raise SpecError(f"{source}: {where}: {family} with {field}={getattr(config, field)}: {why}; choose another value")
 
 
 def _check_positive(spec: StudySpec, name: str, choices: dict, source: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import socket
 import time
@@ -47,6 +48,8 @@ class StudyResult:
     best: dict[str, Any] | None = None
     comparison: dict[str, Any] | None = None
     failures: dict[str, int] = field(default_factory=dict)  # failure reason -> failed trials
+    # family -> Spearman rank correlation of its search trials' validation metric with test r
+    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,6 +217,7 @@ class _Context:
     mirror: str | None
     progress: Any
     spec: StudySpec
+    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> validation_test_agreement
 
 
 def run_study(
@@ -260,7 +264,9 @@ def run_study(
     except BaseException:
         client.set_terminated(parent_run_id, "FAILED")
         raise
-    return _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison)
+    result = _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison)
+    result.agreement = context.agreement
+    return result
 
 
 def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
@@ -277,7 +283,7 @@ def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
     spec = stored_spec(client, parent)
     progress = kwargs.get("progress")
     if progress is not None:
-        progress.total, progress.metric, progress.mode = spec.budget.trials, spec.search.metric, spec.search.mode
+        progress.total, progress.metric, progress.mode = spec.search_trials, spec.search.metric, spec.search.mode
     return run_study(spec, workspace, **kwargs)
 
 
@@ -378,6 +384,7 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import Repeater
 
     from xattn.tuning.search_space import optuna_space
     from xattn.tuning.searcher import ResumableOptunaSearch
@@ -387,6 +394,7 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     # A resumed trial re-reports the epochs after its checkpoint; Optuna keeps the first value.
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", category=UserWarning)
     study_name = optuna_study or context.optuna_study
+    inner = spec.data.split.inner_folds
     searcher = ResumableOptunaSearch(
         space=optuna_space(spec.searched),
         metric=f"best_{spec.search.metric}",
@@ -395,7 +403,10 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
         study_name=study_name,
         storage=optuna.storages.RDBStorage(context.workspace.optuna_storage),
     )
-    if spec.search.scheduler == "asha":
+    if inner:
+        # Each suggestion runs once per inner fold; Optuna is told the mean of their results.
+        searcher = Repeater(searcher, repeat=inner, set_index=True)
+    if spec.search.scheduler == "asha" and not inner:
         scheduler = ASHAScheduler(
             metric=spec.search.metric,
             mode=spec.search.mode,
@@ -408,7 +419,12 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
 
     def make_logger(searcher) -> MlflowTrialLogger:
         def optuna_number(trial_id: str) -> int | None:
-            trial = searcher._ot_trials.get(trial_id)  # Ray keeps no public map from trial to Optuna trial
+            optuna_search = searcher
+            if isinstance(searcher, Repeater):  # a repeat belongs to its group's first trial
+                group = searcher._trial_id_to_group.get(trial_id)
+                trial_id = group.primary_trial_id if group is not None else trial_id
+                optuna_search = searcher.searcher
+            trial = optuna_search._ot_trials.get(trial_id)  # Ray keeps no public map from trial to Optuna trial
             return trial.number if trial is not None else None
 
         return MlflowTrialLogger(
@@ -417,26 +433,61 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
         )  # fmt: skip
 
     if context.progress is not None and context.spec.compare_with:
-        context.progress.start_phase(f"search {spec.model.family}", spec.budget.trials, spec.search.metric, spec.search.mode)
+        context.progress.start_phase(f"search {spec.model.family}", spec.search_trials, spec.search.metric, spec.search.mode)
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
-        num_samples=spec.budget.trials,
+        num_samples=spec.search_trials,
         max_concurrent_trials=spec.budget.max_concurrent,
         reuse_actors=True,  # a new trial in a warm worker: no process start, no torch import
     )
     results = _fit_phase(spec, context, "search", trainable(spec, context.mirror), make_logger, tune_config=tune_config)
     _fail_orphaned_optuna_trials(context.workspace.optuna_storage, study_name)
+    _log_agreement(spec, context, results)
     return results
+
+
+def _log_agreement(spec: StudySpec, context: _Context, results) -> None:
+    """Log to the study run how well the search's validation metric ranked its trials by test r."""
+    from xattn.tuning.comparison import validation_test_agreement
+
+    trials = [_mean_metrics(runs) for _, runs in _configurations(results)]
+    agreement = validation_test_agreement(trials, spec.search.metric, spec.search.mode)
+    prefix = "search." if spec.model.family == context.spec.model.family else f"search.{spec.model.family}."
+    for key in ("spearman", "p_value", "n_trials"):
+        value = float(agreement[key])
+        if math.isfinite(value):
+            context.client.log_metric(context.parent_run_id, f"{prefix}val_test_{key}", value)
+    context.agreement[spec.model.family] = agreement
+
+
+def _configurations(results) -> list[tuple[dict[str, Any], list[dict[str, float]]]]:
+    """The finished trials of a search grouped by configuration: one group per trial, or per
+    suggestion with all its inner folds when the spec asks for inner folds."""
+    from xattn.tuning.trial import INNER_FOLD
+
+    groups: dict[str, tuple[dict[str, Any], list[dict[str, float]]]] = {}
+    for result in results:
+        if result.error is None and result.metrics:
+            config = {k: v for k, v in result.config.items() if k != INNER_FOLD}
+            key = repr(sorted(config.items())) if INNER_FOLD in result.config else result.metrics.get("trial_id", id(result))
+            groups.setdefault(str(key), (config, []))[1].append(dict(result.metrics))
+    return list(groups.values())
+
+
+def _mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = set.intersection(*(set(k for k, v in run.items() if isinstance(v, (int, float))) for run in runs))
+    return {k: sum(float(run[k]) for run in runs) / len(runs) for k in keys}
 
 
 def _best_config(spec: StudySpec, results) -> dict[str, Any]:
     metric = f"best_{spec.search.metric}"
-    finished = [r for r in results if r.error is None and r.metrics and metric in r.metrics]
-    if not finished:
+    scored = [(config, _mean_metrics(runs)) for config, runs in _configurations(results)]
+    scored = [(config, metrics) for config, metrics in scored if metric in metrics]
+    if not scored:
         return {}
     pick = min if spec.search.mode == "min" else max
-    return dict(pick(finished, key=lambda r: r.metrics[metric]).config)
+    return dict(pick(scored, key=lambda item: item[1][metric])[0])
 
 
 def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Context) -> None:

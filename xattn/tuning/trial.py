@@ -13,9 +13,14 @@ import torch
 
 from xattn.data import build_gene_vectors
 from xattn.data.gene_selection import select_genes
+from xattn.data.splits import inner_folds
 from xattn.experiment import Experiment, build_trial_model, load_data, prepare_experiment, split_regions
 from xattn.training.trainer import TrainConfig
 from xattn.tuning.spec import StudySpec
+
+# The key Ray Tune's Repeater sets in each repeat's config (ray.tune.search.repeater.TRIAL_INDEX):
+# a search trial's inner fold when the spec asks for inner folds.
+INNER_FOLD = "__trial_index__"
 
 
 @dataclass
@@ -36,18 +41,23 @@ def prepare_trial(
 
     Final (comparison) runs name their outer fold and seed as `_fold` and `_seed`; the split
     itself is always drawn with the study's seed, so every family and seed sees the same
-    regions in fold k. `device` defaults to CUDA when the spec asks for GPUs and one is there.
+    regions in fold k. A search trial of a spec with `split.inner_folds` names its inner fold
+    as Ray's repeat index (`INNER_FOLD`). `device` defaults to CUDA when the spec asks for GPUs and one is there.
     """
     spec = spec.model_copy(deep=True)
     config = dict(config)
     if "_fold" in config:
         spec.data.split = spec.data.split.model_copy(update={"fold": config.pop("_fold")})
     seed = config.pop("_seed", spec.seed)
+    inner_fold = config.pop(INNER_FOLD, None) if spec.data.split.inner_folds else None
+    config.pop(INNER_FOLD, None)
     params = spec.trial_params(config)
     if device is None:
         device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
 
-    experiment = prepare_experiment(spec.data, params, seed, split_seed=spec.seed, mirror=mirror, device=device)
+    experiment = prepare_experiment(
+        spec.data, params, seed, split_seed=spec.seed, mirror=mirror, inner_fold=inner_fold, device=device
+    )
     model = build_trial_model(experiment, spec.model.family, params, seed).to(device)
     budget = spec.budget
     train_config = TrainConfig.from_params(
@@ -63,6 +73,8 @@ def preflight(spec: StudySpec, mirror: str | None) -> None:
     files fail now."""
     data = load_data(spec.data, mirror)
     split = split_regions(data, spec.data, spec.seed)
+    if spec.data.split.inner_folds:
+        inner_folds(data, split, spec.data.split.inner_folds)  # fits the regions, or a one-line error
     data = data.select_genes(select_genes(data, spec.data.genes, split.train))
     kinds = {spec.data.genevec, spec.model.fixed.get("genevec", spec.data.genevec)}
     if "genevec" in spec.searched:
