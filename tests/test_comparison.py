@@ -109,3 +109,20 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
     markdown = cli("--format", "markdown")
     assert markdown.startswith("| family |") and "shared_self_attention_pooling" in markdown
     assert cli("--format", "csv").splitlines()[0].startswith("family,n_runs,")
+
+
+def test_validation_test_agreement_is_the_rank_correlation_of_selection_metric_and_test_r():
+    from xattn.tuning.comparison import validation_test_agreement
+
+    trials = [{"best_val_loss": loss, "test_pearson": r} for loss, r in [(0.1, 0.5), (0.2, 0.4), (0.3, 0.1), (0.4, 0.2)]]
+    agreement = validation_test_agreement(trials, "val_loss", "min")
+    # lower loss is better: loss ranks 1-4 against test r ranks 1, 2, 4, 3
+    assert agreement["spearman"] == pytest.approx(stats.spearmanr([1, 2, 3, 4], [1, 2, 4, 3])[0])
+    assert agreement["n_trials"] == 4 and agreement["metric"] == "val_loss"
+    flipped = [{"best_val_pearson": -t["best_val_loss"], "test_pearson": t["test_pearson"]} for t in trials]
+    assert validation_test_agreement(flipped, "val_pearson", "max")["spearman"] == pytest.approx(agreement["spearman"])
+    # too few trials, or trials the metric cannot tell apart: no number, not a crash
+    assert np.isnan(validation_test_agreement(trials[:2], "val_loss", "min")["spearman"])
+    same = [{"best_val_loss": 0.1, "test_pearson": r} for r in (0.1, 0.2, 0.3)]
+    assert np.isnan(validation_test_agreement(same, "val_loss", "min")["spearman"])
+    assert validation_test_agreement(trials + [{"best_val_loss": float("nan"), "test_pearson": 0.9}], "val_loss", "min")["n_trials"] == 4

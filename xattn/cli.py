@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import json
+import math
 import os
 import signal
 import subprocess
@@ -289,7 +290,7 @@ def compare(
         print(comparison_markdown(comparison))
         return
     table = Table(title=f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed")
-    for column in ("family", "n", "test r", "test MSE", "test R2", "diff r [95% CI]", "p"):
+    for column in ("family", "n", "test r", "test MSE", "test R2", "diff r [95% CI]", "p", "search: rank r(val, test)"):
         table.add_column(column, no_wrap=True)
     for entry in comparison["families"]:
         diff = entry.get("vs_reference")
@@ -301,6 +302,7 @@ def compare(
             format_cell(entry["test_r2_mean"]),
             f"{format_cell(diff['mean_difference'])} [{format_cell(diff['ci95_low'])}, {format_cell(diff['ci95_high'])}]" if diff else "-",
             format_cell(diff["p_wilcoxon"]) if diff else "-",
+            format_cell(entry.get("search_val_test_spearman", math.nan)),
         )
     console.print(table)
 

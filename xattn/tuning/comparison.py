@@ -116,7 +116,7 @@ def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:
 
 MARKDOWN_COLUMNS = (
     "family", "n_runs", "test_pearson_mean", "test_pearson_sd", "test_mse_mean", "test_r2_mean",
-    "diff.mean_difference", "diff.ci95_low", "diff.ci95_high", "diff.p_wilcoxon",
+    "diff.mean_difference", "diff.ci95_low", "diff.ci95_high", "diff.p_wilcoxon", "search_val_test_spearman",
 )  # fmt: skip
 
 

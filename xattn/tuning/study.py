@@ -532,6 +532,10 @@ def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]
     parent = context.client.get_run(context.parent_run_id)
     finals = [run for run in child_runs(context.client, parent) if run.data.tags.get(ROLE_TAG) == "final"]
     comparison = compare_runs(finals, reference=spec.model.family)
+    for entry in comparison["families"]:
+        agreement = context.agreement.get(entry["family"], {})
+        entry["search_val_test_spearman"] = agreement.get("spearman", math.nan)
+        entry["search_trials"] = agreement.get("n_trials", 0)
     log_comparison(context.client, context.parent_run_id, comparison)
     return comparison
 
