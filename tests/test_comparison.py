@@ -84,6 +84,10 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
 
     comparison = load_comparison(client, spec.name)
     assert [e["family"] for e in comparison["families"]] == ["cross_attention", "shared_self_attention_pooling"]
+    # the search's agreement with test r, per family and over both families' trials
+    assert [e["search_trials"] for e in comparison["families"]] == [trials, trials]
+    assert comparison["search_agreement"]["n_trials"] == 2 * trials
+    assert result.agreement["all"]["n_trials"] == 2 * trials
     baseline = comparison["families"][1]
     assert baseline["n_runs"] == folds * seeds and baseline["vs_reference"]["n_pairs"] == folds * seeds
     parent = client.get_run(result.parent_run_id)

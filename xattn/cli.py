@@ -161,8 +161,9 @@ def _print_result(result, ws) -> None:
         console.print(table)
     for family, agreement in result.agreement.items():
         if agreement["spearman"] == agreement["spearman"]:  # not NaN: three trials or more
+            whose = "every family's" if family == "all" else f"{family}'s"
             console.print(
-                f"{family} search: validation {agreement['metric']} ranks its {agreement['n_trials']} trials by test r "
+                f"search: validation {agreement['metric']} ranks {whose} {agreement['n_trials']} trials by test r "
                 f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
                 highlight=False,
             )
@@ -305,6 +306,13 @@ def compare(
             format_cell(entry.get("search_val_test_spearman", math.nan)),
         )
     console.print(table)
+    agreement = comparison.get("search_agreement")
+    if agreement and agreement["spearman"] == agreement["spearman"]:
+        console.print(
+            f"search, every family: validation {agreement['metric']} ranks the {agreement['n_trials']} trials by test r "
+            f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
+            highlight=False,
+        )
 
 
 @app.command("compare-local")

@@ -184,7 +184,7 @@ class CrossAttentionGene2VecModel(nn.Module):
 
         self.blocks = nn.ModuleList(CrossAttentionBlock(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
-        self.pool = AttentionPooling(config.d_model) if config.pooling_mode == "attention" else None
+        self.pool = AttentionPooling(config.d_model, normalise_scores=True) if config.pooling_mode == "attention" else None
         self.head = MLPHead(config.d_model, config.deep_hidden_dims, config.dropout_rate, batchnorm=config.head_batchnorm)
 
     def forward(self, expression: Tensor, coords: Tensor, pair_i: Tensor, pair_j: Tensor) -> Tensor:
@@ -204,7 +204,7 @@ class CrossAttentionGene2VecModel(nn.Module):
             x = torch.cat([cls, tokens.index_select(0, index_i)], dim=1)
         for block in self.blocks:
             x = block(x, memory, memory_index)  # x: (B, G + 1, d), or (B, 1, d) when only the CLS query is kept
-        return self.head(self.pool_tokens(self.ln_f(x)))
+        return self.head(self.ln_f(self.pool_tokens(x)))
 
     @property
     def only_cls_reaches_output(self) -> bool:
@@ -224,7 +224,7 @@ class CrossAttentionGene2VecModel(nn.Module):
         memory = self.memory_ln(self.encode_genes(expression_j))
         for block in self.blocks:
             x = block(x, memory)
-        return self.head(self.pool_tokens(self.ln_f(x)))
+        return self.head(self.ln_f(self.pool_tokens(x)))
 
     def encode_genes(self, expression: Tensor) -> Tensor:
         """(N, G) expression in [0, 1] -> (N, G, d_model) gene tokens."""
@@ -241,7 +241,12 @@ class CrossAttentionGene2VecModel(nn.Module):
         return self.cls_proj(torch.cat([coords_i, coords_j], dim=-1)).unsqueeze(1)
 
     def pool_tokens(self, x: Tensor) -> Tensor:
-        """(B, L, d) -> (B, d) by the configured pooling mode."""
+        """(B, L, d) -> (B, d) by the configured pooling mode, before the final LayerNorm.
+
+        Pooling first keeps what a per-token LayerNorm would squash: with continuous values a
+        token's size carries the gene's expression, and normalising each token before the mean
+        left the head a saturated function of it (test r 0.345 -> 0.434 pooled first, hcp-s100,
+        4 spatial folds, one layer, d_model 32; README, The model)."""
         if self.config.pooling_mode == "cls":
             return x[:, 0]
         if self.config.pooling_mode == "mean":

@@ -71,15 +71,18 @@ class FeedForward(nn.Module):
 class AttentionPooling(nn.Module):
     """Weighted mean of the tokens, weights = softmax over tokens of a learned score.
 
-    The score Linear(d, 1) is a learned query dotted with each token (single head).
+    The score Linear(d, 1) is a learned query dotted with each token (single head). With
+    `normalise_scores` the score reads a LayerNorm of the tokens, for tokens of any size;
+    the mean is always of the tokens as they are.
     """
 
-    def __init__(self, d_model: int) -> None:
+    def __init__(self, d_model: int, *, normalise_scores: bool = False) -> None:
         super().__init__()
+        self.score_norm = nn.LayerNorm(d_model) if normalise_scores else nn.Identity()
         self.score = nn.Linear(d_model, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        weights = torch.softmax(self.score(x), dim=1)  # (B, L, 1)
+        weights = torch.softmax(self.score(self.score_norm(x)), dim=1)  # (B, L, 1)
         return (weights * x).sum(dim=1)
 
 

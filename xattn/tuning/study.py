@@ -218,6 +218,7 @@ class _Context:
     progress: Any
     spec: StudySpec
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)  # family -> validation_test_agreement
+    search_trials: list[dict[str, float]] = field(default_factory=list)  # every family's, for "all"
 
 
 def run_study(
@@ -449,16 +450,27 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
 
 def _log_agreement(spec: StudySpec, context: _Context, results) -> None:
     """Log to the study run how well the search's validation metric ranked its trials by test r."""
+    trials = [_mean_metrics(runs) for _, runs in _configurations(results)]
+    own = spec.model.family == context.spec.model.family
+    _record_agreement(context, "search." if own else f"search.{spec.model.family}.", spec.model.family, trials)
+    if context.spec.compare_with:
+        # Across every family's trials too: the study as a whole selects on this signal.
+        context.search_trials.extend(trials)
+        _record_agreement(context, "search.all.", ALL_FAMILIES, context.search_trials)
+
+
+ALL_FAMILIES = "all"  # the key of the agreement over every family's search trials
+
+
+def _record_agreement(context: _Context, prefix: str, key: str, trials: list[dict[str, float]]) -> None:
     from xattn.tuning.comparison import validation_test_agreement
 
-    trials = [_mean_metrics(runs) for _, runs in _configurations(results)]
-    agreement = validation_test_agreement(trials, spec.search.metric, spec.search.mode)
-    prefix = "search." if spec.model.family == context.spec.model.family else f"search.{spec.model.family}."
-    for key in ("spearman", "p_value", "n_trials"):
-        value = float(agreement[key])
+    agreement = validation_test_agreement(trials, context.spec.search.metric, context.spec.search.mode)
+    for name in ("spearman", "p_value", "n_trials"):
+        value = float(agreement[name])
         if math.isfinite(value):
-            context.client.log_metric(context.parent_run_id, f"{prefix}val_test_{key}", value)
-    context.agreement[spec.model.family] = agreement
+            context.client.log_metric(context.parent_run_id, f"{prefix}val_test_{name}", value)
+    context.agreement[key] = agreement
 
 
 def _configurations(results) -> list[tuple[dict[str, Any], list[dict[str, float]]]]:
@@ -536,6 +548,7 @@ def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]
         agreement = context.agreement.get(entry["family"], {})
         entry["search_val_test_spearman"] = agreement.get("spearman", math.nan)
         entry["search_trials"] = agreement.get("n_trials", 0)
+    comparison["search_agreement"] = context.agreement.get(ALL_FAMILIES)
     log_comparison(context.client, context.parent_run_id, comparison)
     return comparison
 
