@@ -8,9 +8,17 @@ STAMP := $(VENV)/.xattn-installed
 # The data mirror the tests and real-data studies read (a folder laid out like ../shared/data).
 export XATTN_DATA_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: demo test install clean postgres
+.PHONY: demo test install clean postgres chromium
 
-install: $(STAMP)
+install: $(STAMP) chromium
+
+# Figures are rendered to PNG, and the report is tested, in Debian's Chromium (and its driver).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else SUDO=none; fi; \
+		if [ "$$SUDO" != none ]; then $$SUDO apt-get update -q >/dev/null && \
+			DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; \
+		else echo "install Debian's chromium (apt-get install chromium) for PNG figures and the report tests"; fi; }
 
 # torch first, pinned to the CPU build that lies on disk here: a looser requirement with no
 # torch installed would pull a multi-GB CUDA build. GPU users install their own torch first.
@@ -21,10 +29,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: install
 	$(VENV)/bin/xattn study run studies/quickstart.yaml
 
-test: $(STAMP) postgres
+test: install postgres
 	$(PY) -m pytest -q
 
 # The service tests need PostgreSQL on 127.0.0.1:5432; start the machine's cluster if it is
