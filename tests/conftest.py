@@ -11,6 +11,8 @@ os.environ.setdefault("XATTN_DATA_MIRROR", str(DEFAULT_MIRROR))
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Figures cost seconds of Chromium per study: only the tests about figures ask for them.
+os.environ.setdefault("XATTN_FIGURES", "0")
 
 
 @pytest.fixture(scope="session")

@@ -125,28 +125,6 @@ def test_quickstart_from_the_cli(tmp_path):
     assert evaluated["metrics"]["test_pearson"] == pytest.approx(result["best"]["metrics"]["test_pearson"], abs=1e-4)
 
 
-def test_progress_counts_each_phase_afresh():
-    import io
-    from types import SimpleNamespace
-
-    from rich.console import Console
-
-    from xattn.tuning.progress import TrialProgress
-
-    out = io.StringIO()
-    progress = TrialProgress(Console(file=out, width=200), total=2, metric="val_loss", mode="min")
-    trial = lambda value: SimpleNamespace(trial_id="t", config={}, last_result={"val_loss": value, "test_pearson": value, "epoch": 1})  # noqa: E731
-    progress.on_trial_complete(0, [], trial(0.5))
-    progress.on_trial_complete(0, [], trial(0.4))
-    progress.start_phase("final cge", 4, "test_pearson", "max")
-    progress.on_trial_complete(0, [], trial(0.2))
-    progress.on_trial_complete(0, [], trial(0.3))
-    lines = out.getvalue().splitlines()
-    assert "[2/2]" in lines[1] and "best 0.4000" in lines[1]
-    assert lines[2].startswith("final cge: 4 trials")
-    assert "[2/4]" in lines[4] and "best 0.3000" in lines[4]
-
-
 def test_doctor_names_a_tracking_server_that_is_down(tmp_path):
     process = xattn("doctor", "--workspace", tmp_path / "ws", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path, timeout=120)
     assert process.returncode == 1

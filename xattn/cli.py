@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import json
@@ -97,11 +98,15 @@ def study_run(
         f"study [bold]{spec.name}[/]: {spec.model.family} on {spec.data.dataset or 'user files'}, "
         f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {ws.tracking_uri}",
         highlight=False,
+        soft_wrap=True,  # one line in a log too, like the progress lines below it
     )
     for note in spec.notes():
         console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-    progress = TrialProgress(console, spec.search_trials, spec.search.metric, spec.search.mode)
-    _finish_study(lambda: run_study(spec, ws, address=address, mirror=mirror, progress=progress), ws, spec.name, as_json)
+    progress = TrialProgress(
+        console, spec.search_trials, spec.search.metric, spec.search.mode,
+        title=f"search {spec.model.family}", max_epochs=spec.budget.max_epochs,
+    )  # fmt: skip
+    _finish_study(lambda: run_study(spec, ws, address=address, mirror=mirror, progress=progress), ws, spec.name, as_json, progress)
 
 
 @study_app.command("resume")
@@ -120,16 +125,18 @@ def study_resume(
     from xattn.tuning.study import resume_study
 
     ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
-    console.print(f"resuming study [bold]{name}[/]; tracking {ws.tracking_uri}", highlight=False)
+    console.print(f"resuming study [bold]{name}[/]; tracking {ws.tracking_uri}", highlight=False, soft_wrap=True)
     progress = TrialProgress(console, 0, "val_loss", "min")
-    _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json)
+    _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json, progress)
 
 
-def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool) -> None:
+def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progress=None) -> None:
     """Run a study to its end; Ctrl-C or SIGTERM leave it KILLED and resumable."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        result = start()
+        # The live display ends before anything below prints, however the study ended.
+        with progress if progress is not None else contextlib.nullcontext():
+            result = start()
     except KeyboardInterrupt:
         err_console.print(f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}`")
         raise typer.Exit(130) from None
@@ -171,8 +178,17 @@ def _print_result(result, ws) -> None:
     tracking = f" --tracking-uri {ws.tracking_uri}" if os.environ.get("MLFLOW_TRACKING_URI") is None and not ws.tracking_uri.startswith("sqlite") else ""
     console.print("\nlook at it:", highlight=False)
     console.print(f"  xattn ui{where}{tracking}", highlight=False)
+    # MLflow 3.17's UI opens every experiment as a GenAI app unless the link asks for runs.
+    from xattn.doctor import masked
+
+    ui_base = masked(ws.tracking_uri).rstrip("/") if ws.tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    console.print(f"    then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning", highlight=False)
     console.print(f"  xattn study show {result.name}{where}{tracking}", highlight=False)
     console.print(f"  xattn export {result.name} --out exports/{result.name}{where}{tracking}", highlight=False)
+    console.print(f"  xattn report {result.name}{where}{tracking}   (one HTML page: figures, trials, comparison)", highlight=False)
+    console.print(f"  xattn dashboard{where}", highlight=False)
+    if result.best and result.best.get("model_uri"):
+        console.print(f"  the best trial is model {result.best['model_uri']} (version {result.best['model_version']})", highlight=False)
 
 
 @study_app.command("list")
@@ -376,6 +392,25 @@ def compare_local(
     print(comparison_markdown(comparison))
 
 
+@app.command("report")
+@friendly
+def report(
+    study: str = typer.Argument(..., help="Study name."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for NAME.html, or a file ending in .html (default: WORKSPACE/reports/NAME.html)."),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
+    workspace: Optional[Path] = WorkspaceOpt,
+    tracking_uri: Optional[str] = TrackingOpt,
+    optuna_storage: Optional[str] = OptunaOpt,
+    mirror: Optional[Path] = MirrorOpt,
+) -> None:
+    """Write one self-contained HTML page of a study (finished, running or interrupted) that opens offline."""
+    from xattn.reporting.report import write_report
+
+    ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
+    path = write_report(study, ws, out, run_id=run_id, mirror=str(mirror) if mirror else None)
+    print(path)
+
+
 @app.command("doctor")
 @friendly
 def doctor(
@@ -419,6 +454,7 @@ def ui(
         console.print(f"the tracking store is a server: open {ws.tracking_uri} in a browser")
         return
     console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop); store {ws.tracking_uri}", highlight=False)
+    console.print("  studies are model training: pick [bold]Model training[/] in its sidebar once (MLflow starts a browser on GenAI)", highlight=False)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri, "--host", host, "--port", str(port)]
     try:
         raise typer.Exit(subprocess.call(command))
@@ -426,10 +462,30 @@ def ui(
         raise typer.Exit(0) from None
 
 
+@app.command("dashboard")
+@friendly
+def dashboard(
+    workspace: Optional[Path] = WorkspaceOpt,
+    optuna_storage: Optional[str] = OptunaOpt,
+    port: int = typer.Option(8080, "--port", help="Port of the Optuna dashboard."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean to share it (the dashboard can delete studies)."),
+) -> None:
+    """Open optuna-dashboard on the workspace's Optuna storage: history, importances, slices of each search."""
+    from xattn.dashboard import serve
+    from xattn.doctor import masked
+
+    ws = _workspace(workspace, None, optuna_storage, create=False)
+
+    def announce(url: str, studies: list[str]) -> None:
+        console.print(f"Optuna dashboard on {url} (Ctrl-C to stop); {len(studies)} Optuna studies in {masked(ws.optuna_storage)}", highlight=False)
+
+    serve(ws.optuna_storage, host, port, announce=announce)
+
+
 @app.command("export")
 @friendly
 def export(
-    study: str = typer.Argument(..., help="Study name."),
+    study: str = typer.Argument(..., help="Study name, or a registered model: models:/NAME@best or models:/NAME/VERSION."),
     out: Path = typer.Option(..., "--out", help="Folder to write the export to."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),

@@ -25,3 +25,7 @@ class StoreError(XattnError):
 
 class StudyNotFound(XattnError):
     """No study of that name exists in the tracking store."""
+
+
+class ModelNotFound(XattnError):
+    """No registered model, alias or version matches a `models:/` URI."""

@@ -127,3 +127,23 @@ def build_trial_model(experiment: Experiment, family: str, params: dict[str, Any
     )
     fit_to_training_regions(model, torch.as_tensor(experiment.data.expression[experiment.split.train]))
     return model
+
+
+def rebuild_from_checkpoint(directory, mirror: str | None = None) -> tuple[torch.nn.Module, Experiment, str]:
+    """A checkpoint's model, the experiment it trained on (same data, genes and split) and the
+    precision it trained in: a bf16 model evaluated in fp32 would not reproduce its metrics."""
+    from xattn.data import data_mirror
+    from xattn.training.checkpoint import load_checkpoint
+    from xattn.training.trainer import TrainConfig
+
+    model, config = load_checkpoint(directory)
+    mirror_path = data_mirror(mirror)
+    experiment = prepare_experiment(
+        DataSpec.model_validate(config["data"]),
+        config["params"],
+        config["seed"],
+        mirror=str(mirror_path) if mirror_path else None,
+        split=RegionSplit.from_dict(config["split"]),
+        genes=config["genes"],
+    )
+    return model, experiment, TrainConfig.from_params(config["params"]).precision

@@ -1,4 +1,5 @@
-"""Export a study's best trial to a folder, and evaluate such a folder again.
+"""Export a study's best trial (or a registered version of it) to a folder, and evaluate such a
+folder again.
 
 An export holds the weights (safetensors), the config that rebuilds model and data
 (config.json), the trial's logged metrics (metrics.json) and a sha256 manifest; evaluation
@@ -15,22 +16,62 @@ from pathlib import Path
 from typing import Any
 
 from xattn.errors import DataError, StoreError
-from xattn.training.checkpoint import file_sha256
+from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
 from xattn.tracking.store import Workspace, best_child, find_parent_run
 
 MANIFEST = "manifest.json"
 
 
 def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | None = None, force: bool = False) -> dict:
-    """Write the best trial of the newest run of `study` (or of parent `run_id`) to `out`."""
+    """Write the best trial of the newest run of `study` (or of parent `run_id`) to `out`.
+
+    `study` may instead be a registered model, `models:/NAME@ALIAS` or `models:/NAME/VERSION`:
+    the trial it was registered from is written, exactly as its study's export would be.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = workspace.client()
-    parent = find_parent_run(client, study, run_id)
-    best = best_child(client, parent)
-    staging = Path(tempfile.mkdtemp(prefix=".xattn-export-", dir=out.parent if out.parent.exists() else None))
+    version = None
+    if study.startswith("models:/"):
+        from xattn.tracking.registry import resolve
+
+        if run_id is not None:
+            raise StoreError(f"--run-id does not apply to a model URI ({study}): the model names its run")
+        version = resolve(client, study)
+        best = client.get_run(version.run_id)
+        parent = client.get_run(best.data.tags["mlflow.parentRunId"])
+        study = (version.tags or {}).get("xattn.study", version.name)
+    else:
+        parent = find_parent_run(client, study, run_id)
+        best = best_child(client, parent)
+    staging, metrics = _stage(client, study, parent, best, out.parent if out.parent.exists() else None)
+    try:
+        if version is not None:
+            _check_registered(staging, version)
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    registered = {"model_name": version.name, "model_version": str(version.version)} if version is not None else {}
+    return {"out": str(out.resolve()), **metrics, **registered}
+
+
+def export_manifest(client, study: str, parent, best) -> dict[str, Any]:
+    """The manifest `xattn export` would write for trial run `best` of study run `parent`."""
+    staging, _ = _stage(client, study, parent, best, None)
+    try:
+        return json.loads((staging / MANIFEST).read_text())
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _stage(client, study: str, parent, best, where: Path | None) -> tuple[Path, dict[str, Any]]:
+    """A complete export of `best` in a new folder under `where`; the caller moves or removes it."""
+    staging = Path(tempfile.mkdtemp(prefix=".xattn-export-", dir=where))
     try:
         downloaded = Path(client.download_artifacts(best.info.run_id, "checkpoint", str(staging)))
         for item in downloaded.iterdir():
@@ -49,13 +90,24 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
         files = sorted(p.name for p in staging.iterdir())
         manifest = {"files": {name: file_sha256(staging / name) for name in files}, "run_id": best.info.run_id}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staging), out)
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-    return {"out": str(out.resolve()), **metrics}
+        raise
+    return staging, metrics
+
+
+def _check_registered(staging: Path, version) -> None:
+    """Refuse a run whose model files changed after it was registered."""
+    from xattn.tracking.registry import registered_sha256
+
+    # Only the files that rebuild the model: metrics.json follows the run's metrics, which
+    # may legitimately grow after registration.
+    for name, expected in registered_sha256(version).items():
+        if name in CHECKPOINT_FILES and (staging / name).is_file() and file_sha256(staging / name) != expected:
+            raise DataError(
+                f"models:/{version.name}/{version.version}: the run's {name} no longer matches the sha256 "
+                "recorded when it was registered; the run's artifacts were altered"
+            )
 
 
 def verify_export(directory: Path) -> dict[str, Any]:
@@ -79,25 +131,12 @@ def verify_export(directory: Path) -> dict[str, Any]:
 
 def evaluate_export(directory: Path, *, mirror: str | None = None) -> dict[str, Any]:
     """Rebuild model and data from an export and recompute the test metrics on its split."""
-    from xattn.data import RegionSplit, data_mirror
-    from xattn.experiment import prepare_experiment
-    from xattn.training.checkpoint import load_checkpoint
-    from xattn.training.trainer import TrainConfig, evaluate
-    from xattn.tuning.spec import DataSpec
+    from xattn.experiment import rebuild_from_checkpoint
+    from xattn.training.trainer import evaluate
 
     directory = Path(directory)
     verify_export(directory)
-    model, config = load_checkpoint(directory)
-    mirror_path = data_mirror(mirror)
-    experiment = prepare_experiment(
-        DataSpec.model_validate(config["data"]),
-        config["params"],
-        config["seed"],
-        mirror=str(mirror_path) if mirror_path else None,
-        split=RegionSplit.from_dict(config["split"]),
-        genes=config["genes"],
-    )
-    precision = TrainConfig.from_params(config["params"]).precision
+    model, experiment, precision = rebuild_from_checkpoint(directory, mirror)
     metrics = evaluate(model, experiment.pairs, experiment.pairs.test_pairs, precision=precision)
     logged = json.loads((directory / "metrics.json").read_text()) if (directory / "metrics.json").exists() else {}
     return {"directory": str(directory.resolve()), "metrics": metrics, "logged": logged.get("metrics", {})}

@@ -74,10 +74,11 @@ class MlflowTrialLogger(Callback):
             fold = trial.config.get("_fold", self.fold)
             seed = trial.config.get("_seed", self.seed)
             inner = trial.config.get(TRIAL_INDEX)
+            # The name says what the run is, so the runs table reads without extra columns.
             if self.role == "final":
                 name = f"{self.family}-final-fold{fold}-seed{seed}"
             else:
-                name = f"{self.family}-trial-{number if number is not None else trial.trial_id}"
+                name = f"{self.family}-trial-{number if number is not None else trial.trial_id}-fold{fold}-seed{seed}"
                 name += f"-inner{inner}" if inner is not None else ""
             tags = {
                 "mlflow.parentRunId": self.parent_run_id,

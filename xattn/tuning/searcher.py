@@ -5,14 +5,35 @@ later. A driver killed in between leaves a trial that Optuna calls COMPLETE but 
 again on resume, and OptunaSearch would then fail the whole study on the first report
 ("Trial#N has already finished and can not be updated"). Here Optuna's record wins: the
 rerun trial trains, is logged in its MLflow run, and Optuna keeps the result it already has.
+
+The Optuna study it creates names its objective after the metric (Optuna's default,
+"Objective 0", tells a dashboard reader nothing) and carries `user_attrs`: where the same
+trials are recorded in MLflow.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
+import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 
 class ResumableOptunaSearch(OptunaSearch):
+    def __init__(self, *args: Any, user_attrs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._user_attrs = dict(user_attrs or {})  # before super(): it creates the study
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode) -> None:
+        super()._setup_study(mode)
+        if self._metric is not None:
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2; a label either way
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([self._metric] if isinstance(self._metric, str) else list(self._metric))
+        for key, value in self._user_attrs.items():
+            self._ot_study.set_user_attr(key, value)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not self._finished_in_storage(trial_id):
             super().on_trial_result(trial_id, result)

@@ -114,14 +114,29 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
+# The experiment kind MLflow 3 records per experiment: "custom_model_development" is the one
+# its UI labels "Machine learning" (runs, not traces). 3.17.2's UI picks its view from a
+# per-browser switch instead (dashboards/README.md); the tag is what its kind selector writes
+# and what it reads with that switch turned off.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the description MLflow shows on an experiment or run
+
+
 def open_experiment(client, workspace: Workspace, spec: StudySpec) -> str:
+    tags = {STUDY_TAG: spec.name, EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    if spec.description:
+        tags[NOTE_TAG] = spec.description
     experiment = client.get_experiment_by_name(spec.name)
     if experiment is None:
-        return client.create_experiment(
-            spec.name, artifact_location=workspace.artifact_location(spec.name), tags={STUDY_TAG: spec.name}
-        )
+        return client.create_experiment(spec.name, artifact_location=workspace.artifact_location(spec.name), tags=tags)
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    # An experiment from before these tags gets them; a kind chosen in the UI is kept, while
+    # the description follows the spec that runs now.
+    for key, value in tags.items():
+        if experiment.tags.get(key) != value and (key != EXPERIMENT_KIND_TAG or key not in experiment.tags):
+            client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -136,6 +151,8 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, 
         "mlflow.runName": f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         DRIVER_TAG: _driver(),
     }
+    if spec.description:
+        tags[NOTE_TAG] = spec.description
     run = client.create_run(experiment_id, tags=tags)
     run_id = run.info.run_id
     optuna_study = f"{spec.name}-{run_id[:8]}"
@@ -200,6 +217,8 @@ def reopen_parent_run(client, parent, spec: StudySpec) -> tuple[str, str]:
         raise StoreError(f"study {spec.name!r} is running now (process {driver}): wait for it or stop it first")
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, DRIVER_TAG, _driver())
+    if spec.description and NOTE_TAG not in parent.data.tags:  # a run started before descriptions were recorded
+        client.set_tag(run_id, NOTE_TAG, spec.description)
     client.set_tag(run_id, "xattn.resumed", str(int(parent.data.tags.get("xattn.resumed", "0")) + 1))
     return run_id, parent.data.tags["xattn.optuna_study"]
 
@@ -265,7 +284,7 @@ def run_study(
     except BaseException:
         client.set_terminated(parent_run_id, "FAILED")
         raise
-    result = _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison)
+    result = _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison, mirror)
     result.agreement = context.agreement
     return result
 
@@ -285,6 +304,7 @@ def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
     progress = kwargs.get("progress")
     if progress is not None:
         progress.total, progress.metric, progress.mode = spec.search_trials, spec.search.metric, spec.search.mode
+        progress.title, progress.max_epochs = f"search {spec.model.family}", spec.budget.max_epochs
     return run_study(spec, workspace, **kwargs)
 
 
@@ -387,6 +407,7 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import Repeater
 
+    from xattn.doctor import masked
     from xattn.tuning.search_space import optuna_space
     from xattn.tuning.searcher import ResumableOptunaSearch
     from xattn.tuning.trainable import trainable
@@ -403,13 +424,23 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
         study_name=study_name,
         storage=optuna.storages.RDBStorage(context.workspace.optuna_storage),
+        # What an optuna-dashboard reader needs to find the same trials in MLflow.
+        user_attrs={
+            "xattn_study": context.spec.name,
+            "xattn_family": spec.model.family,
+            "mlflow_experiment_id": context.experiment_id,
+            "mlflow_parent_run_id": context.parent_run_id,
+            "mlflow_tracking_uri": masked(context.workspace.tracking_uri),
+        },
     )
     if inner:
         # Each suggestion runs once per inner fold; Optuna is told the mean of their results.
         searcher = Repeater(searcher, repeat=inner, set_index=True)
     if spec.search.scheduler == "asha" and not inner:
         scheduler = ASHAScheduler(
-            metric=spec.search.metric,
+            # The best epoch so far, as Optuna and the summary rank trials: a noisy last epoch
+            # at a rung must not stop a trial that already did well.
+            metric=f"best_{spec.search.metric}",
             mode=spec.search.mode,
             max_t=spec.budget.max_epochs,
             grace_period=min(spec.search.grace_period, spec.budget.max_epochs),
@@ -553,7 +584,32 @@ def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]
     return comparison
 
 
-def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison) -> StudyResult:
+def _register(client, spec: StudySpec, parent, run) -> dict[str, Any]:
+    """Register the best trial as the study's model, alias `best`; a store without a model
+    registry loses only that (the study's results are all in its runs)."""
+    from mlflow.exceptions import MlflowException
+
+    from xattn.export import export_manifest
+    from xattn.tracking.registry import BEST_ALIAS, register_best
+
+    try:
+        manifest = export_manifest(client, spec.name, parent, run)
+        version = register_best(client, spec.name, parent, run, manifest, description=spec.description)
+    except (MlflowException, OSError) as error:
+        reason = _reason(error)
+        client.set_tag(parent.info.run_id, "xattn.registry_error", reason)
+        warnings.warn(f"the best trial was not registered as model {spec.name!r}: {reason}", stacklevel=2)
+        return {"model_version": None, "model_uri": None}
+    # The registry answers int or str depending on its backend; scripts get one type.
+    number = str(version.version)
+    client.set_tag(parent.info.run_id, "xattn.model_version", number)
+    return {"model_version": number, "model_uri": f"models:/{spec.name}@{BEST_ALIAS}"}
+
+
+FIGURES_ENV = "XATTN_FIGURES"  # "0": no figures at the end of a study (the test suite's default)
+
+
+def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_study, comparison, mirror=None) -> StudyResult:
     parent = client.get_run(parent_run_id)
     children = child_runs(client, parent)
     counts: dict[str, int] = {}
@@ -603,6 +659,11 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
         for key, value in run.data.metrics.items():
             client.log_metric(parent_run_id, f"best.{key}", value)
         client.set_tag(parent_run_id, "xattn.best_run_id", run.info.run_id)
+        best.update(_register(client, spec, parent, run))
+    if os.environ.get(FIGURES_ENV, "1") != "0":
+        from xattn.reporting import log_study_figures
+
+        log_study_figures(client, parent_run_id, workspace.optuna_storage, mirror=mirror)
     client.set_tag(parent_run_id, COMPLETED_TAG, "true")
     client.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
     return StudyResult(

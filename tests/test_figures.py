@@ -1,0 +1,348 @@
+"""A study's figures: drawn from what a real study recorded, logged to its MLflow run as
+interactive HTML and PNG, and read back from MLflow.
+
+The HTML files are parsed back into the plotly figure they hold, and each figure's data is
+checked against the records it was drawn from: MLflow metric histories, the final runs, the
+comparison, the Optuna storage, the dataset, the best trial's logged test r.
+"""
+
+import base64
+import io
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from scipy import stats
+
+from xattn.data import load_dataset
+from xattn.reporting import FIGURE_NAMES, log_study_figures, study_figures
+from xattn.reporting.figures import (
+    CannotDraw,
+    TrialCurve,
+    binned_mean,
+    comparison_forest_figure,
+    epoch_curve,
+    learning_curves_figure,
+    network_of,
+    network_order,
+)
+from xattn.tracking.store import Workspace, best_child
+from xattn.tuning.spec import parse_spec
+from xattn.tuning.study import FIGURES_ENV, run_study
+
+TRIALS, EPOCHS = 3, 3
+FOLDS, SEEDS = 2, 2
+FAMILIES = ["cross_attention", "cge"]
+
+
+# -- pure functions ----------------------------------------------------------------------------
+
+
+def test_a_relogged_epoch_keeps_its_later_value():
+    """A resumed trial logs the epochs after its checkpoint again: the rerun's value counts."""
+    history = [
+        SimpleNamespace(step=1, value=0.1, timestamp=100),
+        SimpleNamespace(step=2, value=0.2, timestamp=200),
+        SimpleNamespace(step=3, value=0.3, timestamp=300),
+        SimpleNamespace(step=2, value=0.25, timestamp=400),  # after the resume
+        SimpleNamespace(step=3, value=0.35, timestamp=500),
+    ]
+    assert epoch_curve(reversed(history)) == ([1, 2, 3], [0.1, 0.25, 0.35])
+    assert epoch_curve([]) == ([], [])
+
+
+def test_regions_are_grouped_by_the_network_of_schaefer_labels():
+    labels = ["7Networks_LH_Vis_1", "7Networks_LH_Default_1", "7Networks_LH_Vis_2",
+              "7Networks_RH_Default_2", "7Networks_RH_Vis_3", "17Networks_LH_SomMotA_1"]  # fmt: skip
+    assert [network_of(label) for label in labels] == ["Vis", "Default", "Vis", "Default", "Vis", "SomMotA"]
+    # networks in order of first appearance, regions in their given order within a network
+    assert network_order(labels) == [0, 2, 4, 1, 3, 5]
+    # labels without a network part (synthetic, Desikan-Killiany) keep their order
+    assert network_order(["syn_001", "syn_000"]) == [0, 1]
+    assert network_order(["7Networks_LH_Vis_1", "L_bankssts"]) == [0, 1]
+    assert network_of("lh_bankssts") is None
+
+
+def test_learning_curves_mark_trials_that_stopped_before_the_budget():
+    curves = [
+        TrialCurve("full", [1, 2, 3], [0.1, 0.2, 0.3], "FINISHED", 3),
+        TrialCurve("asha", [1], [0.05], "FINISHED", 1),
+        TrialCurve("failed", [1, 2], [0.1, 0.0], "FAILED", 2),
+    ]
+    figure = learning_curves_figure(curves, "val_pearson", max_epochs=3)
+    assert [trace.meta["stopped_early"] for trace in figure.data] == [False, True, False]
+    assert [trace.line.dash for trace in figure.data] == ["solid", "dot", "dash"]
+    assert list(figure.data[1].marker.symbol) == ["x"]
+    assert "1 stopped early" in figure.layout.title.text
+    # without a known budget nothing can be called early
+    assert not any(t.meta["stopped_early"] for t in learning_curves_figure(curves, "val_pearson", None).data)
+    with pytest.raises(CannotDraw):
+        learning_curves_figure([], "val_pearson", 3)
+
+
+def test_forest_plot_draws_a_baseline_without_an_interval():
+    comparison = {
+        "reference": "cross_attention", "metric": "test_pearson",
+        "families": [
+            {"family": "cross_attention"},
+            {"family": "cge", "vs_reference": {"n_pairs": 4, "mean_difference": -0.2, "ci95_low": -0.3, "ci95_high": -0.1, "p_wilcoxon": 0.125}},
+            {"family": "mlp", "vs_reference": {"n_pairs": 1, "mean_difference": 0.1, "ci95_low": math.nan, "ci95_high": math.nan, "p_wilcoxon": math.nan}},
+        ],
+    }  # fmt: skip
+    (trace,) = comparison_forest_figure(comparison).data
+    assert list(trace.y) == ["cge", "mlp"] and list(trace.x) == [-0.2, 0.1]
+    assert trace.error_x.array[0] == pytest.approx(0.1) and trace.error_x.array[1] is None
+    assert trace.text[0].startswith("p = 0.125") and trace.text[1].startswith("p = -")
+
+
+def test_binned_mean_uses_equal_count_bins():
+    x = np.array([5.0, 1.0, 2.0, 3.0, 4.0, 6.0])
+    centres, means = binned_mean(x, x * 10, bins=3)
+    assert centres.tolist() == [1.5, 3.5, 5.5] and means.tolist() == [15.0, 35.0, 55.0]
+    assert len(binned_mean(x[:2], x[:2], bins=10)[0]) == 2
+
+
+# -- a real comparison study ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, mirror, ray_local):
+    spec = parse_spec(
+        {
+            "name": "figures-e2e",
+            "seed": 2,
+            "data": {"dataset": "hcp-s100-r08", "split": {"method": "spatial", "folds": 4}},
+            "model": {"fixed": {"num_layers": 1, "nhead": 2, "deep_hidden_dims": [16], "batch_size": 512}},
+            "search": {
+                "metric": "val_pearson",
+                "space": {"d_model": [8, 16], "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+                "grace_period": 1,
+            },
+            "budget": {"trials": TRIALS, "max_epochs": EPOCHS},
+            "compare_with": ["cge"],
+            "comparison": {"folds": FOLDS, "seeds": SEEDS, "tune": False},
+        }
+    )
+    workspace = Workspace.open(tmp_path_factory.mktemp("ws"))
+    # The study logs its own figures at its end (the suite turns that off elsewhere).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FIGURES_ENV, "1")
+        result = run_study(spec, workspace, mirror=str(mirror))
+    client = MlflowClient(workspace.tracking_uri)
+    logged = {Path(a.path).stem for a in client.list_artifacts(result.parent_run_id, "figures")}
+    names = [name for name in FIGURE_NAMES if name in logged]
+    started = time.perf_counter()
+    relogged = log_study_figures(client, result.parent_run_id, workspace.optuna_storage, mirror=str(mirror))
+    seconds = time.perf_counter() - started
+    print(f"\nlog_study_figures: {seconds:.1f} s for {len(relogged)} figures")
+    assert relogged == names  # logging again (a resumed study) rewrites the same figures
+    folder = tmp_path_factory.mktemp("figures")
+    client.download_artifacts(result.parent_run_id, "figures", str(folder))
+    return SimpleNamespace(
+        spec=spec, workspace=workspace, result=result, client=client, names=names, folder=folder / "figures",
+        seconds=seconds,
+    )  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_every_figure_of_a_comparison_study_is_logged_as_html_and_png(compared):
+    assert compared.names == list(FIGURE_NAMES)
+    logged = {a.path for a in compared.client.list_artifacts(compared.result.parent_run_id, "figures")}
+    assert logged == {f"figures/{name}.{ext}" for name in FIGURE_NAMES for ext in ("html", "png")}
+    for name in FIGURE_NAMES:
+        assert_real_png(compared.folder / f"{name}.png")
+        html = (compared.folder / f"{name}.html").read_text()
+        # plotly.js is inside the file: it opens offline
+        assert script_sources(html) == [] and "Plotly.newPlot" in html and len(html) > 1_000_000
+
+
+@pytest.mark.e2e
+def test_optuna_figures_show_the_studys_trials(compared):
+    client, result = compared.client, compared.result
+    study = optuna.load_study(study_name=result.optuna_study, storage=compared.workspace.optuna_storage)
+    values = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    data, layout = figure_in(compared.folder / "optimization_history.html")
+    assert sorted(array(data[0]["y"]).tolist()) == pytest.approx(values)
+    assert layout["yaxis"]["title"]["text"] == "best_val_pearson"  # the spec's metric names the objective
+    data, _ = figure_in(compared.folder / "param_importances.html")
+    assert set(data[0]["y"]) <= {"d_model", "learning_rate"}
+
+
+@pytest.mark.e2e
+def test_learning_curves_have_one_line_per_trial_with_its_logged_history(compared):
+    client, result = compared.client, compared.result
+    runs = client.search_runs(
+        [result.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{result.parent_run_id}' and tags.`xattn.role` = 'search' and tags.`xattn.family` = 'cross_attention'",
+    )
+    data, _ = figure_in(compared.folder / "learning_curves.html")
+    assert len(data) == len(runs) == TRIALS
+    by_name = {trace["meta"]["trial"]: trace for trace in data}
+    for run in runs:
+        trace = by_name[run.data.tags["mlflow.runName"]]
+        history = sorted(client.get_metric_history(run.info.run_id, "val_pearson"), key=lambda m: m.step)
+        assert array(trace["x"]).tolist() == [m.step for m in history]
+        assert array(trace["y"]).tolist() == pytest.approx([m.value for m in history])
+        # stopped by ASHA (or patience): fewer epochs than the budget, marked in the figure
+        assert trace["meta"]["stopped_early"] == (int(run.data.tags["xattn.epochs_run"]) < EPOCHS)
+
+
+@pytest.mark.e2e
+def test_comparison_figures_pair_each_fold_and_seed_across_families(compared):
+    client, result = compared.client, compared.result
+    finals = client.search_runs(
+        [result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}' and tags.`xattn.role` = 'final'"
+    )
+    test_r = {(r.data.tags["xattn.family"], r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]): r.data.metrics["test_pearson"] for r in finals}
+    data, _ = figure_in(compared.folder / "comparison_runs.html")
+    assert len(data) == FOLDS * SEEDS  # one line per (fold, seed)
+    for family in FAMILIES:
+        assert sum(list(trace["x"]).count(family) for trace in data) == FOLDS * SEEDS
+    for trace in data:
+        fold, seed = trace["name"].removeprefix("fold ").split(", seed ")
+        assert list(trace["x"]) == FAMILIES
+        assert array(trace["y"]).tolist() == pytest.approx([test_r[(family, fold, seed)] for family in FAMILIES])
+
+    comparison = json.loads(open(client.download_artifacts(result.parent_run_id, "comparison.json")).read())
+    data, _ = figure_in(compared.folder / "comparison_forest.html")
+    baseline = comparison["families"][1]["vs_reference"]
+    assert list(data[0]["y"]) == ["cge"]
+    assert array(data[0]["x"]).tolist() == pytest.approx([baseline["mean_difference"]])
+    assert array(data[0]["error_x"]["array"])[0] == pytest.approx(baseline["ci95_high"] - baseline["mean_difference"])
+
+
+@pytest.mark.e2e
+def test_best_model_figures_reproduce_its_test_predictions(compared, mirror):
+    client, result = compared.client, compared.result
+    best = best_child(client, client.get_run(result.parent_run_id))
+    config = json.loads(open(client.download_artifacts(best.info.run_id, "checkpoint/config.json")).read())
+    test_regions = config["split"]["test"]
+    n_pairs = len(test_regions) * (len(test_regions) - 1)
+
+    data, layout = figure_in(compared.folder / "predicted_vs_observed.html")
+    observed, predicted = array(data[0]["x"]), array(data[0]["y"])
+    assert len(observed) == n_pairs
+    # the predictions are the ones the trial's logged test r was computed from
+    assert stats.pearsonr(predicted, observed)[0] == pytest.approx(best.data.metrics["test_pearson"], abs=1e-4)
+    assert f"r = {best.data.metrics['test_pearson']:.3f}" in layout["title"]["text"]
+
+    dataset = load_dataset("hcp-s100-r08", mirror=str(mirror))
+    index_of = {label: k for k, label in enumerate(dataset.labels)}
+    data, _ = figure_in(compared.folder / "connectivity_matrices.html")
+    assert [trace["type"] for trace in data] == ["heatmap", "heatmap"]
+    labels = list(data[0]["x"])
+    regions = [index_of[label] for label in labels]
+    assert sorted(regions) == sorted(test_regions)
+    observed_matrix, predicted_matrix = array(data[0]["z"]), array(data[1]["z"])
+    assert observed_matrix.shape == predicted_matrix.shape == (len(regions), len(regions))
+    expected = dataset.connectivity[np.ix_(regions, regions)].astype(np.float64)
+    np.fill_diagonal(expected, np.nan)
+    np.testing.assert_allclose(observed_matrix, expected, rtol=1e-6, equal_nan=True)
+    assert np.isfinite(predicted_matrix[~np.eye(len(regions), dtype=bool)]).all()
+    # Schaefer labels: each network is one contiguous block, in order of first appearance
+    networks = [network_of(label) for label in labels]
+    blocks = [n for k, n in enumerate(networks) if k == 0 or n != networks[k - 1]]
+    assert len(blocks) == len(set(networks)) > 1
+    assert blocks == sorted(blocks, key=[network_of(dataset.labels[k]) for k in sorted(test_regions)].index)
+
+    data, _ = figure_in(compared.folder / "error_vs_distance.html")
+    distance, error = array(data[0]["x"]), array(data[0]["y"])
+    assert len(distance) == n_pairs and (distance > 0).all()
+    assert sorted(error.tolist()) == pytest.approx(sorted((predicted - observed).tolist()), abs=1e-9)
+
+
+@pytest.mark.e2e
+def test_study_figures_are_the_logged_figures_in_display_order(compared, mirror):
+    figures = study_figures(compared.client, compared.result.parent_run_id, compared.workspace.optuna_storage, mirror=str(mirror))
+    assert list(figures) == list(FIGURE_NAMES)
+    assert all(len(figure.data) > 0 for figure in figures.values())
+
+
+# -- a one-trial study on a machine without a browser ------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_one_trial_study_without_a_browser_still_logs_its_html_figures(tmp_path, mirror, ray_local, monkeypatch, caplog):
+    spec = parse_spec(
+        {
+            "name": "figures-one-trial",
+            "data": {"dataset": "synthetic", "synthetic": {"regions": 24, "genes": 8}},
+            "model": {"fixed": {"d_model": 8, "nhead": 2, "num_layers": 1, "deep_hidden_dims": [8], "batch_size": 128}},
+            "search": {"space": {"learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+            "budget": {"trials": 1, "max_epochs": 1},
+        }
+    )
+    workspace = Workspace.open(tmp_path / "ws")
+    result = run_study(spec, workspace, mirror=str(mirror))
+    client = MlflowClient(workspace.tracking_uri)
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))  # where kaleido looks first
+    with caplog.at_level(logging.WARNING, logger="xattn.reporting.figures"):
+        names = log_study_figures(client, result.parent_run_id, workspace.optuna_storage, mirror=str(mirror))
+    # one trial: no importances (said why); no comparison in the spec: no comparison figures
+    assert names == [n for n in FIGURE_NAMES if n not in ("param_importances", "comparison_runs", "comparison_forest")]
+    assert any("param_importances skipped" in r.getMessage() and "2 completed trials" in r.getMessage() for r in caplog.records)
+    assert any("no PNGs" in r.getMessage() for r in caplog.records)
+    logged = {a.path for a in client.list_artifacts(result.parent_run_id, "figures")}
+    assert logged == {f"figures/{name}.html" for name in names}
+    data, _ = figure_in(client.download_artifacts(result.parent_run_id, "figures/learning_curves.html", str(tmp_path)))
+    assert len(data) == 1 and array(data[0]["x"]).tolist() == [1]
+
+
+# -- reading a logged figure back ----------------------------------------------------------------
+
+
+def figure_in(path) -> tuple[list[dict], dict]:
+    """The data and layout of the plotly figure in an HTML file written by plotly."""
+    text = open(path).read()
+    decoder = json.JSONDecoder()
+    position = text.index("Plotly.newPlot(") + len("Plotly.newPlot(")
+    values = []
+    for _ in range(3):  # the div id, the data, the layout
+        while text[position] in " \n\t,":
+            position += 1
+        value, position = decoder.raw_decode(text, position)
+        values.append(value)
+    return values[1], values[2]
+
+
+def array(value) -> np.ndarray:
+    """A plotly array as numpy: a list, or plotly's base64 typed array {"dtype", "bdata", "shape"}."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
+    return np.array(value, dtype=np.float64)  # JSON null (NaN in the figure) becomes NaN again
+
+
+def script_sources(html: str) -> list[str]:
+    """The src of every <script> tag: what a browser would have to fetch."""
+    from html.parser import HTMLParser
+
+    sources = []
+
+    class Scripts(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "script" and dict(attrs).get("src"):
+                sources.append(dict(attrs)["src"])
+
+    Scripts().feed(html)
+    return sources
+
+
+def assert_real_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path.name} is not a PNG"
+    image = Image.open(io.BytesIO(data))
+    image.verify()
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    assert image.width >= 600 and image.height >= 400, f"{path.name} is {image.size}"
+    colours = image.getcolors(maxcolors=1 << 16)
+    assert colours is None or len(colours) > 20, f"{path.name} is nearly blank ({len(colours)} colours)"

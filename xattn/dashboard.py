@@ -1,0 +1,61 @@
+"""`xattn dashboard`: optuna-dashboard on a workspace's Optuna storage.
+
+Every check that can fail on the user's input (a storage that is not there, a port already
+taken) ends in one line before the server starts; from then on it serves until stopped.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+from typing import Callable
+
+from xattn.errors import StoreError
+
+
+def open_storage(url: str):
+    """The Optuna storage at `url`, without creating one: a dashboard on an empty new database
+    would only show that the path was mistyped."""
+    import optuna
+    import sqlalchemy
+
+    from xattn.doctor import masked
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL at all
+        raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        if not Path(parsed.database).is_file():
+            raise StoreError(f"no Optuna storage at {parsed.database}: run a study first, or pass --workspace / --optuna-storage")
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as error:  # noqa: BLE001 - an old schema, a foreign database, a bad driver
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise StoreError(f"cannot open the Optuna storage {masked(url)} ({reason}): check --optuna-storage") from None
+
+
+def serve(url: str, host: str, port: int, *, announce: Callable[[str, list[str]], None]) -> None:
+    """Serve optuna-dashboard on http://host:port until interrupted; `announce(url, studies)`
+    is called once the storage is open and the port is free."""
+    import optuna
+    import optuna_dashboard
+
+    storage = open_storage(url)
+    _check_port(host, port)
+    announce(f"http://{host}:{port}", optuna.get_all_study_names(storage))
+    try:
+        optuna_dashboard.run_server(storage, host=host, port=port)
+    except OSError as error:  # another process took the port since the check
+        raise StoreError(f"cannot serve on {host}:{port} ({error.strerror or error}): pass another --port") from None
+
+
+def _check_port(host: str, port: int) -> None:
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise StoreError(f"port {port} on {host} is in use (another dashboard?): pass another --port") from None
+        raise StoreError(f"cannot serve on {host}:{port} ({error.strerror or error}): check --host and --port") from None

@@ -1,0 +1,54 @@
+"""A trained model's predictions on its held-out (test) regions, one row per region pair.
+
+The model is rebuilt from its checkpoint the way `xattn evaluate` rebuilds an export: the
+checkpoint's own split, genes and seed pin the data, so these predictions are exactly the
+ones the trial's logged test metrics were computed from.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+PREDICTION_COLUMNS = ("i", "j", "label_i", "label_j", "observed", "predicted", "distance")
+
+
+def checkpoint_test_predictions(directory: str | Path, *, mirror: str | None = None) -> pd.DataFrame:
+    """Every ordered test pair (i, j) of the checkpoint's split: region indices and labels,
+    observed and predicted connectivity, and the Euclidean distance between the two regions'
+    coordinates (the dataset's units: millimetres for the named datasets)."""
+    from xattn.experiment import rebuild_from_checkpoint
+    from xattn.training.trainer import predict
+
+    model, experiment, precision = rebuild_from_checkpoint(directory, mirror)
+    pairs = experiment.pairs.test_pairs
+    predicted = predict(model, experiment.pairs, pairs, precision=precision)
+    i, j = pairs[:, 0].cpu().numpy(), pairs[:, 1].cpu().numpy()
+    data = experiment.data
+    labels = np.asarray(data.labels, dtype=object)
+    return pd.DataFrame(
+        {
+            "i": i,
+            "j": j,
+            "label_i": labels[i],
+            "label_j": labels[j],
+            "observed": data.connectivity[i, j].astype(np.float64),
+            "predicted": predicted.astype(np.float64),
+            # raw coordinates: the normalised ones the model sees have no physical unit
+            "distance": np.linalg.norm(data.coords[i] - data.coords[j], axis=1).astype(np.float64),
+        },
+        columns=list(PREDICTION_COLUMNS),
+    )
+
+
+def run_test_predictions(client: MlflowClient, run_id: str, *, mirror: str | None = None) -> pd.DataFrame:
+    """`checkpoint_test_predictions` of the best checkpoint logged to MLflow run `run_id`."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as `xattn export` does
+    with tempfile.TemporaryDirectory(prefix="xattn-predictions-") as folder:
+        directory = client.download_artifacts(run_id, "checkpoint", folder)
+        return checkpoint_test_predictions(directory, mirror=mirror)

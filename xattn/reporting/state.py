@@ -1,0 +1,50 @@
+"""Whether a study run is finished, running or interrupted, read from what MLflow recorded.
+
+MLflow's run status alone cannot tell: a driver killed with SIGKILL leaves its run RUNNING
+forever. The `xattn.completed` tag (written only after the summary) and whether the process
+named in `xattn.driver` is still alive settle it.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from mlflow.entities import Run
+
+from xattn.tracking.store import COMPLETED_TAG
+
+FINISHED = "finished"
+RUNNING = "running"
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class StudyState:
+    state: str  # FINISHED, RUNNING or INTERRUPTED
+    detail: str  # one sentence for a person: why, and what to do
+
+
+def study_state(parent: Run) -> StudyState:
+    from xattn.tuning.study import DRIVER_TAG, _driver_alive
+
+    tags = parent.data.tags
+    status = parent.info.status
+    name = tags.get("xattn.study", "NAME")
+    resume = f"`xattn study resume {name}` continues it"
+    if COMPLETED_TAG in tags:
+        if status == "FINISHED":
+            return StudyState(FINISHED, "every trial has ended and the best trial is recorded")
+        return StudyState(FINISHED, f"it ended without a successful trial (run status {status})")
+    driver = tags.get(DRIVER_TAG)
+    if status == "RUNNING":
+        if _driver_alive(driver):
+            return StudyState(RUNNING, f"its driver, process {driver}, is alive; this page shows the trials so far")
+        host = (driver or "").rpartition(":")[0]
+        if host and host != socket.gethostname():
+            # The process lives on another machine: nothing here can prove it dead.
+            return StudyState(RUNNING, f"the study run is marked RUNNING, driven by process {driver} on another host (not checked from here)")
+        return StudyState(
+            INTERRUPTED, f"the study run is still marked RUNNING but its driver, process {driver or '(unrecorded)'}, is gone; {resume}"
+        )
+    return StudyState(INTERRUPTED, f"the study run stopped ({status}) before it completed; {resume}")
