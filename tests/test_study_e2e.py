@@ -1,10 +1,19 @@
 """A real study: Ray Tune runs trials suggested by Optuna, the driver records them in MLflow.
 
 Read back with the MLflow client and the Optuna storage, then export the best trial and
-check that evaluating the export reproduces its logged test metric.
+check that evaluating the export reproduces its logged test metric. The model is the
+cross-attention model with every planned extension on (bidirectional, two CLS tokens,
+mixed attention, learned bins), so the study also shows they train end to end, and the
+best trial's attention maps are logged and written again by `xattn attention`.
 """
 
 import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
 
 import optuna
 import pytest
@@ -22,6 +31,9 @@ TRIALS = 4
 EPOCHS = 3
 
 
+EXTENSIONS = {"bidirectional": True, "n_cls": 2, "query_self_attention": True, "expression_encoding": "learned_bins"}
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, mirror, ray_local):
     spec = parse_spec(
@@ -29,9 +41,10 @@ def study(tmp_path_factory, mirror, ray_local):
             "name": "r08-e2e",
             "seed": 3,
             "data": {"dataset": "hcp-s100-r08", "split": {"method": "spatial", "folds": 4}},
-            "model": {"fixed": {"num_layers": 1, "deep_hidden_dims": [16], "batch_size": 256}},
+            "model": {"fixed": {"num_layers": 1, "deep_hidden_dims": [16], "batch_size": 256, **EXTENSIONS}},
             "search": {
                 "space": {
+                    "direction_combine": ["sum", "concat"],
                     "d_model": [8, 16],
                     "nhead": [2],
                     "expression_bins": [3, 5],
@@ -45,7 +58,12 @@ def study(tmp_path_factory, mirror, ray_local):
         }
     )
     workspace = Workspace.open(tmp_path_factory.mktemp("ws"))
-    result = run_study(spec, workspace, mirror=str(mirror))
+    figures = os.environ.get("XATTN_FIGURES")
+    os.environ["XATTN_FIGURES"] = "1"  # the suite turns figures off; the attention maps are among them
+    try:
+        result = run_study(spec, workspace, mirror=str(mirror))
+    finally:
+        os.environ["XATTN_FIGURES"] = figures if figures is not None else "0"
     return spec, workspace, result
 
 
@@ -65,6 +83,8 @@ def test_every_trial_is_a_nested_child_run(study):
     for child in children:
         assert child.info.status == "FINISHED"
         assert {"d_model", "learning_rate", "pooling_mode", "cls_init", "expression_bins"} <= set(child.data.params)
+        assert {name: child.data.params[name] for name in EXTENSIONS} == {k: str(v) for k, v in EXTENSIONS.items()}
+        assert child.data.params["direction_combine"] in ("sum", "concat")
         history = client.get_metric_history(child.info.run_id, "val_loss")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
         assert 1 <= len(history) <= EPOCHS
@@ -101,6 +121,40 @@ def test_optuna_storage_holds_the_study(study):
     assert len(loaded.trials) == TRIALS
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in loaded.trials)
     assert {t.params["d_model"] for t in loaded.trials} <= {8, 16}
+    assert {t.params["direction_combine"] for t in loaded.trials} <= {"sum", "concat"}
+
+
+def test_the_best_trials_attention_maps_are_logged_to_its_run(study, tmp_path):
+    spec, workspace, result = study
+    client = MlflowClient(workspace.tracking_uri)
+    logged = {a.path for a in client.list_artifacts(result.best["run_id"], "attention")}
+    assert logged == {f"attention/{name}" for name in ("gene_attention.csv", "top_gene_pairs.csv", "gene_attention.png")}
+    matrix = pd.read_csv(client.download_artifacts(result.best["run_id"], "attention/gene_attention.csv", str(tmp_path)), index_col=0)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_xattn_attention_writes_the_gene_maps_of_an_export(study, tmp_path, mirror):
+    spec, workspace, result = study
+    export = tmp_path / "export"
+    export_best(spec.name, export, workspace)
+    out = tmp_path / "maps"
+    command = [sys.executable, "-m", "xattn.cli", "attention", str(export), "--pairs", "test", "--out", str(out), "--top-k", "5",
+               "--mirror", str(mirror), "--json"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gene_attention.csv", "gene_attention.png", "top_gene_pairs.csv"]
+    genes = json.loads((export / "config.json").read_text())["genes"]
+    matrix = pd.read_csv(out / "gene_attention.csv", index_col=0)
+    assert list(matrix.index) == genes and list(matrix.columns) == genes
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
+    top = pd.read_csv(out / "top_gene_pairs.csv")
+    assert len(top) == 5 and set(top.query_gene) | set(top.key_gene) <= set(genes)
+    assert top.mean_weight.is_monotonic_decreasing
+    assert top.mean_weight.iloc[0] == pytest.approx(matrix.to_numpy().max())
+    assert (out / "gene_attention.png").read_bytes()[:4] == b"\x89PNG"
+
+    not_cross = subprocess.run([sys.executable, "-m", "xattn.cli", "attention", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert not_cross.returncode == 2 and len(not_cross.stderr.strip().splitlines()) == 1
 
 
 def test_export_then_evaluate_reproduces_test_metrics(study, tmp_path, mirror):

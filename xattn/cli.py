@@ -524,6 +524,34 @@ def evaluate(
     console.print(table)
 
 
+@app.command("attention")
+@friendly
+def attention(
+    directory: Path = typer.Argument(..., metavar="EXPORT_DIR", help="An export folder (xattn export) of a cross_attention model."),
+    pairs: str = typer.Option("test", "--pairs", help="Which of the split's pairs to average over: test, val or train."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the three files (default: EXPORT_DIR/attention)."),
+    top_k: int = typer.Option(20, "--top-k", help="How many gene pairs top_gene_pairs.csv lists."),
+    mirror: Optional[Path] = MirrorOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Which genes attend to which: the model's cross-attention averaged over its held-out pairs.
+
+    Writes gene_attention.csv (query gene x key gene, rows sum to 1), top_gene_pairs.csv (the
+    strongest pairs by gene symbol) and gene_attention.png (a heatmap).
+    """
+    from xattn.export import verify_export
+    from xattn.reporting.attention import write_attention
+
+    verify_export(directory)
+    result = write_attention(directory, out or directory / "attention", pair_set=pairs, top_k=top_k,
+                             mirror=str(mirror) if mirror else None)  # fmt: skip
+    console.print(f"attention of {result['n_pairs']} {pairs} pairs written to {result['out']}", highlight=False)
+    for row in result["top"]:
+        console.print(f"  {row['query_gene']} -> {row['key_gene']}: {row['mean_weight']:.4f}", highlight=False)
+    if as_json:
+        print(json.dumps(result))
+
+
 @data_app.command("list")
 @friendly
 def data_list(as_json: bool = JsonOpt) -> None:

@@ -1,5 +1,5 @@
-"""Building blocks every model family shares: argument checks, the feed-forward sublayer,
-attention pooling and the MLP head."""
+"""Building blocks every model family shares: argument checks, the feed-forward and
+self-attention sublayers, attention pooling and the MLP head."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from xattn.errors import SpecError
+from xattn.models.attention import alibi_slopes, attention
 
 
 def positive_int(name: str, value: object) -> int:
@@ -66,6 +67,30 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through `attention()` (FlashAttention or SDPA).
+
+    As in the cross model, transformer_dropout applies to the output, not to the attention
+    weights, so the fused CPU kernel is used and every backend computes the same function.
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.nhead = config.nhead
+        self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
+        self.out_proj = nn.Linear(config.d_model, config.d_model)
+        self.resid_dropout = nn.Dropout(config.transformer_dropout)
+        # Not persistent, as in CrossAttention: the slopes follow from nhead.
+        slopes = alibi_slopes(config.nhead) if config.use_alibi else None
+        self.register_buffer("alibi_slopes", slopes, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        N, L, d = x.shape
+        q, k, v = self.qkv_proj(x).view(N, L, 3 * self.nhead, d // self.nhead).transpose(1, 2).chunk(3, dim=1)
+        y = attention(q, k, v, alibi_slopes=self.alibi_slopes)
+        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(N, L, d)))
 
 
 class AttentionPooling(nn.Module):

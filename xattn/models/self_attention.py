@@ -85,9 +85,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from xattn.models.attention import alibi_slopes, attention
-from xattn.models.cross_attention import CrossAttentionConfig, gene_tokens_of
-from xattn.models.layers import AttentionPooling, FeedForward, MLPHead, boolean, non_negative_int, positive_int
+from xattn.models.cross_attention import CrossAttentionConfig
+from xattn.models.gene_tokens import GeneTokenFields, gene_tokens_of
+from xattn.models.layers import AttentionPooling, FeedForward, MLPHead, SelfAttention, boolean, non_negative_int, positive_int
 
 _CROSS_FIELDS = frozenset(f.name for f in dataclasses.fields(CrossAttentionConfig))
 
@@ -156,35 +156,8 @@ class SharedSelfAttentionPoolingConfig(_GeneChunkConfig):
 
 
 @dataclass
-class SharedSelfAttentionGene2VecConfig(_SelfAttentionConfig):
-    """Single-gene tokens (gene vector + binned expression), shared encoder, attention pooling."""
-
-    expression_encoding: str = "continuous"
-    expression_bins: int = 5
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention through `attention()` (FlashAttention or SDPA).
-
-    As in the cross model, transformer_dropout applies to the output, not to the attention
-    weights, so the fused CPU kernel is used and every backend computes the same function.
-    """
-
-    def __init__(self, config: _SelfAttentionConfig) -> None:
-        super().__init__()
-        self.nhead = config.nhead
-        self.qkv_proj = nn.Linear(config.d_model, 3 * config.d_model)
-        self.out_proj = nn.Linear(config.d_model, config.d_model)
-        self.resid_dropout = nn.Dropout(config.transformer_dropout)
-        # Not persistent, as in CrossAttention: the slopes follow from nhead.
-        slopes = alibi_slopes(config.nhead) if config.use_alibi else None
-        self.register_buffer("alibi_slopes", slopes, persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        N, L, d = x.shape
-        q, k, v = self.qkv_proj(x).view(N, L, 3 * self.nhead, d // self.nhead).transpose(1, 2).chunk(3, dim=1)
-        y = attention(q, k, v, alibi_slopes=self.alibi_slopes)
-        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(N, L, d)))
+class SharedSelfAttentionGene2VecConfig(_SelfAttentionConfig, GeneTokenFields):
+    """Single-gene tokens (gene vector + expression encoding), shared encoder, attention pooling."""
 
 
 class SelfAttentionBlock(nn.Module):

@@ -43,7 +43,10 @@ class MlflowTrialLogger(Callback):
         role: str = "search",
         fold: int | None = None,
         seed: int | None = None,
+        fixed: dict[str, Any] | None = None,
     ) -> None:
+        """`fixed`: the hyperparameters every trial shares (the spec's model.fixed), logged with
+        each trial's own, so a run's params are its whole configuration."""
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -52,6 +55,7 @@ class MlflowTrialLogger(Callback):
         self.role = role
         self.fold = fold
         self.seed = seed
+        self.fixed = dict(fixed or {})
         self.run_ids: dict[str, str] = {}
         self.workers: dict[str, str] = {}
 
@@ -95,7 +99,8 @@ class MlflowTrialLogger(Callback):
                 tags[INNER_FOLD_TAG] = str(inner)
             run = self.client.create_run(self.experiment_id, tags=tags)
             run_id = run.info.run_id
-            params = [Param(k, _short(v)) for k, v in sorted(trial.config.items()) if not k.startswith("_")]
+            config = {**self.fixed, **trial.config}
+            params = [Param(k, _short(v)) for k, v in sorted(config.items()) if not k.startswith("_")]
             self.client.log_batch(run_id, params=params)
         self.run_ids[trial.trial_id] = run_id
         return run_id

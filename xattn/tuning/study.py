@@ -461,7 +461,7 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
 
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, optuna_number, spec.model.family,
-            role="search", fold=spec.data.split.fold, seed=spec.seed,
+            role="search", fold=spec.data.split.fold, seed=spec.seed, fixed=spec.trial_params({}),
         )  # fmt: skip
 
     if context.progress is not None and context.spec.compare_with:
@@ -546,7 +546,7 @@ def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Contex
     def make_logger(_searcher) -> MlflowTrialLogger:
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
-            role="final", fold=None, seed=None,
+            role="final", fold=None, seed=None, fixed=spec.trial_params({}),
         )  # fmt: skip
 
     if context.progress is not None:
@@ -604,6 +604,16 @@ def _register(client, spec: StudySpec, parent, run) -> dict[str, Any]:
     number = str(version.version)
     client.set_tag(parent.info.run_id, "xattn.model_version", number)
     return {"model_version": number, "model_uri": f"models:/{spec.name}@{BEST_ALIAS}"}
+
+
+def _log_attention(client, run_id: str, mirror: str | None) -> None:
+    """The best trial's attention maps, logged to its run; like the figures, never fails a study."""
+    from xattn.reporting.attention import log_run_attention
+
+    try:
+        log_run_attention(client, run_id, mirror=mirror)
+    except Exception as error:  # noqa: BLE001
+        warnings.warn(f"attention maps not logged to run {run_id}: {_reason(error)}", stacklevel=2)
 
 
 FIGURES_ENV = "XATTN_FIGURES"  # "0": no figures at the end of a study (the test suite's default)
@@ -664,6 +674,8 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
         from xattn.reporting import log_study_figures
 
         log_study_figures(client, parent_run_id, workspace.optuna_storage, mirror=mirror)
+        if run is not None and run.data.tags.get("xattn.family") == "cross_attention":
+            _log_attention(client, run.info.run_id, mirror)
     client.set_tag(parent_run_id, COMPLETED_TAG, "true")
     client.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
     return StudyResult(
