@@ -34,6 +34,10 @@ What it measures, in one process (children only where a clean process is needed)
    of about 60 s (the goal's condition; `benchmarks.platform_overhead` says how they are
    sized and how the overhead is split into once-per-study and per-trial parts). Skipped when
    ray, mlflow or optuna is not importable, or with --skip-platform.
+5. The cross_attention options (OPTIONS: bidirectional, three CLS tokens, mixed attention,
+   learned bins), each alone on the reference design: training pairs/s at the same batch as
+   the reference, in alternating rounds, as a ratio to the reference per round; and each
+   one's peak memory at 405 vs 810 genes as in 3 (one repetition). --skip-options skips it.
 
 Modes used by benchmarks/gpu_check.sh: `--attention-check` (FlashAttention / SDPA backends /
 explicit attention, kernel and model level), `--packing-worker` (one short training run for
@@ -84,6 +88,16 @@ from benchmarks.common import (
     tagged,
 )
 from benchmarks.platform_overhead import TRIAL_S, measure_platform, plain_trials
+
+# The cross-attention model's options (xattn/models/cross_attention.py), each alone on top of
+# the reference design: measured beside it at the same batch (`bench_options`).
+OPTIONS: dict[str, dict[str, Any]] = {
+    "reference": {},
+    "bidirectional": {"bidirectional": True, "direction_combine": "sum"},
+    "n_cls=3": {"n_cls": 3, "cls_init": "random+spatial+expression"},
+    "query_self_attention": {"query_self_attention": True},
+    "learned_bins": {"expression_encoding": "learned_bins"},
+}
 
 FAMILIES = (
     "cross_attention",
@@ -428,20 +442,20 @@ def _proc_status_kib(field: str) -> int | None:
     return None
 
 
-def memory_setup(experiment, n_genes: int, s: Settings) -> XattnRunner:
+def memory_setup(experiment, n_genes: int, s: Settings, option: str = "reference") -> XattnRunner:
     pairs, vectors = gene_subset(experiment, n_genes)
-    model = make_model(experiment, "cross_attention", vectors)
+    model = make_model(experiment, "cross_attention", vectors, OPTIONS[option])
     runner = XattnRunner(model, pairs, s.batch_size, s.precision, s.device)
     runner.data_for(s.memory_steps)  # warms the index path; the step data is drawn again in run()
     return runner
 
 
-def memory_child(s: Settings, n_genes: int) -> None:
+def memory_child(s: Settings, n_genes: int, option: str = "reference") -> None:
     """Child process (CPU): peak RSS of `memory_steps` training steps over the set-up RSS."""
     import gc
 
     experiment = load_experiment(s.mirror, "cpu")
-    runner = memory_setup(experiment, n_genes, s)
+    runner = memory_setup(experiment, n_genes, s, option)
     gc.collect()
     hwm_setup = _proc_status_kib("VmHWM")
     rss_before = _proc_status_kib("VmRSS")
@@ -462,17 +476,17 @@ def memory_child(s: Settings, n_genes: int) -> None:
     print(MEMORY_TAG + json.dumps(payload), flush=True)
 
 
-def measure_memory(experiment, s: Settings) -> dict[str, Any]:
-    """Peak training memory at 405 and 810 genes; the ratio per repetition."""
+def measure_memory(experiment, s: Settings, option: str = "reference", reps: int | None = None) -> dict[str, Any]:
+    """Peak training memory of cross_attention (with `option`) at 405 and 810 genes; the ratio per repetition."""
     peaks: dict[int, list[float]] = {405: [], 810: []}
     details = []
-    for rep in range(s.memory_reps):
+    for rep in range(reps or s.memory_reps):
         for n_genes in (405, 810):
             log(
-                f"memory: {n_genes} genes, {s.memory_steps} step(s) of {s.batch_size} pairs (repetition {rep + 1}/{s.memory_reps})"
+                f"memory: {option}, {n_genes} genes, {s.memory_steps} step(s) of {s.batch_size} pairs (repetition {rep + 1})"
             )
             if s.device == "cuda":
-                runner = memory_setup(experiment, n_genes, s)
+                runner = memory_setup(experiment, n_genes, s, option)
                 data = runner.data_for(s.memory_steps)
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
@@ -489,7 +503,8 @@ def measure_memory(experiment, s: Settings) -> dict[str, Any]:
             else:
                 cmd = [sys.executable, "-m", "benchmarks.throughput", "--memory-child", str(n_genes),
                        "--device", "cpu", "--batch-size", str(s.batch_size), "--memory-steps", str(s.memory_steps),
-                       "--threads", str(s.threads or 2), "--mirror", s.mirror, "--precision", s.precision]  # fmt: skip
+                       "--threads", str(s.threads or 2), "--mirror", s.mirror, "--precision", s.precision,
+                       "--memory-option", option]  # fmt: skip
                 if _SYNTHETIC_FALLBACK:
                     cmd.append("--synthetic-fallback")
                 proc = subprocess.run(
@@ -514,12 +529,46 @@ def measure_memory(experiment, s: Settings) -> dict[str, Any]:
         "peak_bytes_810": summary(peaks[810]),
         "goal": 2.2,
         "family": "cross_attention",
+        "option": option,
         "batch_size": s.batch_size,
         "steps": s.memory_steps,
         "precision": s.precision,
         "method": method,
         "runs": details,
     }
+
+
+def bench_options(experiment, s: Settings, *, memory: bool) -> dict[str, Any]:
+    """Training pairs/s of cross_attention with each option of OPTIONS beside the reference
+    design: the same batch and pairs, rounds alternating over the options (order rotating), a
+    ratio to the reference per round; with `memory`, each option's peak at 405 vs 810 genes.
+
+    Mixed attention cannot use the region-deduplicated encoding beyond the tokens (nor can the
+    reference: the query stream is per pair from the first block on); what it adds is the
+    (n_cls + G)^2 self-attention per pair and block, and that is what its ratio measures.
+    """
+    pairs, vectors = gene_subset(experiment, None)
+    runners = {name: XattnRunner(make_model(experiment, "cross_attention", vectors, params), pairs, s.batch_size,
+                                 s.precision, s.device) for name, params in OPTIONS.items()}  # fmt: skip
+    t_first = {name: min(runner.run(1) for _ in range(s.warmup)) for name, runner in runners.items()}
+    n = max(1, min(s.max_batches, math.ceil(s.target_s / max(max(t_first.values()), 1e-6))))
+    log(f"options: {n} batch(es) of {s.batch_size} pairs per option and round, {s.rounds} rounds")
+    rates: dict[str, list[float]] = {name: [] for name in OPTIONS}
+    for round_index in range(s.rounds):
+        names = list(OPTIONS)
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            rates[name].append(n * s.batch_size / runners[name].run(n))
+    result: dict[str, Any] = {"batch_size": s.batch_size, "batches_per_round": n, "rounds": s.rounds, "options": {}}
+    for name, params in OPTIONS.items():
+        ratios = [a / b for a, b in zip(rates[name], rates["reference"])]
+        entry = {"params": params, "pairs_per_s": summary(rates[name]), "ratio_to_reference": summary(ratios),
+                 "parameters": runners[name].model.num_parameters()}  # fmt: skip
+        if memory:
+            entry["memory"] = measure_memory(experiment, s, option=name, reps=1)
+        result["options"][name] = entry
+        log(f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, {fmt(entry['ratio_to_reference'], 2)} x the reference")
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -822,6 +871,11 @@ def print_report(report: dict[str, Any]) -> None:
     if mem and "peak_ratio_810_over_405" in mem:
         lines.append(f"memory (cross_attention, batch {mem['batch_size']}): 405 genes {fmt(mem['peak_bytes_405'], 0, 2**-20)} MiB, "
                      f"810 genes {fmt(mem['peak_bytes_810'], 0, 2**-20)} MiB, ratio {fmt(mem['peak_ratio_810_over_405'], 2)} (goal <= 2.2)")  # fmt: skip
+    options = report.get("options", {}).get("options", {})
+    for name, entry in options.items():
+        memory = entry.get("memory", {})
+        ratio = f", memory 810/405 genes {fmt(memory['peak_ratio_810_over_405'], 2)}" if "peak_ratio_810_over_405" in memory else ""
+        lines.append(f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, {fmt(entry['ratio_to_reference'], 2)} x the reference{ratio}")
     lines += platform_lines(report.get("platform"))
     title = (f"xattn training throughput on {report['dataset']} - {report['device']} ({report['device_name']}), "
              f"torch {report['torch_version']}, {report['threads']} threads, {report['mode']}")  # fmt: skip
@@ -897,6 +951,11 @@ def run_benchmark(args: argparse.Namespace, s: Settings) -> dict[str, Any]:
     else:
         report["memory"] = measure_memory(experiment, s)
 
+    if args.skip_options:
+        report["options"] = {"skipped": "--skip-options"}
+    else:
+        report["options"] = bench_options(experiment, s, memory=not args.skip_memory)
+
     if args.skip_platform:
         report["platform"] = {"skipped": "--skip-platform"}
     else:
@@ -915,7 +974,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--platform-trial-s", type=float, default=TRIAL_S,
                         help=f"length of each platform trial, seconds (default {TRIAL_S:.0f}; --quick: six short epochs)")  # fmt: skip
     parser.add_argument("--skip-memory", action="store_true", help="skip the 405/810-gene memory measurement")
-    parser.add_argument("--families", help=f"comma-separated subset of {','.join(FAMILIES)}")
+    parser.add_argument("--families", help=f"comma-separated subset of {','.join(FAMILIES)} (default: all)")
+    parser.add_argument("--skip-options", action="store_true",
+                        help=f"skip the cross_attention options beside the reference design ({', '.join(OPTIONS)})")  # fmt: skip
     parser.add_argument("--batch-size", type=int,
                         help="every batch (default: on CPU, throughput at the trainer's default 512, halved while "
                              "one naive batch takes over 6 s (2 s with --quick) but not below 32 (16), memory at "
@@ -935,6 +996,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--synthetic-fallback", action="store_true",
                         help="without hcp-s100 in the mirror, use a synthetic connectome of its shape")  # fmt: skip
     parser.add_argument("--memory-child", type=int, metavar="GENES", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-option", default="reference", choices=tuple(OPTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--platform-plain", metavar="SPEC", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.mirror = args.mirror or default_mirror()
@@ -955,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
         plain_trials(args.platform_plain, args.mirror)
         return 0
     if args.memory_child:
-        memory_child(s, args.memory_child)
+        memory_child(s, args.memory_child, args.memory_option)
         return 0
 
     if args.attention_check:

@@ -60,6 +60,9 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
                 "folds": folds,
                 "seeds": seeds,
                 "baselines": {"shared_self_attention_pooling": {"space": {"d_model": [8], "nhead": [2], "num_layers": [1], "token_encoder_dim": [8]}}},
+                # a variant of the study's family, and the arm the differences are taken from
+                "variants": {"both-ways": {"bidirectional": True, "direction_combine": "product"}},
+                "reference": "cross_attention:both-ways",
             },
         }
     )
@@ -69,26 +72,36 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
     runs = client.search_runs([result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
     roles = {}
     for run in runs:
-        key = (run.data.tags["xattn.family"], run.data.tags["xattn.role"])
+        key = (run.data.tags["xattn.arm"], run.data.tags["xattn.role"])
         roles[key] = roles.get(key, 0) + 1
     assert roles == {
         ("cross_attention", "search"): trials,
         ("shared_self_attention_pooling", "search"): trials,
         ("cross_attention", "final"): folds * seeds,
         ("shared_self_attention_pooling", "final"): folds * seeds,
+        ("cross_attention:both-ways", "final"): folds * seeds,
     }
     finals = [r for r in runs if r.data.tags["xattn.role"] == "final"]
-    for family in ("cross_attention", "shared_self_attention_pooling"):
-        keys = {(r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]) for r in finals if r.data.tags["xattn.family"] == family}
+    for arm in ("cross_attention", "shared_self_attention_pooling", "cross_attention:both-ways"):
+        keys = {(r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]) for r in finals if r.data.tags["xattn.arm"] == arm}
         assert keys == {(str(f), str(s)) for f in range(folds) for s in range(seeds)}
+    # the variant is the study's best configuration with its overrides, and says so in its params
+    best = client.get_run(result.best["run_id"]).data.params
+    for run in finals:
+        if run.data.tags["xattn.arm"] == "cross_attention:both-ways":
+            assert run.data.tags["xattn.family"] == "cross_attention"
+            assert run.data.params["bidirectional"] == "True" and run.data.params["direction_combine"] == "product"
+            assert run.data.params["learning_rate"] == best["learning_rate"]
+            assert run.data.tags["mlflow.runName"].startswith("cross_attention:both-ways-final-fold")
 
     comparison = load_comparison(client, spec.name)
-    assert [e["family"] for e in comparison["families"]] == ["cross_attention", "shared_self_attention_pooling"]
-    # the search's agreement with test r, per family and over both families' trials
-    assert [e["search_trials"] for e in comparison["families"]] == [trials, trials]
+    assert comparison["reference"] == "cross_attention:both-ways"
+    assert [e["family"] for e in comparison["families"]] == ["cross_attention:both-ways", "cross_attention", "shared_self_attention_pooling"]
+    # the search's agreement with test r, per family and over both families' trials (a variant has no search)
+    assert [e["search_trials"] for e in comparison["families"]] == [0, trials, trials]
     assert comparison["search_agreement"]["n_trials"] == 2 * trials
     assert result.agreement["all"]["n_trials"] == 2 * trials
-    baseline = comparison["families"][1]
+    baseline = comparison["families"][2]
     assert baseline["n_runs"] == folds * seeds and baseline["vs_reference"]["n_pairs"] == folds * seeds
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"

@@ -124,3 +124,30 @@ def test_max_pairs_per_pass_is_a_trainer_setting_a_spec_can_fix():
 
     spec = parse_spec(minimal(**{"model.fixed.max_pairs_per_pass": 32}))
     assert TrainConfig.from_params(spec.trial_params({"d_model": 16})).max_pairs_per_pass == 32
+
+
+@pytest.mark.parametrize(
+    "variants,reference,message",
+    [
+        ({"bad name": {"bidirectional": True}}, None, "variant name 'bad name'"),
+        ({"empty": {}}, None, "variant 'empty' needs a mapping"),
+        ({"typo": {"bidirectonal": True}}, None, r"comparison.variants.typo: override.bidirectonal: unknown hyperparameter \(did you mean 'bidirectional'\?\)"),
+        ({"blind": {"pooling_mode": "cls"}}, None, "comparison.variants.blind: model.fixed.pooling_mode"),
+        ({"ok": {"bidirectional": True}}, "cross_attention:nope", r"comparison.reference: 'cross_attention:nope' is not an arm"),
+    ],
+)
+def test_bad_variants_are_refused_before_anything_starts(variants, reference, message):
+    raw = minimal(**{"comparison.variants": variants})
+    if reference:
+        raw["comparison"]["reference"] = reference
+    with pytest.raises(SpecError, match=message):
+        parse_spec(raw)
+
+
+def test_a_variant_fixes_its_overrides_and_stops_searching_them():
+    spec = parse_spec(minimal(**{"comparison.variants": {"wide": {"d_model": 64, "bidirectional": True}}}))
+    assert spec.compares and spec.comparison_arms == ["cross_attention", "cross_attention:wide"]
+    variant = spec.for_variant("wide")
+    assert variant.model.fixed == {"nhead": 2, "d_model": 64, "bidirectional": True}
+    assert set(variant.searched) == {"learning_rate"}
+    assert spec.comparison_reference == "cross_attention"

@@ -31,7 +31,7 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from xattn.tracking.store import ROLE_TAG, STUDY_TAG, best_child, child_runs
-from xattn.tuning.comparison import FinalResult
+from xattn.tuning.comparison import FinalResult, arm_of
 
 if TYPE_CHECKING:
     import optuna
@@ -265,7 +265,7 @@ def _comparison(client: MlflowClient, parent: Run) -> dict[str, Any]:
 def final_results(client: MlflowClient, parent: Run, metric: str = "test_pearson") -> list[FinalResult]:
     """The finished final (comparison) runs of a study that logged `metric`."""
     return [
-        FinalResult(run.data.tags["xattn.family"], run.data.tags.get("xattn.fold"), run.data.tags.get("xattn.seed"), dict(run.data.metrics))
+        FinalResult(arm_of(run), run.data.tags.get("xattn.fold"), run.data.tags.get("xattn.seed"), dict(run.data.metrics))
         for run in child_runs(client, parent)
         if run.data.tags.get(ROLE_TAG) == "final" and run.info.status == "FINISHED" and metric in run.data.metrics
     ]  # fmt: skip

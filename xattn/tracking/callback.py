@@ -44,6 +44,7 @@ class MlflowTrialLogger(Callback):
         fold: int | None = None,
         seed: int | None = None,
         fixed: dict[str, Any] | None = None,
+        arm: str | None = None,
     ) -> None:
         """`fixed`: the hyperparameters every trial shares (the spec's model.fixed), logged with
         each trial's own, so a run's params are its whole configuration."""
@@ -56,6 +57,7 @@ class MlflowTrialLogger(Callback):
         self.fold = fold
         self.seed = seed
         self.fixed = dict(fixed or {})
+        self.arm = arm or family  # the comparison arm of final runs: the family or "family:variant"
         self.run_ids: dict[str, str] = {}
         self.workers: dict[str, str] = {}
 
@@ -80,7 +82,7 @@ class MlflowTrialLogger(Callback):
             inner = trial.config.get(TRIAL_INDEX)
             # The name says what the run is, so the runs table reads without extra columns.
             if self.role == "final":
-                name = f"{self.family}-final-fold{fold}-seed{seed}"
+                name = f"{self.arm}-final-fold{fold}-seed{seed}"
             else:
                 name = f"{self.family}-trial-{number if number is not None else trial.trial_id}-fold{fold}-seed{seed}"
                 name += f"-inner{inner}" if inner is not None else ""
@@ -89,6 +91,7 @@ class MlflowTrialLogger(Callback):
                 "mlflow.runName": name,
                 "xattn.role": self.role,
                 "xattn.family": self.family,
+                "xattn.arm": self.arm,
                 "xattn.fold": str(fold),
                 "xattn.seed": str(seed),
                 "xattn.ray_trial_id": trial.trial_id,

@@ -19,11 +19,22 @@ import pandas as pd
 from scipy import stats
 
 METRICS = ("test_pearson", "test_mse", "test_r2")
+ARM_TAG = "xattn.arm"  # a final run's comparison arm: its family, or "family:variant"
+
+
+def arm_of(run) -> str:
+    """The comparison arm of an MLflow final run (runs from before variants existed: the family)."""
+    return run.data.tags.get(ARM_TAG, run.data.tags["xattn.family"])
+
+
+def variant_arm(family: str, variant: str) -> str:
+    return f"{family}:{variant}"
 
 
 @dataclass(frozen=True)
 class FinalResult:
-    """The test metrics of one final run: one family, one outer fold, one seed."""
+    """The test metrics of one final run: one arm (a family, or a variant of the study's
+    family), one outer fold, one seed."""
 
     family: str
     fold: str
@@ -32,9 +43,9 @@ class FinalResult:
 
 
 def compare_runs(runs, reference: str, metric: str = "test_pearson") -> dict[str, Any]:
-    """`compare_results` over the FINISHED ones of MLflow final runs (tagged family, fold, seed)."""
+    """`compare_results` over the FINISHED ones of MLflow final runs (tagged arm, fold, seed)."""
     results = [
-        FinalResult(run.data.tags["xattn.family"], run.data.tags.get("xattn.fold"), run.data.tags.get("xattn.seed"),
+        FinalResult(arm_of(run), run.data.tags.get("xattn.fold"), run.data.tags.get("xattn.seed"),
                     {m: run.data.metrics[m] for m in METRICS if m in run.data.metrics})
         for run in runs
         if run.info.status == "FINISHED"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -194,6 +195,22 @@ class ComparisonSpec(_Strict):
     seeds: int = Field(3, ge=1, description="seeds S per fold of the final runs")
     tune: bool = Field(True, description="tune every family with the study's budget; false: fixed settings")
     baselines: dict[str, BaselineSpec] = Field(default_factory=dict)
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named variants of the study's family: its best configuration with these hyperparameters "
+        "overridden, each retrained on the same folds and seeds (arm 'family:name')",
+    )
+    reference: str | None = Field(None, description="the arm the paired differences are taken from (default: the study's family)")
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name, overrides in variants.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise ValueError(f"variant name {name!r} must be letters, digits, '.', '_' or '-'")
+            if not isinstance(overrides, dict) or not overrides:
+                raise ValueError(f"variant {name!r} needs a mapping of hyperparameters to override, like {{bidirectional: true}}")
+        return variants
 
 
 class StudySpec(_Strict):
@@ -232,6 +249,32 @@ class StudySpec(_Strict):
         raw["model"] = {"family": family, "fixed": dict(fixed)}
         raw["search"]["space"] = {k: (v.model_dump(exclude_none=True) if isinstance(v, ParamSpec) else v) for k, v in space.items()}
         return StudySpec.model_validate(raw)
+
+    def for_variant(self, variant: str) -> "StudySpec":
+        """The study's own family with variant `variant`'s hyperparameters fixed (and no longer searched)."""
+        overrides = self.comparison.variants[variant]
+        raw = self.model_dump(mode="json", exclude={"compare_with", "comparison"})
+        raw["model"]["fixed"] = {**raw["model"]["fixed"], **overrides}
+        raw["search"]["space"] = {k: v for k, v in raw["search"]["space"].items() if k not in overrides}
+        return StudySpec.model_validate(raw)
+
+    @property
+    def comparison_arms(self) -> list[str]:
+        """What the comparison retrains and compares: the study's family, the compared families
+        and the variants of the study's family ("family:variant")."""
+        from xattn.tuning.comparison import variant_arm
+
+        variants = [variant_arm(self.model.family, name) for name in self.comparison.variants]
+        return [self.model.family, *self.compare_with, *variants]
+
+    @property
+    def compares(self) -> bool:
+        """Whether the study ends with a comparison (compared families or variants)."""
+        return bool(self.compare_with or self.comparison.variants)
+
+    @property
+    def comparison_reference(self) -> str:
+        return self.comparison.reference or self.model.family
 
     @property
     def searched(self) -> dict[str, ParamSpec]:
@@ -313,6 +356,13 @@ def check_params(spec: StudySpec, source: str = "spec") -> None:
     _check_family_params(spec, source)
     for family in spec.compare_with:
         _check_family_params(_family_spec(spec, family, source), f"{source}: comparison of {family}")
+    for variant in spec.comparison.variants:
+        _check_family_params(spec.for_variant(variant), f"{source}: comparison.variants.{variant}", require_space=False)
+    if spec.comparison.reference is not None and spec.comparison.reference not in spec.comparison_arms:
+        raise SpecError(
+            f"{source}: comparison.reference: {spec.comparison.reference!r} is not an arm of the comparison; "
+            f"choose one of {', '.join(spec.comparison_arms)}"
+        )
 
 
 def _family_spec(spec: StudySpec, family: str, source: str) -> StudySpec:
@@ -331,7 +381,7 @@ def _family_spec(spec: StudySpec, family: str, source: str) -> StudySpec:
         raise SpecError(f"{source}: comparison.baselines.{family}: {_describe(error, {})}") from None
 
 
-def _check_family_params(spec: StudySpec, source: str) -> None:
+def _check_family_params(spec: StudySpec, source: str, *, require_space: bool = True) -> None:
     from xattn.models.registry import MODEL_FAMILIES, blind_spot, make_config, model_param_names
 
     family = spec.model.family
@@ -341,14 +391,15 @@ def _check_family_params(spec: StudySpec, source: str) -> None:
             f"known families: {', '.join(sorted(MODEL_FAMILIES))}"
         )
     known = model_param_names(family) | TRAINER_PARAMS | DATA_PARAMS
-    for section, names in (("model.fixed", spec.model.fixed), ("search.space", spec.searched)):
+    fixed_section = "model.fixed" if require_space else "override"
+    for section, names in ((fixed_section, spec.model.fixed), ("search.space", spec.searched)):
         for name in names:
             if name not in known:
                 raise SpecError(
                     f"{source}: {section}.{name}: unknown hyperparameter{_did_you_mean(name, known)}; "
                     f"known: {', '.join(sorted(known))}"
                 )
-    if not spec.searched:
+    if require_space and not spec.searched:
         raise SpecError(f"{source}: search.space is empty: add at least one hyperparameter to search")
     overlap = set(spec.model.fixed) & set(spec.searched)
     if overlap:

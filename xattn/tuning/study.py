@@ -277,7 +277,7 @@ def run_study(
     context = _Context(workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress, spec)
     try:
         results = _search(spec, context)
-        comparison = _compare(spec, context, results) if spec.compare_with else None
+        comparison = _compare(spec, context, results) if spec.compares else None
     except KeyboardInterrupt:
         client.set_terminated(parent_run_id, "KILLED")
         raise
@@ -350,7 +350,7 @@ def _callbacks(context: _Context, logger) -> list:
     return [logger] + ([context.progress] if context.progress is not None else [])
 
 
-def _fit_phase(spec: StudySpec, context: _Context, role: str, trainable, make_logger, *, tune_config, param_space=None):
+def _fit_phase(spec: StudySpec, context: _Context, role: str, trainable, make_logger, *, tune_config, param_space=None, arm=None):
     """Run one phase's Ray Tune experiment, or resume it where an earlier driver left it.
 
     `make_logger(searcher)` builds the MLflow callback for the phase's (possibly restored)
@@ -358,7 +358,8 @@ def _fit_phase(spec: StudySpec, context: _Context, role: str, trainable, make_lo
     """
     from ray import tune
 
-    name = f"{spec.name}-{context.parent_run_id[:8]}-{role}-{spec.model.family}"
+    arm = arm or spec.model.family
+    name = f"{spec.name}-{context.parent_run_id[:8]}-{role}-{arm.replace(':', '-')}"
     path = context.workspace.ray_storage / name
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(
@@ -375,17 +376,18 @@ def _fit_phase(spec: StudySpec, context: _Context, role: str, trainable, make_lo
     results = tuner.fit()
     if results.num_terminated + results.num_errors < len(results):
         raise KeyboardInterrupt  # Tune caught a stop signal (SIGUSR1), saved its state and returned early
-    _close_orphaned_runs(context, role, spec.model.family)
+    _close_orphaned_runs(context, role, spec.model.family, arm)
     return results
 
 
-def _close_orphaned_runs(context: _Context, role: str, family: str) -> None:
+def _close_orphaned_runs(context: _Context, role: str, family: str, arm: str) -> None:
     """Child runs of a finished phase still RUNNING belong to trials a killed driver started
     but Tune never recorded; Tune ran those again as new trials. Mark them, keep them."""
     parent = context.client.get_run(context.parent_run_id)
     for run in child_runs(context.client, parent):
         tags = run.data.tags
-        if run.info.status == "RUNNING" and tags.get(ROLE_TAG) == role and tags.get("xattn.family") == family:
+        same_arm = tags.get("xattn.arm", tags.get("xattn.family")) == arm
+        if run.info.status == "RUNNING" and tags.get(ROLE_TAG) == role and tags.get("xattn.family") == family and same_arm:
             context.client.set_tag(run.info.run_id, ORPHAN_TAG, "the driver was killed before Ray Tune recorded this trial; it ran again as another trial")
             context.client.set_terminated(run.info.run_id, "KILLED")
 
@@ -464,7 +466,7 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
             role="search", fold=spec.data.split.fold, seed=spec.seed, fixed=spec.trial_params({}),
         )  # fmt: skip
 
-    if context.progress is not None and context.spec.compare_with:
+    if context.progress is not None and context.spec.compares:
         context.progress.start_phase(f"search {spec.model.family}", spec.search_trials, spec.search.metric, spec.search.mode)
     tune_config = tune.TuneConfig(
         search_alg=searcher,
@@ -533,34 +535,37 @@ def _best_config(spec: StudySpec, results) -> dict[str, Any]:
     return dict(pick(scored, key=lambda item: item[1][metric])[0])
 
 
-def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Context) -> None:
-    """Retrain one configuration on every outer fold for every seed (identical across families)."""
+def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Context, arm: str | None = None) -> None:
+    """Retrain one configuration on every outer fold for every seed (identical across arms)."""
     _ray(context)
     from ray import tune
 
     from xattn.tuning.trainable import trainable
 
+    arm = arm or spec.model.family
     final = spec.model_copy(deep=True)
     final.data.split = final.data.split.model_copy(update={"folds": comparison.folds, "fold": 0})
     seeds = [spec.seed + offset for offset in range(comparison.seeds)]
     def make_logger(_searcher) -> MlflowTrialLogger:
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
-            role="final", fold=None, seed=None, fixed=spec.trial_params({}),
+            role="final", fold=None, seed=None, fixed=spec.trial_params({}), arm=arm,
         )  # fmt: skip
 
     if context.progress is not None:
         total = comparison.folds * comparison.seeds
-        context.progress.start_phase(f"final {spec.model.family} ({comparison.folds} folds x {comparison.seeds} seeds)", total, "test_pearson", "max")
+        context.progress.start_phase(f"final {arm} ({comparison.folds} folds x {comparison.seeds} seeds)", total, "test_pearson", "max")
     _fit_phase(
-        spec, context, "final", trainable(final, context.mirror), make_logger,
+        spec, context, "final", trainable(final, context.mirror), make_logger, arm=arm,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent, reuse_actors=True),
         param_space={**config, "_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)},
     )  # fmt: skip
 
 
 def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]:
-    from xattn.tuning.comparison import compare_runs, log_comparison
+    """Tune the compared families, then retrain every arm (each family's best configuration,
+    and each variant: the study's best with the variant's overrides) on the same folds and seeds."""
+    from xattn.tuning.comparison import compare_runs, log_comparison, variant_arm
 
     configs = {spec.model.family: _best_config(spec, main_results)}
     for family in spec.compare_with:
@@ -572,9 +577,13 @@ def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]
             configs[family] = {}
     for family, config in configs.items():
         _final(spec.for_family(family), config, spec.comparison, context)
+    best = configs[spec.model.family]
+    for variant, overrides in spec.comparison.variants.items():
+        config = {k: v for k, v in best.items() if k not in overrides}  # the spec's fixed overrides now hold them
+        _final(spec.for_variant(variant), config, spec.comparison, context, arm=variant_arm(spec.model.family, variant))
     parent = context.client.get_run(context.parent_run_id)
     finals = [run for run in child_runs(context.client, parent) if run.data.tags.get(ROLE_TAG) == "final"]
-    comparison = compare_runs(finals, reference=spec.model.family)
+    comparison = compare_runs(finals, reference=spec.comparison_reference)
     for entry in comparison["families"]:
         agreement = context.agreement.get(entry["family"], {})
         entry["search_val_test_spearman"] = agreement.get("spearman", math.nan)
