@@ -561,6 +561,7 @@ def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Contex
 
 def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]:
     from xattn.tuning.comparison import compare_runs, log_comparison
+    from xattn.tuning.nulls import run_nulls
 
     configs = {spec.model.family: _best_config(spec, main_results)}
     for family in spec.compare_with:
@@ -580,6 +581,8 @@ def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]
         entry["search_val_test_spearman"] = agreement.get("spearman", math.nan)
         entry["search_trials"] = agreement.get("n_trials", 0)
     comparison["search_agreement"] = context.agreement.get(ALL_FAMILIES)
+    if spec.comparison.nulls is not None:
+        run_nulls(spec, context, configs, comparison)
     log_comparison(context.client, context.parent_run_id, comparison)
     return comparison
 
