@@ -307,10 +307,14 @@ def compare(
         print(comparison_markdown(comparison))
         return
     table = Table(title=f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed")
-    for column in ("family", "n", "test r", "test MSE", "test R2", "diff r [95% CI]", "p", "search: rank r(val, test)"):
+    nulls = next((entry["nulls"] for entry in comparison["families"] if "nulls" in entry), None)
+    null_columns = (f"{nulls['method']} nulls: r", "p null") if nulls else ()
+    for column in ("family", "n", "test r", "test MSE", "test R2", "diff r [95% CI]", "p", "search: rank r(val, test)", *null_columns):
         table.add_column(column, no_wrap=True)
     for entry in comparison["families"]:
         diff = entry.get("vs_reference")
+        null = entry.get("nulls")
+        null_cells = (f"{format_cell(null['mean'])} ± {format_cell(null['sd'])} (N={null['n']})", format_cell(null["p"])) if null else ("-", "-")
         table.add_row(
             entry["family"],
             str(entry["n_runs"]),
@@ -320,6 +324,7 @@ def compare(
             f"{format_cell(diff['mean_difference'])} [{format_cell(diff['ci95_low'])}, {format_cell(diff['ci95_high'])}]" if diff else "-",
             format_cell(diff["p_wilcoxon"]) if diff else "-",
             format_cell(entry.get("search_val_test_spearman", math.nan)),
+            *(null_cells if nulls else ()),
         )
     console.print(table)
     agreement = comparison.get("search_agreement")

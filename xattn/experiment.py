@@ -23,6 +23,7 @@ from xattn.data import (
     region_folds,
 )
 from xattn.data.gene_selection import select_genes
+from xattn.data.nulls import null_data
 from xattn.data.splits import inner_folds
 from xattn.models.registry import build_model, fit_to_training_regions
 from xattn.training.trainer import PairData
@@ -58,7 +59,10 @@ def load_data(data_spec: DataSpec, mirror: str | None = None) -> ConnectomeData:
         files = data_spec.files
         return load_user_files(files.expression, files.connectivity, files.coords)
     options = data_spec.synthetic
-    synthetic = {"n_regions": options.regions, "n_genes": options.genes, "noise": options.noise, "seed": options.seed}
+    synthetic = {
+        "n_regions": options.regions, "n_genes": options.genes, "noise": options.noise, "seed": options.seed,
+        "similarity_weight": options.similarity,
+    }  # fmt: skip
     return load_dataset(data_spec.dataset, mirror=mirror, synthetic=synthetic)
 
 
@@ -78,6 +82,7 @@ def prepare_experiment(
     split: RegionSplit | None = None,
     inner_fold: int | None = None,
     genes: list[str] | None = None,
+    null: dict[str, Any] | None = None,
     device: str = "cpu",
 ) -> Experiment:
     """Load, split by region, select and embed genes and normalise coordinates using training
@@ -86,10 +91,15 @@ def prepare_experiment(
     `split_seed` draws the region folds (default: `seed`, which also seeds the gene vectors);
     `inner_fold` k trains on inner fold k of the split's non-test regions
     (`data_spec.split.inner_folds` of them); `split` and `genes` pin a stored experiment
-    (from a checkpoint) instead of recomputing it.
+    (from a checkpoint) instead of recomputing it. `null` ({"method", "seed"}, see
+    `xattn.data.nulls`) replaces the expression of every region by a null draw after the split
+    (which depends on coordinates only, so it is the real runs' split); genes are then
+    selected and embedded on the null's training regions.
     """
     data = load_data(data_spec, mirror)
     split = split or split_regions(data, data_spec, seed if split_seed is None else split_seed)
+    if null is not None:
+        data = null_data(data, null["method"], null["seed"])
     if inner_fold is not None:
         split = inner_folds(data, split, data_spec.split.inner_folds)[inner_fold]
     data = data.select_genes(select_genes(data, data_spec.genes, split.train))
@@ -145,5 +155,6 @@ def rebuild_from_checkpoint(directory, mirror: str | None = None) -> tuple[torch
         mirror=str(mirror_path) if mirror_path else None,
         split=RegionSplit.from_dict(config["split"]),
         genes=config["genes"],
+        null=config.get("null"),
     )
     return model, experiment, TrainConfig.from_params(config["params"]).precision

@@ -276,7 +276,7 @@ def _synthetic(options: dict) -> ConnectomeData:
         return make_synthetic(**options)
     except TypeError:
         raise DataError(
-            f"unknown synthetic option(s) in {sorted(options)}: use n_regions, n_genes, seed, noise"
+            f"unknown synthetic option(s) in {sorted(options)}: use n_regions, n_genes, seed, noise, similarity_weight"
         ) from None
 
 

@@ -21,7 +21,9 @@ DISTANCE_SCALE_MM = 30.0  # lambda
 SIMILARITY_WEIGHT = 0.5  # beta
 
 
-def make_synthetic(n_regions: int = 64, n_genes: int = 32, *, seed: int = 0, noise: float = 0.1) -> ConnectomeData:
+def make_synthetic(
+    n_regions: int = 64, n_genes: int = 32, *, seed: int = 0, noise: float = 0.1, similarity_weight: float = SIMILARITY_WEIGHT
+) -> ConnectomeData:
     """Regions in a brain-sized ellipsoid, smooth gene fields, connectivity from a known formula.
 
     Generation (all draws from `numpy.random.default_rng(seed)`, so equal arguments give
@@ -36,7 +38,8 @@ def make_synthetic(n_regions: int = 64, n_genes: int = 32, *, seed: int = 0, noi
     - connectivity: `C_ij = exp(-d_ij / lambda) + beta * corr(x_i, x_j) + noise * e_ij`,
       with d the Euclidean distance, corr the Pearson correlation of the two regions'
       expression profiles over genes, e symmetric standard normal, lambda =
-      `DISTANCE_SCALE_MM`, beta = `SIMILARITY_WEIGHT`; the diagonal is zero.
+      `DISTANCE_SCALE_MM`, beta = `similarity_weight` (default `SIMILARITY_WEIGHT`; 0 makes
+      connectivity a function of distance only); the diagonal is zero.
 
     Both terms are functions of expression (distance through the smooth fields), so a
     model on expression pairs can learn it; `noise` sets how much it cannot.
@@ -45,7 +48,7 @@ def make_synthetic(n_regions: int = 64, n_genes: int = 32, *, seed: int = 0, noi
     rng = np.random.default_rng(seed)
     coords = _points_in_ellipsoid(rng, n_regions)
     expression = _smooth_expression(rng, coords, n_genes)
-    clean = _connectivity(coords, expression)
+    clean = _connectivity(coords, expression, similarity_weight)
     connectivity = clean + noise * _symmetric_noise(rng, n_regions)
     np.fill_diagonal(connectivity, 0.0)
     return ConnectomeData(
@@ -62,7 +65,7 @@ def make_synthetic(n_regions: int = 64, n_genes: int = 32, *, seed: int = 0, noi
             "seed": seed,
             "noise": noise,
             "lambda_mm": DISTANCE_SCALE_MM,
-            "beta": SIMILARITY_WEIGHT,
+            "beta": similarity_weight,
             "semi_axes_mm": list(SEMI_AXES_MM),
             "bumps_per_gene": N_BUMPS,
             "bump_width_mm": BUMP_WIDTH_MM,
@@ -99,11 +102,11 @@ def _smooth_expression(rng: np.random.Generator, coords: np.ndarray, n_genes: in
     return expit(GAIN * standardised)
 
 
-def _connectivity(coords: np.ndarray, expression: np.ndarray) -> np.ndarray:
+def _connectivity(coords: np.ndarray, expression: np.ndarray, similarity_weight: float) -> np.ndarray:
     distance = squareform(pdist(coords))
     with np.errstate(invalid="ignore", divide="ignore"):  # a constant profile has no correlation
         similarity = np.nan_to_num(np.corrcoef(expression))
-    return np.exp(-distance / DISTANCE_SCALE_MM) + SIMILARITY_WEIGHT * similarity
+    return np.exp(-distance / DISTANCE_SCALE_MM) + similarity_weight * similarity
 
 
 def _symmetric_noise(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 FIGURES_DIR = "figures"
 COMPARISON_ARTIFACT = "comparison.json"  # written by xattn.tuning.comparison.log_comparison
 OPTUNA_FIGURES = ("optimization_history", "param_importances", "parallel_coordinate", "slice")
-COMPARISON_FIGURES = ("comparison_runs", "comparison_forest")
+COMPARISON_FIGURES = ("comparison_runs", "comparison_forest", "null_distribution")
 BEST_MODEL_FIGURES = ("predicted_vs_observed", "connectivity_matrices", "error_vs_distance")
 # Display order: how the search went, then how families compare, then the chosen model.
 FIGURE_NAMES = (
@@ -94,6 +94,8 @@ def study_figures(
         finals = final_results(client, parent)
         _draw(figures, "comparison_runs", lambda: comparison_runs_figure(finals, [e["family"] for e in comparison["families"]]))
         _draw(figures, "comparison_forest", lambda: comparison_forest_figure(comparison))
+        if any("nulls" in entry for entry in comparison["families"]):
+            _draw(figures, "null_distribution", lambda: null_distribution_figure(comparison))
 
     best = _load(BEST_MODEL_FIGURES, lambda: _best_predictions(client, parent, mirror))
     if best is not None:
@@ -334,6 +336,37 @@ def comparison_forest_figure(comparison: dict[str, Any]) -> go.Figure:
         title=f"Paired difference in {metric}: {reference} minus baseline (95% CI, Wilcoxon signed-rank p)",
         xaxis_title=f"{metric} difference ({reference} - baseline)",
         yaxis={"title": "baseline", "autorange": "reversed"}, showlegend=False,
+    )  # fmt: skip
+    return figure
+
+
+def null_distribution_figure(comparison: dict[str, Any]) -> go.Figure:
+    """Per family, the mean test r of every null dataset (dots) against the real data's (a
+    diamond), with the null p-value: is the family's score more than space?"""
+    import plotly.graph_objects as go
+
+    rows = [entry for entry in comparison["families"] if entry.get("nulls", {}).get("r")]
+    if not rows:
+        raise CannotDraw("no null run has finished")
+    figure = go.Figure()
+    for entry in rows:
+        nulls = entry["nulls"]
+        figure.add_trace(go.Box(
+            x=nulls["r"], y=[entry["family"]] * len(nulls["r"]), orientation="h", boxpoints="all", jitter=0.4,
+            pointpos=0, name=f"{entry['family']}: {nulls['method']} nulls", marker={"color": "grey", "size": 6},
+            line={"color": "lightgrey"}, fillcolor="rgba(0,0,0,0)", hovertemplate="null r %{x:.4f}<extra></extra>",
+        ))  # fmt: skip
+    figure.add_trace(go.Scatter(
+        x=[_finite(entry["nulls"]["real_r"]) for entry in rows], y=[entry["family"] for entry in rows],
+        mode="markers+text", marker={"size": 14, "symbol": "diamond", "color": "crimson"}, name="real data",
+        text=[f"p = {_p_text(entry['nulls']['p'])} (N = {entry['nulls']['n']})" for entry in rows], textposition="top center",
+        hovertemplate="%{y}<br>real r %{x:.4f}<br>%{text}<extra></extra>",
+    ))  # fmt: skip
+    method = rows[0]["nulls"]["method"]
+    figure.update_layout(
+        template=TEMPLATE, showlegend=False,
+        title=f"Real test r against {method} nulls (mean over folds x seeds; p = (1 + #null >= real) / (1 + N))",
+        xaxis_title="test Pearson r", yaxis={"title": "family", "autorange": "reversed"},
     )  # fmt: skip
     return figure
 

@@ -41,6 +41,7 @@ FIGURE_TITLES = {
     "learning_curves": "Learning curves",
     "comparison_runs": "Comparison: every final run",
     "comparison_forest": "Comparison: paired differences",
+    "null_distribution": "Comparison: real data against spatial nulls",
     "predicted_vs_observed": "Best trial: predicted vs observed",
     "connectivity_matrices": "Best trial: connectivity matrices",
     "error_vs_distance": "Best trial: error vs distance",

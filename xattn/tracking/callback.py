@@ -18,6 +18,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 
 from xattn.tracking.store import INNER_FOLD_TAG
 from xattn.training.checkpoint import CHECKPOINT_FILES
+from xattn.tuning.nulls import NULL_INDEX, NULL_INDEX_TAG, NULL_METHOD, NULL_METHOD_TAG
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_pearson")
 FINAL_METRICS = (
@@ -81,8 +82,11 @@ class MlflowTrialLogger(Callback):
             seed = trial.config.get("_seed", self.seed)
             inner = trial.config.get(TRIAL_INDEX)
             # The name says what the run is, so the runs table reads without extra columns.
+            null_index = trial.config.get(NULL_INDEX)
             if self.role == "final":
                 name = f"{self.arm}-final-fold{fold}-seed{seed}"
+            elif null_index is not None:
+                name = f"{self.family}-null-{trial.config.get(NULL_METHOD)}{null_index}-fold{fold}-seed{seed}"
             else:
                 name = f"{self.family}-trial-{number if number is not None else trial.trial_id}-fold{fold}-seed{seed}"
                 name += f"-inner{inner}" if inner is not None else ""
@@ -100,6 +104,8 @@ class MlflowTrialLogger(Callback):
                 tags["xattn.optuna_trial_number"] = str(number)
             if inner is not None:
                 tags[INNER_FOLD_TAG] = str(inner)
+            if null_index is not None:
+                tags[NULL_METHOD_TAG], tags[NULL_INDEX_TAG] = str(trial.config.get(NULL_METHOD)), str(null_index)
             run = self.client.create_run(self.experiment_id, tags=tags)
             run_id = run.info.run_id
             config = {**self.fixed, **trial.config}

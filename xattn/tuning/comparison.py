@@ -117,10 +117,11 @@ def validation_test_agreement(trials: list[dict[str, float]], metric: str, mode:
 def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for entry in comparison["families"]:
-        row = {k: v for k, v in entry.items() if k != "vs_reference"}
+        row = {k: v for k, v in entry.items() if k not in ("vs_reference", "nulls")}
         for key, value in entry.get("vs_reference", {}).items():
             if key != "metric":
                 row[f"diff.{key}"] = value
+        row.update({f"null.{key}": value for key, value in entry.get("nulls", {}).items() if key != "r"})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -128,6 +129,7 @@ def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:
 MARKDOWN_COLUMNS = (
     "family", "n_runs", "test_pearson_mean", "test_pearson_sd", "test_mse_mean", "test_r2_mean",
     "diff.mean_difference", "diff.ci95_low", "diff.ci95_high", "diff.p_wilcoxon", "search_val_test_spearman",
+    "null.n", "null.mean", "null.sd", "null.p",
 )  # fmt: skip
 
 
@@ -157,6 +159,9 @@ def log_comparison(client, parent_run_id: str, comparison: dict[str, Any]) -> No
         for key, value in entry.get("vs_reference", {}).items():
             if isinstance(value, float) and math.isfinite(value):
                 client.log_metric(parent_run_id, f"compare.{entry['family']}.diff.{key}", value)
+        for key, value in entry.get("nulls", {}).items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                client.log_metric(parent_run_id, f"compare.{entry['family']}.null.{key}", float(value))
 
 
 def load_comparison(client, study: str, run_id: str | None = None) -> dict[str, Any]:

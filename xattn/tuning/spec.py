@@ -66,6 +66,7 @@ class SyntheticSpec(_Strict):
     regions: int = Field(64, ge=8)
     genes: int = Field(32, ge=2)
     noise: float = Field(0.1, ge=0)
+    similarity: float = Field(0.5, description="weight beta of the expression-similarity term; 0: distance only")
     seed: int = 0
 
 
@@ -190,6 +191,15 @@ class BaselineSpec(_Strict):
     _expand_lists = field_validator("space", mode="before")(SearchSpec._expand_lists.__func__)
 
 
+class NullSpec(_Strict):
+    """Spatial null models: every compared family retrained on `n` null datasets per fold."""
+
+    method: Literal["spin", "variogram", "shuffle"] = Field(
+        "spin", description="spin (sphere rotations) | variogram (brainsmash surrogates) | shuffle (permuted regions)"
+    )
+    n: int = Field(10, ge=1, description="null datasets N; the p-value's resolution is 1 / (N + 1)")
+
+
 class ComparisonSpec(_Strict):
     folds: int = Field(4, ge=2, description="outer region folds K of the final runs")
     seeds: int = Field(3, ge=1, description="seeds S per fold of the final runs")
@@ -211,6 +221,7 @@ class ComparisonSpec(_Strict):
             if not isinstance(overrides, dict) or not overrides:
                 raise ValueError(f"variant {name!r} needs a mapping of hyperparameters to override, like {{bidirectional: true}}")
         return variants
+    nulls: NullSpec | None = Field(None, description="retrain every family on spatial nulls of the expression")
 
 
 class StudySpec(_Strict):
@@ -295,6 +306,15 @@ class StudySpec(_Strict):
                 f"({self.budget.trials * inner} trials) and is ranked by their mean"
                 + ("; ASHA is off, since stopping some folds early would skew the mean" if self.search.scheduler == "asha" else "")
             )
+        nulls = self.comparison.nulls
+        if nulls is not None and self.compare_with:
+            families = 1 + len(self.compare_with)
+            per_family = nulls.n * self.comparison.folds * self.comparison.seeds
+            notes.append(
+                f"the null comparison retrains {families} families on {nulls.n} {nulls.method} nulls x "
+                f"{self.comparison.folds} folds x {self.comparison.seeds} seeds: {families * per_family} runs, "
+                f"{nulls.n} times the {families * self.comparison.folds * self.comparison.seeds} final runs"
+            )
         return notes
 
     def trial_params(self, sampled: dict[str, Any]) -> dict[str, Any]:
@@ -354,6 +374,8 @@ def parse_spec(raw: dict[str, Any], source: str = "spec") -> StudySpec:
 def check_params(spec: StudySpec, source: str = "spec") -> None:
     """Reject hyperparameters the trainer would choke on, before any trial starts."""
     _check_family_params(spec, source)
+    if spec.comparison.nulls is not None and not spec.compare_with:
+        raise SpecError(f"{source}: comparison.nulls retrains the compared families: add compare_with (e.g. [cge, distance_decay])")
     for family in spec.compare_with:
         _check_family_params(_family_spec(spec, family, source), f"{source}: comparison of {family}")
     for variant in spec.comparison.variants:

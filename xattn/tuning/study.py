@@ -535,8 +535,14 @@ def _best_config(spec: StudySpec, results) -> dict[str, Any]:
     return dict(pick(scored, key=lambda item: item[1][metric])[0])
 
 
-def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Context, arm: str | None = None) -> None:
-    """Retrain one configuration on every outer fold for every seed (identical across arms)."""
+def _final(
+    spec: StudySpec, config: dict[str, Any], comparison, context: _Context, arm: str | None = None, *,
+    role: str = "final", extra_space: dict[str, Any] | None = None, runs_per_cell: int = 1, title: str | None = None,
+) -> None:
+    """Retrain one configuration on every outer fold for every seed (identical across arms).
+
+    The null phase (xattn.tuning.nulls) runs the same grid with `role` "null" and the null
+    draws in `extra_space` (`runs_per_cell` of them per fold and seed)."""
     _ray(context)
     from ray import tune
 
@@ -549,16 +555,18 @@ def _final(spec: StudySpec, config: dict[str, Any], comparison, context: _Contex
     def make_logger(_searcher) -> MlflowTrialLogger:
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
-            role="final", fold=None, seed=None, fixed=spec.trial_params({}), arm=arm,
+            role=role, fold=None, seed=None, fixed=spec.trial_params({}), arm=arm,
         )  # fmt: skip
 
     if context.progress is not None:
-        total = comparison.folds * comparison.seeds
-        context.progress.start_phase(f"final {arm} ({comparison.folds} folds x {comparison.seeds} seeds)", total, "test_pearson", "max")
+        total = comparison.folds * comparison.seeds * runs_per_cell
+        title = title or f"final {arm} ({comparison.folds} folds x {comparison.seeds} seeds)"
+        context.progress.start_phase(title, total, "test_pearson", "max")
+    grid = {"_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)}
     _fit_phase(
-        spec, context, "final", trainable(final, context.mirror), make_logger, arm=arm,
+        spec, context, role, trainable(final, context.mirror), make_logger, arm=arm,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent, reuse_actors=True),
-        param_space={**config, "_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)},
+        param_space={**config, **grid, **(extra_space or {})},
     )  # fmt: skip
 
 
@@ -566,6 +574,7 @@ def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]
     """Tune the compared families, then retrain every arm (each family's best configuration,
     and each variant: the study's best with the variant's overrides) on the same folds and seeds."""
     from xattn.tuning.comparison import compare_runs, log_comparison, variant_arm
+    from xattn.tuning.nulls import run_nulls
 
     configs = {spec.model.family: _best_config(spec, main_results)}
     for family in spec.compare_with:
@@ -589,6 +598,8 @@ def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]
         entry["search_val_test_spearman"] = agreement.get("spearman", math.nan)
         entry["search_trials"] = agreement.get("n_trials", 0)
     comparison["search_agreement"] = context.agreement.get(ALL_FAMILIES)
+    if spec.comparison.nulls is not None:
+        run_nulls(spec, context, configs, comparison)
     log_comparison(context.client, context.parent_run_id, comparison)
     return comparison
 

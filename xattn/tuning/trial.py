@@ -13,9 +13,11 @@ import torch
 
 from xattn.data import build_gene_vectors
 from xattn.data.gene_selection import select_genes
+from xattn.data.nulls import null_data
 from xattn.data.splits import inner_folds
 from xattn.experiment import Experiment, build_trial_model, load_data, prepare_experiment, split_regions
 from xattn.training.trainer import TrainConfig
+from xattn.tuning.nulls import null_of_trial
 from xattn.tuning.spec import StudySpec
 
 # The key Ray Tune's Repeater sets in each repeat's config (ray.tune.search.repeater.TRIAL_INDEX):
@@ -40,7 +42,8 @@ def prepare_trial(
     """Data, split, model and optimiser settings of one trial of `spec`.
 
     Final (comparison) runs name their outer fold and seed as `_fold` and `_seed`; the split
-    itself is always drawn with the study's seed, so every family and seed sees the same
+    itself is always drawn with the study's seed, and so is a null run's null (named as
+    `_null_method` and `_null_index`, drawn per outer fold: `xattn.tuning.nulls`), so every family and seed sees the same
     regions in fold k. A search trial of a spec with `split.inner_folds` names its inner fold
     as Ray's repeat index (`INNER_FOLD`). `device` defaults to CUDA when the spec asks for GPUs and one is there.
     """
@@ -49,6 +52,7 @@ def prepare_trial(
     if "_fold" in config:
         spec.data.split = spec.data.split.model_copy(update={"fold": config.pop("_fold")})
     seed = config.pop("_seed", spec.seed)
+    null = null_of_trial(config, spec.seed, spec.data.split.fold)
     inner_fold = config.pop(INNER_FOLD, None) if spec.data.split.inner_folds else None
     config.pop(INNER_FOLD, None)
     params = spec.trial_params(config)
@@ -56,7 +60,7 @@ def prepare_trial(
         device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
 
     experiment = prepare_experiment(
-        spec.data, params, seed, split_seed=spec.seed, mirror=mirror, inner_fold=inner_fold, device=device
+        spec.data, params, seed, split_seed=spec.seed, mirror=mirror, inner_fold=inner_fold, null=null, device=device
     )
     model = build_trial_model(experiment, spec.model.family, params, seed).to(device)
     budget = spec.budget
@@ -65,6 +69,8 @@ def prepare_trial(
         monitor=spec.search.metric, seed=seed, device=device,
     )  # fmt: skip
     extra = experiment.checkpoint_extra(spec.data, params, seed)
+    if null is not None:
+        extra["null"] = null
     return PreparedTrial(params, seed, spec.data.split.fold, experiment, model, train_config, extra)
 
 
@@ -75,6 +81,8 @@ def preflight(spec: StudySpec, mirror: str | None) -> None:
     split = split_regions(data, spec.data, spec.seed)
     if spec.data.split.inner_folds:
         inner_folds(data, split, spec.data.split.inner_folds)  # fits the regions, or a one-line error
+    if spec.comparison.nulls is not None:
+        null_data(data, spec.comparison.nulls.method, seed=spec.seed)  # a one-line error where the data cannot have them
     data = data.select_genes(select_genes(data, spec.data.genes, split.train))
     kinds = {spec.data.genevec, spec.model.fixed.get("genevec", spec.data.genevec)}
     if "genevec" in spec.searched:
