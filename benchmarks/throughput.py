@@ -990,6 +990,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-steps", type=int, default=1)
     parser.add_argument("--memory-steps", type=int, help="training steps per memory run (default 2, 1 with --quick)")
     parser.add_argument("--attention-check", action="store_true", help="only the attention backend comparison")
+    parser.add_argument("--options-only", action="store_true", help="only the cross_attention options (item 5)")
     parser.add_argument("--packing-worker", action="store_true", help="only one short training run (packing test)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of a --packing-worker run")
     parser.add_argument("--train-pairs", type=int, help="limit a --packing-worker run to this many training pairs")
@@ -1020,7 +1021,11 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(s, args.memory_child, args.memory_option)
         return 0
 
-    if args.attention_check:
+    if args.options_only:
+        report = environment(s)
+        report.update(dataset=DATASET, batch_size=s.batch_size, precision={"xattn": s.precision})
+        report["options"] = bench_options(load_experiment(s.mirror, s.device), s, memory=not args.skip_memory)
+    elif args.attention_check:
         report = environment(s)
         report["attention"] = attention_check(load_experiment(s.mirror, s.device), s)
     elif args.packing_worker:
