@@ -256,6 +256,8 @@ class StudySpec(_Strict):
         fixed = override.fixed if override.fixed is not None else DEFAULT_FIXED.get(family, {})
         if override.fixed is None:  # what the spec's own space searches is no longer fixed by default
             fixed = {k: v for k, v in fixed.items() if k not in space}
+        elif override.space is None:  # and what it fixes is no longer searched by default
+            space = {k: v for k, v in space.items() if k not in fixed}
         raw = self.model_dump(mode="json", exclude={"compare_with", "comparison"})
         raw["model"] = {"family": family, "fixed": dict(fixed)}
         raw["search"]["space"] = {k: (v.model_dump(exclude_none=True) if isinstance(v, ParamSpec) else v) for k, v in space.items()}
@@ -377,9 +379,12 @@ def check_params(spec: StudySpec, source: str = "spec") -> None:
     if spec.comparison.nulls is not None and not spec.compare_with:
         raise SpecError(f"{source}: comparison.nulls retrains the compared families: add compare_with (e.g. [cge, distance_decay])")
     for family in spec.compare_with:
-        _check_family_params(_family_spec(spec, family, source), f"{source}: comparison of {family}")
+        # Untuned families train at their fixed settings: they need no space.
+        tuned = spec.comparison.tune
+        _check_family_params(_family_spec(spec, family, source), f"{source}: comparison of {family}", require_space=tuned)
     for variant in spec.comparison.variants:
-        _check_family_params(spec.for_variant(variant), f"{source}: comparison.variants.{variant}", require_space=False)
+        variant_spec = spec.for_variant(variant)
+        _check_family_params(variant_spec, f"{source}: comparison.variants.{variant}", require_space=False, fixed_section="override")
     if spec.comparison.reference is not None and spec.comparison.reference not in spec.comparison_arms:
         raise SpecError(
             f"{source}: comparison.reference: {spec.comparison.reference!r} is not an arm of the comparison; "
@@ -403,7 +408,7 @@ def _family_spec(spec: StudySpec, family: str, source: str) -> StudySpec:
         raise SpecError(f"{source}: comparison.baselines.{family}: {_describe(error, {})}") from None
 
 
-def _check_family_params(spec: StudySpec, source: str, *, require_space: bool = True) -> None:
+def _check_family_params(spec: StudySpec, source: str, *, require_space: bool = True, fixed_section: str = "model.fixed") -> None:
     from xattn.models.registry import MODEL_FAMILIES, blind_spot, make_config, model_param_names
 
     family = spec.model.family
@@ -413,7 +418,6 @@ def _check_family_params(spec: StudySpec, source: str, *, require_space: bool = 
             f"known families: {', '.join(sorted(MODEL_FAMILIES))}"
         )
     known = model_param_names(family) | TRAINER_PARAMS | DATA_PARAMS
-    fixed_section = "model.fixed" if require_space else "override"
     for section, names in ((fixed_section, spec.model.fixed), ("search.space", spec.searched)):
         for name in names:
             if name not in known:
@@ -439,7 +443,7 @@ def _check_family_params(spec: StudySpec, source: str, *, require_space: bool = 
 
     # Every combination of the searched choices must make a valid model (e.g. d_model % nhead)
     # whose prediction can depend on both regions (e.g. not CLS pooling without query mixing).
-    combos = [dict(zip(choices, values)) for values in itertools.product(*choices.values())][:4096]
+    combos = [dict(zip(choices, values)) for values in itertools.islice(itertools.product(*choices.values()), 4096)]
     for combo in combos or [{}]:
         params = spec.trial_params(combo)
         for name, p in spec.searched.items():
