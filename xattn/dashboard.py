@@ -20,7 +20,7 @@ def open_storage(url: str):
     import optuna
     import sqlalchemy
 
-    from xattn.doctor import masked
+    from xattn.tracking.store import masked
 
     try:
         parsed = sqlalchemy.engine.make_url(url)

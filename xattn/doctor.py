@@ -14,10 +14,9 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from xattn.errors import XattnError
-from xattn.tracking.store import Workspace
+from xattn.tracking.store import Workspace, masked
 
 PROBE_EXPERIMENT = "xattn-doctor-probe"
 
@@ -41,15 +40,6 @@ def run_checks(workspace: Workspace, *, address: str | None = None, mirror: str 
         checks.append(check_artifacts(client, workspace))
     checks += [check_optuna(workspace.optuna_storage), check_ray(address), check_data(mirror)]
     return checks
-
-
-def masked(uri: str) -> str:
-    """`uri` with any password replaced by ***."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_environment() -> Check:
@@ -138,6 +128,10 @@ def check_optuna(url: str) -> Check:
 
 def check_ray(address: str | None) -> Check:
     import ray
+
+    from xattn import logs
+
+    logs.adopt_library_loggers()
 
     if not address:
         return Check("Ray", "local", True, f"a local Ray {ray.__version__} instance is started per study (pass --address for a cluster)")

@@ -23,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from xattn.errors import StudyNotFound, XattnError
-from xattn.tracking.store import INNER_FOLD_TAG, ROLE_TAG, Workspace, best_child, child_runs, find_parent_run
+from xattn.tracking.store import INNER_FOLD_TAG, ROLE_TAG, Workspace, best_child, child_runs, find_parent_run, masked
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"
 REPORTS_FOLDER = "reports"
@@ -165,8 +165,8 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
             "started": _time(parent.info.start_time),
             "ended": _time(parent.info.end_time) if parent.info.status != "RUNNING" else None,
             "duration": _duration(parent.info.start_time, parent.info.end_time if parent.info.status != "RUNNING" else None),
-            "tracking_uri": _masked(workspace.tracking_uri),
-            "optuna_storage": _masked(workspace.optuna_storage),
+            "tracking_uri": masked(workspace.tracking_uri),
+            "optuna_storage": masked(workspace.optuna_storage),
             "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "written_on": socket.gethostname(),
         },
@@ -450,12 +450,6 @@ def _duration(start: int | None, end: int | None) -> str | None:
     seconds = int(((end or datetime.now(timezone.utc).timestamp() * 1000) - start) / 1000)
     hours, rest = divmod(seconds, 3600)
     return (f"{hours} h " if hours else "") + f"{rest // 60} min {rest % 60} s" + ("" if end else " so far")
-
-
-def _masked(uri: str) -> str:
-    from xattn.doctor import masked
-
-    return masked(uri)
 
 
 def _reason(error: BaseException) -> str:

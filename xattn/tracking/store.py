@@ -7,19 +7,27 @@ by code, so the same study runs against a lab's PostgreSQL-backed server unchang
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from xattn.errors import StoreError, StudyNotFound
+
+if TYPE_CHECKING:  # MLflow takes seconds to import: commands that fail on their input should not wait for it
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 DEFAULT_WORKSPACE = Path(".xattn")
 ROLE_TAG = "xattn.role"
 STUDY_TAG = "xattn.study"
 INNER_FOLD_TAG = "xattn.inner_fold"  # a search run's inner fold, when the spec asks for inner folds
 SQLITE_WAIT = "?timeout=60"
+DRIVER_TAG = "xattn.driver"  # HOST:PID of the process driving a study run
+# What MLflow 3 accepts as a tracking URI (a database through SQLAlchemy, a server, Databricks).
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+TRACKING_EXAMPLES = "sqlite:///PATH.db, postgresql://HOST/DB, mysql://HOST/DB or http(s)://HOST:PORT of an MLflow server"
 
 
 @dataclass(frozen=True)
@@ -37,15 +45,34 @@ class Workspace:
         create: bool = True,
     ) -> "Workspace":
         root = Path(root or os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
+        if root.is_file():
+            raise StoreError(f"workspace {root} is a file, not a folder: pass --workspace DIR")
+        # Checked before the workspace is created: a bad URI must leave nothing behind.
+        if tracking_uri:
+            check_tracking_uri(tracking_uri, "--tracking-uri")
+        elif os.environ.get("MLFLOW_TRACKING_URI"):
+            tracking_uri = check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
         if create:
             ensure_writable(root)
         # Two studies on one workspace are two writers of each SQLite file: wait for the
         # other's write (up to a minute) instead of failing with "database is locked" after 5 s.
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}{SQLITE_WAIT}"
+        tracking_uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}{SQLITE_WAIT}"
         optuna_storage = (
             optuna_storage or os.environ.get("XATTN_OPTUNA_STORAGE") or f"sqlite:///{root / 'optuna.db'}{SQLITE_WAIT}"
         )
+        if same_database(tracking_uri, optuna_storage):
+            raise StoreError(
+                f"the tracking store and the Optuna storage are one database ({masked(optuna_storage)}): MLflow and Optuna "
+                "each need their own (both keep their schema version in one alembic_version table): pass another --optuna-storage"
+            )
         return cls(root, tracking_uri, optuna_storage)
+
+    def missing_store(self) -> Path | None:
+        """The SQLite tracking file, when it does not exist yet: reading it would create it."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return None
+        database = Path(self.tracking_uri.removeprefix("sqlite:///").split("?")[0])
+        return None if database.exists() else database
 
     @property
     def artifact_root(self) -> Path:
@@ -56,6 +83,8 @@ class Workspace:
         return self.root / "ray"
 
     def client(self) -> MlflowClient:
+        from mlflow.tracking import MlflowClient
+
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def artifact_location(self, study: str) -> str | None:
@@ -65,13 +94,89 @@ class Workspace:
         return (self.artifact_root / study).as_uri()
 
 
+def check_tracking_uri(uri: str, source: str) -> str:
+    """`uri` if MLflow can open a store of its kind, else a StoreError naming what would work."""
+    scheme = urlsplit(uri).scheme.lower()
+    # A bare path is a local folder to MLflow; a dialect may name its driver (postgresql+psycopg2).
+    if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
+        raise StoreError(f"{source} {masked(uri)}: MLflow has no tracking store for scheme {scheme!r}; use {TRACKING_EXAMPLES}")
+    return uri
+
+
+# Tables only MLflow's schema has: both MLflow and Optuna keep their schema version in one
+# `alembic_version` table, so they cannot share a database.
+MLFLOW_TABLES = {"experiments", "runs", "registered_models"}
+OPTUNA_TABLES = {"studies", "version_info"}
+
+
+def check_schema_owner(tables: set[str], shown_url: str) -> None:
+    """Refuse an Optuna storage whose database already holds another application's schema."""
+    if "alembic_version" not in tables or OPTUNA_TABLES <= tables:
+        return
+    owner = "MLflow's" if MLFLOW_TABLES & tables else "another application's"
+    raise StoreError(
+        f"Optuna storage {shown_url}: that database already holds {owner} schema, and Optuna needs one of its own "
+        "(both keep their version in one alembic_version table): create another database and pass it as --optuna-storage"
+    )
+
+
+def same_database(tracking_uri: str, optuna_storage: str) -> bool:
+    """Whether both stores name one database (the same scheme without driver, host, port and path)."""
+
+    def key(url: str) -> tuple[str, str, str]:
+        parts = urlsplit(url)
+        return (parts.scheme.split("+")[0].lower(), parts.netloc.rpartition("@")[2].lower(), parts.path.rstrip("/"))
+
+    try:
+        return key(tracking_uri) == key(optuna_storage)
+    except ValueError:  # not URLs at all: other checks name that
+        return False
+
+
+def masked(uri: str) -> str:
+    """`uri` with any password replaced by ***."""
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:  # not a URL at all (an unclosed [ or a bad port): nothing to hide in it
+        return uri
+    if password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def driver_tag() -> str:
+    """The value of DRIVER_TAG for this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def driver_alive(driver: str | None) -> bool:
+    """Whether the process that last drove a study run is still running on this host."""
+    host, _, pid = (driver or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def ensure_writable(root: Path) -> None:
+    if root.is_file():
+        raise StoreError(f"workspace {root} is a file, not a folder: pass --workspace DIR")
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
+        blocking = next((parent for parent in root.parents if parent.is_file()), None)
+        if blocking is not None:
+            raise StoreError(f"workspace {root} cannot be made: {blocking} is a file, not a folder: pass --workspace DIR") from None
         raise StoreError(f"workspace {root} cannot be written ({error.strerror}): pass --workspace DIR") from None
 
 

@@ -10,7 +10,6 @@ import io
 import logging
 import math
 import os
-import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -25,12 +24,17 @@ from xattn.errors import StoreError, StudyNotFound
 from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tracking.store import (
     COMPLETED_TAG,
+    DRIVER_TAG,
     ROLE_TAG,
     STUDY_TAG,
     Workspace,
     best_child,
+    check_schema_owner,
     child_runs,
+    driver_alive,
+    driver_tag,
     ensure_writable,
+    masked,
     unfinished_parent_run,
 )
 from xattn.tuning.spec import StudySpec, spec_from_yaml
@@ -97,16 +101,17 @@ def check_optuna_storage(url: str) -> None:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:  # noqa: BLE001 - not a URL at all
         raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
-    if parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         return
     shown = parsed.render_as_string(hide_password=True)
     try:
         engine = sqlalchemy.create_engine(parsed)
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
         engine.dispose()
     except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
         raise StoreError(f"cannot use the Optuna storage {shown} ({_reason(error)}): check --optuna-storage") from None
+    check_schema_owner(tables, shown)
 
 
 def _reason(error: Exception) -> str:
@@ -149,7 +154,7 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, 
         "xattn.metric": f"best_{spec.search.metric}",
         "xattn.mode": spec.search.mode,
         "mlflow.runName": f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        DRIVER_TAG: _driver(),
+        DRIVER_TAG: driver_tag(),
     }
     if spec.description:
         tags[NOTE_TAG] = spec.description
@@ -173,26 +178,7 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, 
     return run_id, optuna_study
 
 
-DRIVER_TAG = "xattn.driver"
 ORPHAN_TAG = "xattn.orphaned"
-
-
-def _driver() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _driver_alive(driver: str | None) -> bool:
-    """Whether the process that last drove a study run is still running on this host."""
-    host, _, pid = (driver or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stored_spec(client, parent) -> StudySpec:
@@ -213,10 +199,10 @@ def reopen_parent_run(client, parent, spec: StudySpec) -> tuple[str, str]:
             f"`xattn study resume {spec.name}` continues it, --name NEW starts another study"
         )
     driver = parent.data.tags.get(DRIVER_TAG)
-    if _driver_alive(driver):
+    if driver_alive(driver):
         raise StoreError(f"study {spec.name!r} is running now (process {driver}): wait for it or stop it first")
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, DRIVER_TAG, _driver())
+    client.set_tag(run_id, DRIVER_TAG, driver_tag())
     if spec.description and NOTE_TAG not in parent.data.tags:  # a run started before descriptions were recorded
         client.set_tag(run_id, NOTE_TAG, spec.description)
     client.set_tag(run_id, "xattn.resumed", str(int(parent.data.tags.get("xattn.resumed", "0")) + 1))
@@ -320,6 +306,9 @@ def _ray(context: _Context):
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     import ray
 
+    from xattn import logs
+
+    logs.adopt_library_loggers()
     if not ray.is_initialized():
         ray.init(
             # "local": a new instance of our own, even where a `ray start` cluster (or a
@@ -328,7 +317,7 @@ def _ray(context: _Context):
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
-            configure_logging=True,
+            configure_logging=not logs.configured(),  # the CLI sends Ray's logs to the workspace's log
         )
     return ray
 
@@ -407,7 +396,6 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import Repeater
 
-    from xattn.doctor import masked
     from xattn.tuning.search_space import optuna_space
     from xattn.tuning.searcher import ResumableOptunaSearch
     from xattn.tuning.trainable import trainable
