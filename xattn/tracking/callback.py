@@ -19,6 +19,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 from xattn.tracking.store import INNER_FOLD_TAG
 from xattn.training.checkpoint import CHECKPOINT_FILES
 
+SCHEDULER_STOP_TAG = "xattn.scheduler_stopped_at"  # the epoch ASHA stopped a trial at
 EPOCH_METRICS = ("train_loss", "val_loss", "val_pearson")
 FINAL_METRICS = (
     "best_val_loss",
@@ -112,7 +113,10 @@ class MlflowTrialLogger(Callback):
         now = int(time.time() * 1000)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+        # `done` on a result the trial is still running means the scheduler stops it here
+        # (see TrialProgress.on_trial_result); at max_epochs that is no early stop.
+        tags = [RunTag(SCHEDULER_STOP_TAG, str(step))] if result.get("done") else []
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._finish(trial, "FINISHED")
