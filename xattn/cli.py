@@ -19,6 +19,11 @@ from rich.table import Table
 
 from xattn.errors import XattnError
 
+try:  # typer 0.29 and later carry their own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
 app = typer.Typer(help="Hyperparameter studies of cross-attention models of brain connectivity.", no_args_is_help=True)
 study_app = typer.Typer(help="Run and inspect studies.", no_args_is_help=True)
 data_app = typer.Typer(help="Named datasets: list, fetch, describe.", no_args_is_help=True)
@@ -42,8 +47,9 @@ err_console = _console(stderr=True)
 def _flags_take_no_value() -> None:
     """typer 0.29's rich help labels a flag `<bool>`, as if it took a value; show no type for flags."""
     option = typer.core.TyperOption
-    display = option.display_type_rich
-    option.display_type_rich = lambda self, ctx: None if self.is_flag else display(self, ctx)
+    display = getattr(option, "display_type_rich", None)
+    if display is not None:  # older typers show no type at all
+        option.display_type_rich = lambda self, ctx: None if self.is_flag else display(self, ctx)
 
 
 _flags_take_no_value()
@@ -126,9 +132,7 @@ def study_run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a hyperparameter study with Ray Tune and Optuna, recorded in MLflow."""
-    from xattn.tuning.progress import TrialProgress
     from xattn.tuning.spec import load_spec
-    from xattn.tuning.study import run_study
 
     overrides = _parse_sets(sets)
     for key, value in (("budget.trials", trials), ("budget.max_epochs", max_epochs), ("name", name)):
@@ -136,6 +140,16 @@ def study_run(
             overrides[key] = value
     spec = load_spec(spec_path, overrides)
     ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)  # run_study creates it after preflight
+    # Bad data fails here, before Ray and MLflow are imported (seconds on a small machine).
+    from xattn.data.datasets import data_mirror
+    from xattn.tuning.trial import preflight
+
+    mirror_path = data_mirror(mirror)
+    preflight(spec, str(mirror_path) if mirror_path else None)
+
+    from xattn.tuning.progress import TrialProgress
+    from xattn.tuning.study import run_study
+
     console.print(
         f"study [bold]{spec.name}[/]: {spec.model.family} on {spec.data.dataset or 'user files'}, "
         f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {ws.tracking_uri}",
@@ -163,10 +177,11 @@ def study_resume(
     as_json: bool = JsonOpt,
 ) -> None:
     """Continue an interrupted study: finished trials are kept, running ones restart from their checkpoint."""
+    ws = _stored_workspace(workspace, tracking_uri, optuna_storage)
+
     from xattn.tuning.progress import TrialProgress
     from xattn.tuning.study import resume_study
 
-    ws = _stored_workspace(workspace, tracking_uri, optuna_storage)
     console.print(f"resuming study [bold]{name}[/]; tracking {ws.tracking_uri}", highlight=False, soft_wrap=True)
     progress = TrialProgress(console, 0, "val_loss", "min")
     _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json, progress)
@@ -276,8 +291,7 @@ def study_show(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a study run and its trials: the best one marked, the epochs each ran, and those the scheduler stopped early."""
-    from xattn.tracking.callback import SCHEDULER_STOP_TAG
-    from xattn.tracking.store import child_runs, find_parent_run
+    from xattn.tracking.store import SCHEDULER_STOP_TAG, child_runs, find_parent_run
 
     client = _stored_workspace(workspace, tracking_uri).client()
     parent = find_parent_run(client, name, run_id)
@@ -354,11 +368,13 @@ def compare(
     tracking_uri: Optional[str] = TrackingOpt,
 ) -> None:
     """Print the comparison of model families: mean and sd over folds x seeds, paired differences."""
-    from xattn.tuning.comparison import comparison_frame, comparison_markdown, format_cell, load_comparison
-
     if output not in ("table", "csv", "json", "markdown"):
         raise XattnError(f"--format {output!r}: choose table, csv, json or markdown")
-    comparison = load_comparison(_stored_workspace(workspace, tracking_uri).client(), study, run_id)
+    ws = _stored_workspace(workspace, tracking_uri)
+
+    from xattn.tuning.comparison import comparison_frame, comparison_markdown, format_cell, load_comparison
+
+    comparison = load_comparison(ws.client(), study, run_id)
     if output == "json":
         print(json.dumps(comparison))
         return
@@ -467,9 +483,10 @@ def report(
     mirror: Optional[Path] = MirrorOpt,
 ) -> None:
     """Write one self-contained HTML page of a study (finished, running or interrupted) that opens offline."""
+    ws = _stored_workspace(workspace, tracking_uri, optuna_storage)
+
     from xattn.reporting.report import write_report
 
-    ws = _stored_workspace(workspace, tracking_uri, optuna_storage)
     path = write_report(study, ws, out, run_id=run_id, mirror=str(mirror) if mirror else None)
     print(path)
 
@@ -559,9 +576,11 @@ def export(
     as_json: bool = JsonOpt,
 ) -> None:
     """Export the best trial's weights, config and metrics, with a sha256 manifest."""
+    ws = _stored_workspace(workspace, tracking_uri)
+
     from xattn.export import export_best
 
-    info = export_best(study, out, _stored_workspace(workspace, tracking_uri), run_id=run_id, force=force)
+    info = export_best(study, out, ws, run_id=run_id, force=force)
     console.print(f"exported trial {info['run_id']} of {study} to {info['out']}", highlight=False)
     console.print(f"  check it: xattn evaluate {out}", highlight=False)
     if as_json:
@@ -641,7 +660,19 @@ def data_info(name: str = typer.Argument(..., help="Dataset name (xattn data lis
 
 def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as error:
+        error.show()
+        code = 2
+    except UsageError as error:
+        # One line, like every other error; click's framed panel spans five.
+        where = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+        err_console.print(f"[red]error:[/] {error.format_message()}{where}", highlight=False)
+        code = error.exit_code
+    except typer.Abort:  # Ctrl-C at a prompt or before a command took over
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,11 @@
 `mlflow ui` runs uvicorn and a job runner under it. Stopping `xattn ui` by its process id
 (SIGTERM), Ctrl-C (SIGINT), a closed terminal (SIGHUP) or the death of `xattn ui` itself,
 even by SIGKILL, must not leave any of them serving the port.
+
+So the server runs under a guard (`python -m xattn.processes COMMAND...`): the leader of a
+process group of its own, told by the kernel when its parent dies (PR_SET_PDEATHSIG). When
+it is told to stop, it passes SIGTERM to the whole group, and once the server has exited it
+kills whatever of the group is left.
 """
 
 from __future__ import annotations
@@ -12,42 +17,77 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: its own process group, and SIGTERM when this process dies."""
-    os.setsid()
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def run_server(command: list[str]) -> int:
-    """Run `command` in its own process group until it exits or this process is told to stop;
-    then stop the group (SIGTERM to every process in it; SIGKILL to any left once the server
-    has exited) and return its exit code (0 when stopped by a signal)."""
-    process = subprocess.Popen(command, preexec_fn=_die_with_parent)
+    """Run `command` under a guard until it exits or this process is told to stop; return its
+    exit code (0 when stopped by a signal)."""
+    guard = subprocess.Popen([sys.executable, "-m", "xattn.processes", *command], preexec_fn=_lead_group_and_die_with_parent)
     stopping: list[int] = []
 
     def stop(signum, frame) -> None:
         stopping.append(signum)
-        _signal_group(process.pid, signal.SIGTERM)
+        _send(guard.pid, signal.SIGTERM)
 
     previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
     try:
-        code = process.wait()
+        code = guard.wait()
     finally:
-        # Whatever the server left (a worker that ignored SIGTERM) goes with it.
-        _signal_group(process.pid, signal.SIGKILL)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0 if stopping else code
 
 
-def _signal_group(pgid: int, signum: int) -> None:
+def _lead_group_and_die_with_parent() -> None:
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _guard(command: list[str]) -> int:
+    group = os.getpgrp()
+    stopping: list[int] = []
+
+    def stop(signum, frame) -> None:
+        stopping.append(signum)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the group's SIGTERM reaches this process too
+        os.killpg(group, signal.SIGTERM)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+    if stopping:  # told to stop before the server started
+        return 0
+    server = subprocess.Popen(command)
+    code = server.wait()
+    for pid in _group_members(group):
+        if pid != os.getpid():
+            _send(pid, signal.SIGKILL)  # a worker that ignored SIGTERM goes with the server
+    return code
+
+
+def _group_members(group: int) -> list[int]:
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:  # it ended while we looked
+                continue
+            if int(fields[2]) == group:
+                members.append(int(entry.name))
+    return members
+
+
+def _send(pid: int, signum: int) -> None:
     try:
-        os.killpg(pgid, signum)
+        os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+if __name__ == "__main__":
+    sys.exit(_guard(sys.argv[1:]))

@@ -80,10 +80,10 @@ def write_report(
 def _client(workspace: Workspace) -> MlflowClient:
     from xattn.tuning.study import connect
 
-    database = workspace.tracking_uri.removeprefix("sqlite:///").split("?")[0]
-    if database != workspace.tracking_uri and not Path(database).exists():
+    missing = workspace.missing_store()
+    if missing is not None:
         # Opening a missing SQLite file would create an empty store and then report "no study".
-        raise StudyNotFound(f"no tracking store at {database}: no study to report (is --workspace right?)")
+        raise StudyNotFound(f"no tracking store at {missing}: no study to report (is --workspace right?)")
     return connect(workspace)
 
 

@@ -16,10 +16,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from xattn.tracking.store import INNER_FOLD_TAG
+from xattn.tracking.store import INNER_FOLD_TAG, SCHEDULER_STOP_TAG
 from xattn.training.checkpoint import CHECKPOINT_FILES
 
-SCHEDULER_STOP_TAG = "xattn.scheduler_stopped_at"  # the epoch ASHA stopped a trial at
 EPOCH_METRICS = ("train_loss", "val_loss", "val_pearson")
 FINAL_METRICS = (
     "best_val_loss",

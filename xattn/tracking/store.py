@@ -25,6 +25,7 @@ STUDY_TAG = "xattn.study"
 INNER_FOLD_TAG = "xattn.inner_fold"  # a search run's inner fold, when the spec asks for inner folds
 SQLITE_WAIT = "?timeout=60"
 DRIVER_TAG = "xattn.driver"  # HOST:PID of the process driving a study run
+SCHEDULER_STOP_TAG = "xattn.scheduler_stopped_at"  # the epoch the scheduler (ASHA) stopped a trial at
 # What MLflow 3 accepts as a tracking URI (a database through SQLAlchemy, a server, Databricks).
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
 TRACKING_EXAMPLES = "sqlite:///PATH.db, postgresql://HOST/DB, mysql://HOST/DB or http(s)://HOST:PORT of an MLflow server"
@@ -96,7 +97,10 @@ class Workspace:
 
 def check_tracking_uri(uri: str, source: str) -> str:
     """`uri` if MLflow can open a store of its kind, else a StoreError naming what would work."""
-    scheme = urlsplit(uri).scheme.lower()
+    try:
+        scheme = urlsplit(uri).scheme.lower()
+    except ValueError as error:  # "Invalid IPv6 URL", a bad port
+        raise StoreError(f"{source} {uri!r} is not a URL ({error}); use {TRACKING_EXAMPLES}") from None
     # A bare path is a local folder to MLflow; a dialect may name its driver (postgresql+psycopg2).
     if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
         raise StoreError(f"{source} {masked(uri)}: MLflow has no tracking store for scheme {scheme!r}; use {TRACKING_EXAMPLES}")

@@ -247,8 +247,8 @@ def run_study(
     mirror_path = data_mirror(mirror)
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)
-    ensure_writable(workspace.root)
     check_optuna_storage(workspace.optuna_storage)
+    ensure_writable(workspace.root)
     client = open_stores(workspace)
 
     experiment_id = open_experiment(client, workspace, spec)
