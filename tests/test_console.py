@@ -72,6 +72,15 @@ def test_a_workspace_that_is_a_file_is_called_a_file(tmp_path, command):
     assert blocked.read_text() == "mine"
 
 
+def test_export_to_a_file_is_called_a_file(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").touch()
+    blocked = tmp_path / "notes.txt"
+    blocked.write_text("mine")
+    line = one_error_line(xattn("export", "quickstart", "--out", blocked / "best", "--workspace", tmp_path / "ws", cwd=tmp_path))
+    assert f"{blocked} is a file, not a folder" in line and blocked.read_text() == "mine"
+
+
 def test_one_database_for_both_stores_is_refused_before_anything_starts(tmp_path):
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
     process = xattn(

@@ -46,8 +46,7 @@ class Workspace:
         create: bool = True,
     ) -> "Workspace":
         root = Path(root or os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
-        if root.is_file():
-            raise StoreError(f"workspace {root} is a file, not a folder: pass --workspace DIR")
+        ensure_not_a_file(root, "workspace", "pass --workspace DIR")
         # Checked before the workspace is created: a bad URI must leave nothing behind.
         if tracking_uri:
             check_tracking_uri(tracking_uri, "--tracking-uri")
@@ -169,18 +168,23 @@ def driver_alive(driver: str | None) -> bool:
     return True
 
 
+def ensure_not_a_file(folder: Path, what: str, fix: str) -> None:
+    """A one-line StoreError when `folder`, or a folder it would be made in, is a file."""
+    blocking = next((path for path in (folder, *folder.parents) if path.is_file()), None)
+    if blocking == folder:
+        raise StoreError(f"{what} {folder} is a file, not a folder: {fix}")
+    if blocking is not None:
+        raise StoreError(f"{what} {folder} cannot be made: {blocking} is a file, not a folder: {fix}")
+
+
 def ensure_writable(root: Path) -> None:
-    if root.is_file():
-        raise StoreError(f"workspace {root} is a file, not a folder: pass --workspace DIR")
+    ensure_not_a_file(root, "workspace", "pass --workspace DIR")
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        blocking = next((parent for parent in root.parents if parent.is_file()), None)
-        if blocking is not None:
-            raise StoreError(f"workspace {root} cannot be made: {blocking} is a file, not a folder: pass --workspace DIR") from None
         raise StoreError(f"workspace {root} cannot be written ({error.strerror}): pass --workspace DIR") from None
 
 
