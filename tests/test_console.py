@@ -296,3 +296,17 @@ def test_a_server_and_its_children_end_when_the_command_that_started_them_does(t
     assert not leftover, "the server or its child outlived the command"
     if stop == signal.SIGINT:
         assert parent.returncode == 0
+
+
+@pytest.mark.e2e  # MLflow's migrations on PostgreSQL take 20 s; the SQLite test above checks the same refusal
+def test_optuna_in_the_database_behind_the_tracking_server_is_refused(tmp_path):
+    """The table's case: a tracking server whose backend is database D, and --optuna-storage D."""
+    from mlflow.tracking import MlflowClient
+    from services import postgres_database
+
+    with postgres_database() as database:
+        MlflowClient(database).search_experiments()  # the server's schema, as `mlflow server` makes it
+        process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", "--optuna-storage", database, cwd=tmp_path, timeout=120)
+        line = one_error_line(process)
+        assert "already holds MLflow's schema" in line and "create another database" in line
+        assert not (tmp_path / "ws").exists()
