@@ -310,3 +310,17 @@ def test_optuna_in_the_database_behind_the_tracking_server_is_refused(tmp_path):
         line = one_error_line(process)
         assert "already holds MLflow's schema" in line and "create another database" in line
         assert not (tmp_path / "ws").exists()
+
+
+def test_printed_commands_name_the_stores_they_need_and_paste_whole(tmp_path, monkeypatch):
+    """What `study run` prints after a study (xattn ui, show, export, report, resume ...)."""
+    from xattn.cli import _store_flags
+    from xattn.tracking.store import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("XATTN_WORKSPACE", raising=False)
+    assert _store_flags(Workspace.open(None, create=False), optuna=True) == ""
+    spaced = tmp_path / "my studies"
+    assert _store_flags(Workspace.open(spaced, create=False)) == f" --workspace '{spaced}'"
+    other = Workspace.open(None, f"sqlite:///{tmp_path / 'lab.db'}", "postgresql://me:secret@db/optuna", create=False)
+    assert _store_flags(other, optuna=True) == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage 'postgresql://me:***@db/optuna'"

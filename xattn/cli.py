@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xattn.errors import XattnError
+from xattn.tracking.store import masked
 
 try:  # typer 0.29 and later carry their own copy of click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -195,7 +197,7 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
         with progress if progress is not None else contextlib.nullcontext():
             result = start()
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}`")
+        err_console.print(f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}{_store_flags(ws, optuna=True)}`", highlight=False)
         raise typer.Exit(130) from None
     _print_result(result, ws)
     if as_json:
@@ -208,6 +210,21 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def _store_flags(ws, *, tracking: bool = True, optuna: bool = False) -> str:
+    """The flags a printed command needs to reach these stores from here: none where the
+    defaults (flags left out, the same environment) would find them."""
+    from xattn.tracking.store import DEFAULT_WORKSPACE, Workspace
+
+    default_root = Path(os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
+    defaults = Workspace.open(ws.root, create=False)
+    flags = [("--workspace", str(ws.root))] if ws.root != default_root else []
+    if tracking and ws.tracking_uri != defaults.tracking_uri:
+        flags.append(("--tracking-uri", ws.tracking_uri))
+    if optuna and ws.optuna_storage != defaults.optuna_storage:
+        flags.append(("--optuna-storage", masked(ws.optuna_storage)))
+    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in flags)
 
 
 def _print_result(result, ws) -> None:
@@ -231,20 +248,17 @@ def _print_result(result, ws) -> None:
                 f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
                 highlight=False,
             )
-    where = f" --workspace {ws.root}" if ws.root != Path(".xattn").resolve() else ""
-    tracking = f" --tracking-uri {ws.tracking_uri}" if os.environ.get("MLFLOW_TRACKING_URI") is None and not ws.tracking_uri.startswith("sqlite") else ""
+    stores = _store_flags(ws)
     console.print("\nlook at it:", highlight=False)
-    console.print(f"  xattn ui{where}{tracking}", highlight=False)
+    console.print(f"  xattn ui{stores}", highlight=False)
     # MLflow 3.17's UI opens every experiment as a GenAI app unless the link asks for runs.
-    from xattn.tracking.store import masked
-
     ui_base = masked(ws.tracking_uri).rstrip("/") if ws.tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     console.print(f"    then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning", highlight=False)
-    console.print(f"  xattn study show {result.name}{where}{tracking}", highlight=False)
-    console.print(f"  xattn export {result.name} --out exports/{result.name}{where}{tracking}", highlight=False)
+    console.print(f"  xattn study show {result.name}{stores}", highlight=False)
+    console.print(f"  xattn export {result.name} --out exports/{result.name}{stores}", highlight=False)
     console.print(f"  xattn evaluate exports/{result.name}   (after export: rebuilds the best model, checks its test metrics)", highlight=False)
-    console.print(f"  xattn report {result.name}{where}{tracking}   (one HTML page: figures, trials, comparison)", highlight=False)
-    console.print(f"  xattn dashboard{where}", highlight=False)
+    console.print(f"  xattn report {result.name}{_store_flags(ws, optuna=True)}   (one HTML page: figures, trials, comparison)", highlight=False)
+    console.print(f"  xattn dashboard{_store_flags(ws, tracking=False, optuna=True)}", highlight=False)
     if result.best and result.best.get("model_uri"):
         console.print(f"  the best trial is model {result.best['model_uri']} (version {result.best['model_version']})", highlight=False)
 
@@ -531,7 +545,6 @@ def ui(
 ) -> None:
     """Open the MLflow UI on the workspace's tracking store; it ends, with every process it started, when this command does."""
     from xattn.processes import run_server
-    from xattn.tracking.store import masked
 
     ws = _workspace(workspace, tracking_uri, create=False)
     if ws.tracking_uri.startswith(("http://", "https://")):
@@ -554,7 +567,6 @@ def dashboard(
 ) -> None:
     """Open optuna-dashboard on the workspace's Optuna storage: history, importances, slices of each search."""
     from xattn.dashboard import serve
-    from xattn.tracking.store import masked
 
     ws = _workspace(workspace, None, optuna_storage, create=False)
 
