@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -236,6 +237,15 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_ui_on_a_port_in_use_is_one_line(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").touch()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        line = one_error_line(xattn("ui", "--workspace", tmp_path / "ws", "--port", port, cwd=tmp_path, timeout=60))
+    assert f"port {port} on 127.0.0.1 is in use" in line
 
 
 def test_ui_stopped_by_its_pid_ends_with_every_process_it_started(tmp_path):

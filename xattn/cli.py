@@ -154,7 +154,7 @@ def study_run(
 
     console.print(
         f"study [bold]{spec.name}[/]: {spec.model.family} on {spec.data.dataset or 'user files'}, "
-        f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {ws.tracking_uri}",
+        f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {masked(ws.tracking_uri)}",
         highlight=False,
         soft_wrap=True,  # one line in a log too, like the progress lines below it
     )
@@ -184,7 +184,7 @@ def study_resume(
     from xattn.tuning.progress import TrialProgress
     from xattn.tuning.study import resume_study
 
-    console.print(f"resuming study [bold]{name}[/]; tracking {ws.tracking_uri}", highlight=False, soft_wrap=True)
+    console.print(f"resuming study [bold]{name}[/]; tracking {masked(ws.tracking_uri)}", highlight=False)
     progress = TrialProgress(console, 0, "val_loss", "min")
     _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json, progress)
 
@@ -544,13 +544,14 @@ def ui(
     workers: int = typer.Option(1, "--workers", min=1, help="Server worker processes (one serves a person; each costs seconds to start)."),
 ) -> None:
     """Open the MLflow UI on the workspace's tracking store; it ends, with every process it started, when this command does."""
-    from xattn.processes import run_server
+    from xattn.processes import check_port, run_server
 
     ws = _workspace(workspace, tracking_uri, create=False)
     if ws.tracking_uri.startswith(("http://", "https://")):
         console.print(f"the tracking store is a server: open {masked(ws.tracking_uri)} in a browser", highlight=False)
         return
     ws = _stored_workspace(workspace, tracking_uri)
+    check_port(host, port, "another MLflow UI?")
     console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop); store {ws.tracking_uri}", highlight=False)
     console.print("  studies are model training: pick [bold]Model training[/] in its sidebar once (MLflow starts a browser on GenAI)", highlight=False)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri, "--host", host, "--port", str(port), "--workers", str(workers)]

@@ -13,14 +13,29 @@ kills whatever of the group is left.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from xattn.errors import StoreError
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1
+
+
+def check_port(host: str, port: int, who: str) -> None:
+    """A one-line StoreError unless a server could listen on host:port now; `who` guesses what holds it."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise StoreError(f"port {port} on {host} is in use ({who}): pass another --port") from None
+        raise StoreError(f"cannot serve on {host}:{port} ({error.strerror or error}): check --host and --port") from None
 
 
 def run_server(command: list[str]) -> int:
