@@ -174,22 +174,34 @@ def test_labelled_files_of_different_sizes_name_the_labels_that_differ(tmp_path)
     assert not (tmp_path / "ws").exists()
 
 
-def test_a_data_error_comes_before_ray_mlflow_and_optuna_are_imported(tmp_path):
-    spec = write_spec(tmp_path, **{"data.dataset": None, "data.files": {"expression": "gone.csv", "connectivity": "gone.csv"}})
+def exit_and_heavy_imports(args: list, cwd: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the CLI; return the process and which of Ray, torch, MLflow and Optuna it had imported on exit."""
     probe = (
         "import sys\n"
         "from xattn.cli import main\n"
         "try:\n    main()\n"
         "except SystemExit as stop:\n"
-        "    heavy = sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules)\n"
-        "    print(stop.code, ','.join(heavy) or 'none')\n"
+        "    print(','.join(m for m in ('ray', 'torch', 'mlflow', 'optuna') if m in sys.modules), file=sys.stderr)\n"
+        "    sys.exit(stop.code)\n"
     )
-    process = subprocess.run(
-        [sys.executable, "-c", probe, "study", "run", str(spec), "--workspace", str(tmp_path / "ws")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert "gone.csv" in one_error_line(subprocess.CompletedProcess([], 2, process.stdout, process.stderr))
-    assert process.stdout.split() == ["2", "none"]
+    process = subprocess.run([sys.executable, "-c", probe, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120)
+    *lines, imported = process.stderr.splitlines()
+    return subprocess.CompletedProcess(args, process.returncode, process.stdout, "\n".join(lines)), [m for m in imported.split(",") if m]
+
+
+def test_a_data_error_comes_before_ray_mlflow_and_optuna_are_imported(tmp_path):
+    spec = write_spec(tmp_path, **{"data.dataset": None, "data.files": {"expression": "gone.csv", "connectivity": "gone.csv"}})
+    process, imported = exit_and_heavy_imports(["study", "run", spec, "--workspace", tmp_path / "ws"], tmp_path)
+    assert "gone.csv" in one_error_line(process)
+    assert imported == ["torch"]  # the spec's model families are checked with torch
+
+
+def test_report_of_an_unknown_study_does_not_import_ray_or_torch(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").touch()
+    process, imported = exit_and_heavy_imports(["report", "nope", "--workspace", tmp_path / "ws"], tmp_path)
+    assert "no study named 'nope'" in one_error_line(process)
+    assert imported == ["mlflow"]
 
 
 def test_the_console_is_quiet_and_the_library_logs_go_to_the_workspace(tmp_path):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xattn.errors import XattnError
-from xattn.tracking.store import Workspace, masked
+from xattn.tracking.store import Workspace, check_optuna_storage, connect, masked
 
 PROBE_EXPERIMENT = "xattn-doctor-probe"
 
@@ -65,7 +65,6 @@ def check_tracking_store(workspace: Workspace):
     """(client, check): the client only when the store answered."""
     uri = workspace.tracking_uri
     from xattn.errors import StoreError
-    from xattn.tuning.study import connect
 
     import mlflow
 
@@ -109,7 +108,6 @@ def check_artifacts(client, workspace: Workspace) -> Check:
 
 def check_optuna(url: str) -> Check:
     from xattn.errors import StoreError
-    from xattn.tuning.study import check_optuna_storage
 
     try:
         check_optuna_storage(url)

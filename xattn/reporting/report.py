@@ -23,7 +23,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from xattn.errors import StudyNotFound, XattnError
-from xattn.tracking.store import INNER_FOLD_TAG, ROLE_TAG, Workspace, best_child, child_runs, find_parent_run, masked
+from xattn.tracking.store import (
+    INNER_FOLD_TAG,
+    ROLE_TAG,
+    Workspace,
+    best_child,
+    child_runs,
+    connect,
+    find_parent_run,
+    first_line,
+    masked,
+)
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"
 REPORTS_FOLDER = "reports"
@@ -78,8 +88,6 @@ def write_report(
 
 
 def _client(workspace: Workspace) -> MlflowClient:
-    from xattn.tuning.study import connect
-
     missing = workspace.missing_store()
     if missing is not None:
         # Opening a missing SQLite file would create an empty store and then report "no study".
@@ -194,11 +202,11 @@ def _stored_spec(client: MlflowClient, parent: Run):
         with tempfile.TemporaryDirectory() as folder:
             text = Path(client.download_artifacts(parent.info.run_id, "study.yaml", folder)).read_text()
     except (MlflowException, OSError) as error:
-        return None, None, f"the study run has no readable study.yaml ({_reason(error)})"
+        return None, None, f"the study run has no readable study.yaml ({first_line(error)})"
     try:
         return text, spec_from_yaml(text), None
     except Exception as error:  # noqa: BLE001 - a spec of an older or newer xattn: show its text anyway
-        return text, None, f"this xattn cannot parse it ({_reason(error)}): data details are left out"
+        return text, None, f"this xattn cannot parse it ({first_line(error)}): data details are left out"
 
 
 def _best_run(client: MlflowClient, parent: Run, children: list[Run], family: str | None) -> tuple[Run | None, str | None]:
@@ -318,7 +326,7 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
     try:
         from xattn.reporting.figures import study_figures
     except ImportError as error:
-        return [], [f"no figures: xattn.reporting.figures cannot be imported ({_reason(error)})"]
+        return [], [f"no figures: xattn.reporting.figures cannot be imported ({first_line(error)})"]
     mirror_path = data_mirror(mirror)
     # study_figures says why it leaves a figure out only in its log: those lines become notes.
     skipped = _LogNotes()
@@ -327,7 +335,7 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
     try:
         drawn = study_figures(client, parent.info.run_id, workspace.optuna_storage, mirror=str(mirror_path) if mirror_path else None)
     except Exception as error:  # noqa: BLE001 - a page without figures beats no page
-        return [], [f"no figures could be drawn ({type(error).__name__}: {_reason(error)})"]
+        return [], [f"no figures could be drawn ({type(error).__name__}: {first_line(error)})"]
     finally:
         figures_logger.removeHandler(skipped)
     figures, notes = [], list(skipped.notes)
@@ -342,7 +350,7 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
                 config={"displaylogo": False, "responsive": True},
             )
         except Exception as error:  # noqa: BLE001 - one bad figure must not cost the others
-            notes.append(f"{name}: not drawn ({type(error).__name__}: {_reason(error)})")
+            notes.append(f"{name}: not drawn ({type(error).__name__}: {first_line(error)})")
             continue
         figures.append({"name": name, "title": FIGURE_TITLES.get(name, name.replace("_", " ").capitalize()), "html": div})
     return figures, notes
@@ -450,8 +458,3 @@ def _duration(start: int | None, end: int | None) -> str | None:
     seconds = int(((end or datetime.now(timezone.utc).timestamp() * 1000) - start) / 1000)
     hours, rest = divmod(seconds, 3600)
     return (f"{hours} h " if hours else "") + f"{rest // 60} min {rest % 60} s" + ("" if end else " so far")
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

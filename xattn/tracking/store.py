@@ -188,6 +188,55 @@ def ensure_writable(root: Path) -> None:
         raise StoreError(f"workspace {root} cannot be written ({error.strerror}): pass --workspace DIR") from None
 
 
+def connect(workspace: Workspace) -> MlflowClient:
+    """An MLflow client on a store that answers, or a one-line StoreError (within seconds)."""
+    client = workspace.client()
+    # MLflow retries an unreachable server for minutes by default; a probe should not.
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
+        raise StoreError(
+            f"cannot use the tracking store {masked(workspace.tracking_uri)} ({first_line(error)}): check --tracking-uri"
+        ) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return client
+
+
+def check_optuna_storage(url: str) -> None:
+    """Connect to the Optuna storage without writing to it (a SQLite file is created later)."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL at all
+        raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        engine = sqlalchemy.create_engine(parsed)
+        with engine.connect() as connection:
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
+        engine.dispose()
+    except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
+        raise StoreError(f"cannot use the Optuna storage {shown} ({first_line(error)}): check --optuna-storage") from None
+    check_schema_owner(tables, shown)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as a clause of a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None) -> Run:
     """The newest study (parent) run of `study`, or the one with `run_id`."""
     if run_id:

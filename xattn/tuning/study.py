@@ -29,11 +29,13 @@ from xattn.tracking.store import (
     STUDY_TAG,
     Workspace,
     best_child,
-    check_schema_owner,
+    check_optuna_storage,
     child_runs,
+    connect,
     driver_alive,
     driver_tag,
     ensure_writable,
+    first_line,
     masked,
     unfinished_parent_run,
 )
@@ -69,54 +71,6 @@ def open_stores(workspace: Workspace):
         client = connect(workspace)
         optuna.storages.RDBStorage(workspace.optuna_storage)
     return client
-
-
-def connect(workspace: Workspace):
-    """An MLflow client on a store that answers, or a one-line StoreError (within seconds)."""
-    client = workspace.client()
-    # MLflow retries an unreachable server for minutes by default; a probe should not.
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-    saved = {key: os.environ.get(key) for key in quick}
-    os.environ.update(quick)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
-        raise StoreError(
-            f"cannot use the tracking store {workspace.tracking_uri} ({_reason(error)}): check --tracking-uri"
-        ) from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return client
-
-
-def check_optuna_storage(url: str) -> None:
-    """Connect to the Optuna storage without writing to it (a SQLite file is created later)."""
-    import sqlalchemy
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except Exception:  # noqa: BLE001 - not a URL at all
-        raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        return
-    shown = parsed.render_as_string(hide_password=True)
-    try:
-        engine = sqlalchemy.create_engine(parsed)
-        with engine.connect() as connection:
-            tables = set(sqlalchemy.inspect(connection).get_table_names())
-        engine.dispose()
-    except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
-        raise StoreError(f"cannot use the Optuna storage {shown} ({_reason(error)}): check --optuna-storage") from None
-    check_schema_owner(tables, shown)
-
-
-def _reason(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 # The experiment kind MLflow 3 records per experiment: "custom_model_development" is the one
@@ -584,7 +538,7 @@ def _register(client, spec: StudySpec, parent, run) -> dict[str, Any]:
         manifest = export_manifest(client, spec.name, parent, run)
         version = register_best(client, spec.name, parent, run, manifest, description=spec.description)
     except (MlflowException, OSError) as error:
-        reason = _reason(error)
+        reason = first_line(error)
         client.set_tag(parent.info.run_id, "xattn.registry_error", reason)
         warnings.warn(f"the best trial was not registered as model {spec.name!r}: {reason}", stacklevel=2)
         return {"model_version": None, "model_uri": None}
