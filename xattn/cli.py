@@ -595,7 +595,7 @@ def export(
 
     info = export_best(study, out, ws, run_id=run_id, force=force)
     console.print(f"exported trial {info['run_id']} of {study} to {info['out']}", highlight=False)
-    console.print(f"  check it: xattn evaluate {out}", highlight=False)
+    console.print(f"  check it: xattn evaluate {shlex.quote(str(out))}", highlight=False)
     if as_json:
         print(json.dumps(info))
 
