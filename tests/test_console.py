@@ -52,6 +52,13 @@ def test_a_tracking_uri_mlflow_cannot_open_is_one_line_and_writes_nothing(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 
+@pytest.mark.parametrize("command", [["study", "list"], ["study", "show", "quickstart"], ["export", "quickstart", "--out", "exported"]])
+def test_a_tracking_server_that_is_down_is_one_line_within_seconds(tmp_path, command):
+    process = xattn(*command, "--workspace", tmp_path / "ws", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path, timeout=60)
+    assert "cannot use the tracking store http://127.0.0.1:9" in one_error_line(process)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_tracking_uri_from_the_environment_is_named_as_such(tmp_path):
     env = {"MLFLOW_TRACKING_URI": NONSENSE}
     process = subprocess.run(

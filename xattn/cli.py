@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xattn.errors import XattnError
-from xattn.tracking.store import masked
+from xattn.tracking.store import connect, masked
 
 try:  # typer 0.29 and later carry their own copy of click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -270,7 +270,7 @@ def study_list(workspace: Optional[Path] = WorkspaceOpt, tracking_uri: Optional[
     from xattn.tracking.store import STUDY_TAG
 
     ws = _workspace(workspace, tracking_uri, create=False)
-    client = None if ws.missing_store() else ws.client()  # no store yet: no studies, and none is created
+    client = None if ws.missing_store() else connect(ws)  # no store yet: no studies, and none is created
     rows = []
     for experiment in client.search_experiments() if client else []:
         if STUDY_TAG not in experiment.tags:
@@ -307,7 +307,7 @@ def study_show(
     """Show a study run and its trials: the best one marked, the epochs each ran, and those the scheduler stopped early."""
     from xattn.tracking.store import SCHEDULER_STOP_TAG, child_runs, find_parent_run
 
-    client = _stored_workspace(workspace, tracking_uri).client()
+    client = connect(_stored_workspace(workspace, tracking_uri))
     parent = find_parent_run(client, name, run_id)
     children = child_runs(client, parent)
     best_run_id = parent.data.tags.get("xattn.best_run_id")
@@ -388,7 +388,7 @@ def compare(
 
     from xattn.tuning.comparison import comparison_frame, comparison_markdown, format_cell, load_comparison
 
-    comparison = load_comparison(ws.client(), study, run_id)
+    comparison = load_comparison(connect(ws), study, run_id)
     if output == "json":
         print(json.dumps(comparison))
         return
