@@ -318,5 +318,9 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
         stopped = re.search(r"at epoch (\d) of 3", line)
         assert trial["stopped_early_at"] == (int(stopped.group(1)) if stopped else None), (line, trial)
         assert trial["epochs"] == (int(stopped.group(1)) if stopped else int(re.search(r"after (\d) epochs", line).group(1)))
+    early = sum(line.startswith("stopped early") for line in outcomes)
+    assert result["stopped_early"] == early
+    (counts,) = [line for line in lines if line.startswith("study quickstart: 3 finished")]
+    assert (f"({early} of them stopped early by the scheduler)" in counts) == (early > 0), counts
     table = xattn("study", "show", "quickstart", "--workspace", workspace, cwd=tmp_path, check=True).stdout
     assert table.count("stopped early (epoch") == sum(t["stopped_early_at"] is not None for t in trials.values())

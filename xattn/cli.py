@@ -229,6 +229,8 @@ def _store_flags(ws, *, tracking: bool = True, optuna: bool = False) -> str:
 
 def _print_result(result, ws) -> None:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result.trial_counts.items()))
+    if result.stopped_early:
+        counts += f" ({result.stopped_early} of them stopped early by the scheduler)"
     console.print(f"\nstudy {result.name}: {counts} (parent run {result.parent_run_id})", highlight=False)
     if result.best:
         table = Table(title="best trial", show_header=False)
@@ -305,7 +307,7 @@ def study_show(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a study run and its trials: the best one marked, the epochs each ran, and those the scheduler stopped early."""
-    from xattn.tracking.store import SCHEDULER_STOP_TAG, child_runs, find_parent_run
+    from xattn.tracking.store import child_runs, find_parent_run, stopped_early_at
 
     client = connect(_stored_workspace(workspace, tracking_uri))
     parent = find_parent_run(client, name, run_id)
@@ -313,10 +315,6 @@ def study_show(
     best_run_id = parent.data.tags.get("xattn.best_run_id")
     metric = parent.data.tags.get("xattn.metric", "best_val_loss")
     max_epochs = int(parent.data.params.get("max_epochs", 0)) or None
-
-    def stopped_early_at(run) -> int | None:
-        epoch = run.data.tags.get(SCHEDULER_STOP_TAG)
-        return int(epoch) if epoch is not None and (max_epochs is None or int(epoch) < max_epochs) else None
 
     summary = {
         "name": name,
@@ -336,7 +334,7 @@ def study_show(
                 "status": run.info.status,
                 "best": run.info.run_id == best_run_id,
                 "epochs": int(run.data.tags["xattn.epochs_run"]) if "xattn.epochs_run" in run.data.tags else None,
-                "stopped_early_at": stopped_early_at(run),
+                "stopped_early_at": stopped_early_at(run, max_epochs),
                 "params": dict(run.data.params),
                 "metrics": dict(run.data.metrics),
             }

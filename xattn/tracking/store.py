@@ -237,6 +237,15 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
+def stopped_early_at(run: Run, max_epochs: int | None) -> int | None:
+    """The epoch the scheduler (ASHA) stopped `run` at, if before `max_epochs`; a stop at the
+    last epoch is no early stop."""
+    epoch = run.data.tags.get(SCHEDULER_STOP_TAG)
+    if epoch is None or (max_epochs is not None and int(epoch) >= max_epochs):
+        return None
+    return int(epoch)
+
+
 def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None) -> Run:
     """The newest study (parent) run of `study`, or the one with `run_id`."""
     if run_id:

@@ -37,6 +37,7 @@ from xattn.tracking.store import (
     ensure_writable,
     first_line,
     masked,
+    stopped_early_at,
     unfinished_parent_run,
 )
 from xattn.tuning.spec import StudySpec, spec_from_yaml
@@ -54,6 +55,7 @@ class StudyResult:
     best: dict[str, Any] | None = None
     comparison: dict[str, Any] | None = None
     failures: dict[str, int] = field(default_factory=dict)  # failure reason -> failed trials
+    stopped_early: int = 0  # finished search trials the scheduler (ASHA) stopped before max_epochs
     # family -> Spearman rank correlation of its search trials' validation metric with test r
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -556,10 +558,13 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
     children = child_runs(client, parent)
     counts: dict[str, int] = {}
     failures: dict[str, int] = {}
+    stopped_early = 0
     for run in children:
         tags = run.data.tags
         if tags.get("xattn.family") == spec.model.family and tags.get(ROLE_TAG) == "search" and ORPHAN_TAG not in tags:
             counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
+            if run.info.status == "FINISHED" and stopped_early_at(run, spec.budget.max_epochs) is not None:
+                stopped_early += 1
             if run.info.status == "FAILED":
                 reason = tags.get("xattn.failure", "no reason recorded")
                 failures[reason] = failures.get(reason, 0) + 1
@@ -618,4 +623,5 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
         best=best,
         comparison=comparison,
         failures=failures,
+        stopped_early=stopped_early,
     )
