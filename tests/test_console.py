@@ -100,12 +100,12 @@ def test_one_database_for_both_stores_is_refused_before_anything_starts(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 
-@pytest.fixture
-def mlflow_database(tmp_path) -> Path:
-    """A database that holds MLflow's schema, as a tracking server's backend would."""
+@pytest.fixture(scope="module")
+def mlflow_database(tmp_path_factory) -> Path:
+    """A database that holds MLflow's schema (a workspace's mlflow.db, or a tracking server's backend)."""
     from mlflow.tracking import MlflowClient
 
-    path = tmp_path / "server-backend.db"
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
     MlflowClient(f"sqlite:///{path}").search_experiments()
     return path
 
@@ -203,10 +203,8 @@ def test_a_data_error_comes_before_ray_mlflow_and_optuna_are_imported(tmp_path):
     assert imported == ["torch"]  # the spec's model families are checked with torch
 
 
-def test_report_of_an_unknown_study_does_not_import_ray_or_torch(tmp_path):
-    (tmp_path / "ws").mkdir()
-    (tmp_path / "ws" / "mlflow.db").touch()
-    process, imported = exit_and_heavy_imports(["report", "nope", "--workspace", tmp_path / "ws"], tmp_path)
+def test_report_of_an_unknown_study_does_not_import_ray_or_torch(tmp_path, mlflow_database):
+    process, imported = exit_and_heavy_imports(["report", "nope", "--workspace", mlflow_database.parent], tmp_path)
     assert "no study named 'nope'" in one_error_line(process)
     assert imported == ["mlflow"]
 
