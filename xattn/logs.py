@@ -20,6 +20,7 @@ LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _configured = False
+_handlers: list[logging.Handler] = []  # what configure and log_to_workspace added to the root logger
 
 
 class WorkspaceLog(logging.Handler):
@@ -59,21 +60,31 @@ class WorkspaceLog(logging.Handler):
 
 
 def configure(verbose: bool) -> None:
-    """Called once by the CLI, before MLflow or Ray is imported."""
+    """Called by the CLI for each command, before MLflow or Ray is imported (again for each
+    command a test runs in one process: the handlers of the last call replace the earlier ones)."""
     global _configured
     _configured = True
     # MLflow otherwise installs its own stderr handler when it is imported.
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    while _handlers:
+        handler = _handlers.pop()
+        root.removeHandler(handler)
+        handler.close()
     if verbose:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter(FORMAT))
-        root.addHandler(console)
+        _add(console)
     else:
         # Without any handler Python's last resort would print warnings to stderr.
-        root.addHandler(logging.NullHandler())
+        _add(logging.NullHandler())
     adopt_library_loggers()
+
+
+def _add(handler: logging.Handler) -> None:
+    logging.getLogger().addHandler(handler)
+    _handlers.append(handler)
 
 
 def adopt_library_loggers() -> None:
@@ -99,8 +110,5 @@ def configured() -> bool:
 
 def log_to_workspace(root: Path) -> None:
     """Also write every record to ROOT/xattn.log (from when ROOT exists)."""
-    if not _configured:
-        return
-    logger = logging.getLogger()
-    if not any(isinstance(handler, WorkspaceLog) for handler in logger.handlers):
-        logger.addHandler(WorkspaceLog(root / LOG_FILE))
+    if _configured and not any(isinstance(handler, WorkspaceLog) for handler in _handlers):
+        _add(WorkspaceLog(root / LOG_FILE))
