@@ -12,8 +12,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def xattn(*args, cwd, check=False, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+def xattn(*args, cwd, check=False, timeout=600, env=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # output to a pipe at rich's default width: wrapping shows
     process = subprocess.run(
         [sys.executable, "-m", "xattn.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -89,13 +89,14 @@ def test_an_unwritable_workspace_stops_the_study(tmp_path):
     blocked.write_text("")
     process = xattn("study", "run", write_spec(tmp_path), "--workspace", blocked / "ws", cwd=tmp_path)
     assert process.returncode == 2
-    assert "cannot be written" in process.stderr
+    assert f"{blocked} is a file, not a folder" in process.stderr
 
 
-def test_unknown_study_exits_2(tmp_path):
+def test_a_workspace_without_a_store_exits_2_and_stays_empty(tmp_path):
     process = xattn("study", "show", "nope", "--workspace", tmp_path / "ws", cwd=tmp_path)
     assert process.returncode == 2
-    assert "no study named 'nope'" in process.stderr
+    assert f"no tracking store at {tmp_path / 'ws' / 'mlflow.db'}" in process.stderr
+    assert not (tmp_path / "ws").exists()
 
 
 def test_data_list_and_info(tmp_path, mirror):

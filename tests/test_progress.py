@@ -281,9 +281,18 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     # Grace period 1 with 3 epochs lets ASHA stop a trial early; whether it does depends on
     # the trials' values, so each outcome line is checked for what it says, not its kind.
     spec = write_spec(tmp_path, **{"budget.trials": 3, "budget.max_epochs": 3, "search.grace_period": 1})
-    process = xattn("study", "run", spec, "--json", cwd=tmp_path, check=True)  # stdout is a pipe
+    # A long path, so the printed commands run past rich's 80 columns off a terminal.
+    workspace = tmp_path / "a-workspace-whose-name-is-long-enough-to-pass-eighty-columns"
+    process = xattn("study", "run", spec, "--workspace", workspace, "--json", cwd=tmp_path, check=True)  # stdout is a pipe
     result = json.loads(process.stdout.strip().splitlines()[-1])
     assert "\x1b" not in process.stdout
+    # A quiet console: MLflow's migrations and Ray's token warning are in the log file only.
+    assert process.stderr == "", process.stderr
+    log = (workspace / "xattn.log").read_text()
+    assert "mlflow.store.db.utils" in log and "Token authentication" in log
+    printed = [line.strip() for line in process.stdout.splitlines()]
+    for command in (f"xattn export quickstart --out exports/quickstart --workspace {workspace}", "xattn evaluate exports/quickstart"):
+        assert any(line.startswith(command) for line in printed), process.stdout
     lines = process.stdout.splitlines()
     assert sum(line.startswith("started ") for line in lines) >= 3
     outcomes = [line for line in lines if re.match(r"(finished|stopped early) \S+ \[\d/3\]", line)]
@@ -299,3 +308,19 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     (summary,) = [line for line in lines if line.startswith("search cross_attention: 3/3 trials done")]
     assert f"best best_val_pearson={best:.4f}" in summary
     assert result["trial_counts"] == {"finished": 3}
+
+    # `study show` tells the same story: the best trial, the epochs, the early stops.
+    shown = json.loads(xattn("study", "show", "quickstart", "--workspace", workspace, "--json", cwd=tmp_path, check=True).stdout)
+    trials = {trial["ray_trial_id"]: trial for trial in shown["trials"]}
+    assert [t["run_id"] for t in shown["trials"] if t["best"]] == [result["best"]["run_id"]]
+    for line in outcomes:
+        trial = trials[line.split()[2] if line.startswith("stopped early") else line.split()[1]]
+        stopped = re.search(r"at epoch (\d) of 3", line)
+        assert trial["stopped_early_at"] == (int(stopped.group(1)) if stopped else None), (line, trial)
+        assert trial["epochs"] == (int(stopped.group(1)) if stopped else int(re.search(r"after (\d) epochs", line).group(1)))
+    early = sum(line.startswith("stopped early") for line in outcomes)
+    assert result["stopped_early"] == early
+    (counts,) = [line for line in lines if line.startswith("study quickstart: 3 finished")]
+    assert (f"({early} of them stopped early by the scheduler)" in counts) == (early > 0), counts
+    table = xattn("study", "show", "quickstart", "--workspace", workspace, cwd=tmp_path, check=True).stdout
+    assert table.count("stopped early (epoch") == sum(t["stopped_early_at"] is not None for t in trials.values())

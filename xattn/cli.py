@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import json
 import math
 import os
+import shlex
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -20,6 +19,12 @@ from rich.console import Console
 from rich.table import Table
 
 from xattn.errors import XattnError
+from xattn.tracking.store import connect, masked
+
+try:  # typer 0.29 and later carry their own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 app = typer.Typer(help="Hyperparameter studies of cross-attention models of brain connectivity.", no_args_is_help=True)
 study_app = typer.Typer(help="Run and inspect studies.", no_args_is_help=True)
@@ -27,8 +32,38 @@ data_app = typer.Typer(help="Named datasets: list, fetch, describe.", no_args_is
 app.add_typer(study_app, name="study")
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True)
+LONG_LINE = 100_000  # columns rich may use off a terminal: a printed command or a table row stays one line
+
+
+def _console(stderr: bool = False) -> Console:
+    """Soft wrap everywhere: a terminal wraps long lines for display, and a copied command keeps no
+    line break. Off a terminal (a pipe, a log file) rich would assume 80 columns and break lines."""
+    terminal = Console(stderr=stderr).is_terminal
+    return Console(stderr=stderr, soft_wrap=True, width=None if terminal else LONG_LINE)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+
+def _flags_take_no_value() -> None:
+    """typer 0.29's rich help labels a flag `<bool>`, as if it took a value; show no type for flags."""
+    option = typer.core.TyperOption
+    display = getattr(option, "display_type_rich", None)
+    if display is not None:  # older typers show no type at all
+        option.display_type_rich = lambda self, ctx: None if self.is_flag else display(self, ctx)
+
+
+_flags_take_no_value()
+
+
+@app.callback()
+def _global_options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs (MLflow, Ray, Optuna) on stderr; they always go to WORKSPACE/xattn.log."),
+) -> None:
+    from xattn import logs
+
+    logs.configure(verbose)
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder for stores and artifacts (default: ./.xattn or $XATTN_WORKSPACE).")
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the workspace's SQLite file).")
@@ -53,9 +88,23 @@ def friendly(command: Callable) -> Callable:
 
 
 def _workspace(workspace, tracking_uri, optuna_storage=None, create=True):
+    from xattn import logs
     from xattn.tracking.store import Workspace
 
-    return Workspace.open(workspace, tracking_uri, optuna_storage, create=create)
+    ws = Workspace.open(workspace, tracking_uri, optuna_storage, create=create)
+    logs.log_to_workspace(ws.root)
+    return ws
+
+
+def _stored_workspace(workspace, tracking_uri, optuna_storage=None):
+    """A workspace to read: its tracking store must exist (reading a new SQLite file creates it)."""
+    from xattn.errors import StudyNotFound
+
+    ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
+    missing = ws.missing_store()
+    if missing is not None:
+        raise StudyNotFound(f"no tracking store at {missing}: run `xattn study run SPEC` first, or pass --workspace DIR")
+    return ws
 
 
 def _parse_sets(values: list[str]) -> dict[str, Any]:
@@ -72,8 +121,9 @@ def _parse_sets(values: list[str]) -> dict[str, Any]:
 @friendly
 def study_run(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="Study spec (YAML), e.g. studies/quickstart.yaml."),
-    trials: Optional[int] = typer.Option(None, "--trials", help="Override budget.trials."),
-    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override budget.max_epochs."),
+    # Read as the spec reads them, so 1e3 works here as it does in YAML.
+    trials: Optional[str] = typer.Option(None, "--trials", metavar="N", help="Override budget.trials."),
+    max_epochs: Optional[str] = typer.Option(None, "--max-epochs", metavar="N", help="Override budget.max_epochs."),
     name: Optional[str] = typer.Option(None, "--name", help="Override the study name (the MLflow experiment)."),
     sets: list[str] = typer.Option([], "--set", help="Override any spec field: --set data.dataset=hcp-s100 (repeatable)."),
     workspace: Optional[Path] = WorkspaceOpt,
@@ -84,9 +134,7 @@ def study_run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a hyperparameter study with Ray Tune and Optuna, recorded in MLflow."""
-    from xattn.tuning.progress import TrialProgress
     from xattn.tuning.spec import load_spec
-    from xattn.tuning.study import run_study
 
     overrides = _parse_sets(sets)
     for key, value in (("budget.trials", trials), ("budget.max_epochs", max_epochs), ("name", name)):
@@ -94,9 +142,19 @@ def study_run(
             overrides[key] = value
     spec = load_spec(spec_path, overrides)
     ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)  # run_study creates it after preflight
+    # Bad data fails here, before Ray and MLflow are imported (seconds on a small machine).
+    from xattn.data.datasets import data_mirror
+    from xattn.tuning.trial import preflight
+
+    mirror_path = data_mirror(mirror)
+    preflight(spec, str(mirror_path) if mirror_path else None)
+
+    from xattn.tuning.progress import TrialProgress
+    from xattn.tuning.study import run_study
+
     console.print(
         f"study [bold]{spec.name}[/]: {spec.model.family} on {spec.data.dataset or 'user files'}, "
-        f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {ws.tracking_uri}",
+        f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {masked(ws.tracking_uri)}",
         highlight=False,
         soft_wrap=True,  # one line in a log too, like the progress lines below it
     )
@@ -121,11 +179,12 @@ def study_resume(
     as_json: bool = JsonOpt,
 ) -> None:
     """Continue an interrupted study: finished trials are kept, running ones restart from their checkpoint."""
+    ws = _stored_workspace(workspace, tracking_uri, optuna_storage)
+
     from xattn.tuning.progress import TrialProgress
     from xattn.tuning.study import resume_study
 
-    ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
-    console.print(f"resuming study [bold]{name}[/]; tracking {ws.tracking_uri}", highlight=False, soft_wrap=True)
+    console.print(f"resuming study [bold]{name}[/]; tracking {masked(ws.tracking_uri)}", highlight=False)
     progress = TrialProgress(console, 0, "val_loss", "min")
     _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json, progress)
 
@@ -138,7 +197,7 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
         with progress if progress is not None else contextlib.nullcontext():
             result = start()
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}`")
+        err_console.print(f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}{_store_flags(ws, optuna=True)}`", highlight=False)
         raise typer.Exit(130) from None
     _print_result(result, ws)
     if as_json:
@@ -153,8 +212,25 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _store_flags(ws, *, tracking: bool = True, optuna: bool = False) -> str:
+    """The flags a printed command needs to reach these stores from here: none where the
+    defaults (flags left out, the same environment) would find them."""
+    from xattn.tracking.store import DEFAULT_WORKSPACE, Workspace
+
+    default_root = Path(os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
+    defaults = Workspace.open(ws.root, create=False)
+    flags = [("--workspace", str(ws.root))] if ws.root != default_root else []
+    if tracking and ws.tracking_uri != defaults.tracking_uri:
+        flags.append(("--tracking-uri", ws.tracking_uri))
+    if optuna and ws.optuna_storage != defaults.optuna_storage:
+        flags.append(("--optuna-storage", masked(ws.optuna_storage)))
+    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in flags)
+
+
 def _print_result(result, ws) -> None:
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result.trial_counts.items()))
+    if result.stopped_early:
+        counts += f" ({result.stopped_early} of them stopped early by the scheduler)"
     console.print(f"\nstudy {result.name}: {counts} (parent run {result.parent_run_id})", highlight=False)
     if result.best:
         table = Table(title="best trial", show_header=False)
@@ -174,19 +250,17 @@ def _print_result(result, ws) -> None:
                 f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
                 highlight=False,
             )
-    where = f" --workspace {ws.root}" if ws.root != Path(".xattn").resolve() else ""
-    tracking = f" --tracking-uri {ws.tracking_uri}" if os.environ.get("MLFLOW_TRACKING_URI") is None and not ws.tracking_uri.startswith("sqlite") else ""
+    stores = _store_flags(ws)
     console.print("\nlook at it:", highlight=False)
-    console.print(f"  xattn ui{where}{tracking}", highlight=False)
+    console.print(f"  xattn ui{stores}", highlight=False)
     # MLflow 3.17's UI opens every experiment as a GenAI app unless the link asks for runs.
-    from xattn.doctor import masked
-
     ui_base = masked(ws.tracking_uri).rstrip("/") if ws.tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
     console.print(f"    then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning", highlight=False)
-    console.print(f"  xattn study show {result.name}{where}{tracking}", highlight=False)
-    console.print(f"  xattn export {result.name} --out exports/{result.name}{where}{tracking}", highlight=False)
-    console.print(f"  xattn report {result.name}{where}{tracking}   (one HTML page: figures, trials, comparison)", highlight=False)
-    console.print(f"  xattn dashboard{where}", highlight=False)
+    console.print(f"  xattn study show {result.name}{stores}", highlight=False)
+    console.print(f"  xattn export {result.name} --out exports/{result.name}{stores}", highlight=False)
+    console.print(f"  xattn evaluate exports/{result.name}   (after export: rebuilds the best model, checks its test metrics)", highlight=False)
+    console.print(f"  xattn report {result.name}{_store_flags(ws, optuna=True)}   (one HTML page: figures, trials, comparison)", highlight=False)
+    console.print(f"  xattn dashboard{_store_flags(ws, tracking=False, optuna=True)}", highlight=False)
     if result.best and result.best.get("model_uri"):
         console.print(f"  the best trial is model {result.best['model_uri']} (version {result.best['model_version']})", highlight=False)
 
@@ -197,9 +271,10 @@ def study_list(workspace: Optional[Path] = WorkspaceOpt, tracking_uri: Optional[
     """List the studies in the tracking store."""
     from xattn.tracking.store import STUDY_TAG
 
-    client = _workspace(workspace, tracking_uri).client()
+    ws = _workspace(workspace, tracking_uri, create=False)
+    client = None if ws.missing_store() else connect(ws)  # no store yet: no studies, and none is created
     rows = []
-    for experiment in client.search_experiments():
+    for experiment in client.search_experiments() if client else []:
         if STUDY_TAG not in experiment.tags:
             continue
         runs = client.search_runs([experiment.experiment_id], "tags.`xattn.role` = 'study'", order_by=["attributes.start_time DESC"])
@@ -231,25 +306,35 @@ def study_show(
     tracking_uri: Optional[str] = TrackingOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Show a study run and its trials."""
-    from xattn.tracking.store import child_runs, find_parent_run
+    """Show a study run and its trials: the best one marked, the epochs each ran, and those the scheduler stopped early."""
+    from xattn.tracking.store import child_runs, find_parent_run, stopped_early_at
 
-    client = _workspace(workspace, tracking_uri).client()
+    client = connect(_stored_workspace(workspace, tracking_uri))
     parent = find_parent_run(client, name, run_id)
     children = child_runs(client, parent)
+    best_run_id = parent.data.tags.get("xattn.best_run_id")
+    metric = parent.data.tags.get("xattn.metric", "best_val_loss")
+    max_epochs = int(parent.data.params.get("max_epochs", 0)) or None
+
     summary = {
         "name": name,
         "experiment_id": parent.info.experiment_id,
         "parent_run_id": parent.info.run_id,
         "status": parent.info.status,
-        "best_run_id": parent.data.tags.get("xattn.best_run_id"),
+        "best_run_id": best_run_id,
+        "metric": metric,
+        "max_epochs": max_epochs,
         "trials": [
             {
                 "run_id": run.info.run_id,
                 "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
                 "ray_trial_id": run.data.tags.get("xattn.ray_trial_id"),
                 "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
+                "role": run.data.tags.get("xattn.role", "search"),
                 "status": run.info.status,
+                "best": run.info.run_id == best_run_id,
+                "epochs": int(run.data.tags["xattn.epochs_run"]) if "xattn.epochs_run" in run.data.tags else None,
+                "stopped_early_at": stopped_early_at(run, max_epochs),
                 "params": dict(run.data.params),
                 "metrics": dict(run.data.metrics),
             }
@@ -259,14 +344,18 @@ def study_show(
     if as_json:
         print(json.dumps(summary))
         return
-    console.print(f"study {name}: run {parent.info.run_id} ({parent.info.status}), {len(children)} trials", highlight=False)
-    table = Table("trial", "status", "best_val_loss", "test_pearson", "params")
+    console.print(f"study {name}: run {parent.info.run_id} ({parent.info.status}), {len(children)} trials; * marks the best trial (by {metric})", highlight=False)
+    table = Table("", "trial", "status", "epochs", metric, "test_pearson", "params")
     for trial in summary["trials"]:
         m = trial["metrics"]
+        status = trial["status"] if trial["stopped_early_at"] is None else f"stopped early (epoch {trial['stopped_early_at']})"
+        epochs = "-" if trial["epochs"] is None else f"{trial['epochs']}/{max_epochs}" if max_epochs else str(trial["epochs"])
         table.add_row(
-            str(trial["optuna_trial_number"]),
-            trial["status"],
-            f"{m['best_val_loss']:.4f}" if "best_val_loss" in m else "-",
+            "*" if trial["best"] else "",
+            str(trial["optuna_trial_number"]) if trial["role"] == "search" else trial["role"],
+            status,
+            epochs,
+            f"{m[metric]:.4f}" if metric in m else "-",
             f"{m['test_pearson']:.3f}" if "test_pearson" in m else "-",
             ", ".join(f"{k}={_short_number(v)}" for k, v in sorted(trial["params"].items())),
         )
@@ -291,11 +380,13 @@ def compare(
     tracking_uri: Optional[str] = TrackingOpt,
 ) -> None:
     """Print the comparison of model families: mean and sd over folds x seeds, paired differences."""
-    from xattn.tuning.comparison import comparison_frame, comparison_markdown, format_cell, load_comparison
-
     if output not in ("table", "csv", "json", "markdown"):
         raise XattnError(f"--format {output!r}: choose table, csv, json or markdown")
-    comparison = load_comparison(_workspace(workspace, tracking_uri).client(), study, run_id)
+    ws = _stored_workspace(workspace, tracking_uri)
+
+    from xattn.tuning.comparison import comparison_frame, comparison_markdown, format_cell, load_comparison
+
+    comparison = load_comparison(connect(ws), study, run_id)
     if output == "json":
         print(json.dumps(comparison))
         return
@@ -409,9 +500,10 @@ def report(
     mirror: Optional[Path] = MirrorOpt,
 ) -> None:
     """Write one self-contained HTML page of a study (finished, running or interrupted) that opens offline."""
+    ws = _stored_workspace(workspace, tracking_uri, optuna_storage)
+
     from xattn.reporting.report import write_report
 
-    ws = _workspace(workspace, tracking_uri, optuna_storage, create=False)
     path = write_report(study, ws, out, run_id=run_id, mirror=str(mirror) if mirror else None)
     print(path)
 
@@ -452,19 +544,21 @@ def ui(
     tracking_uri: Optional[str] = TrackingOpt,
     port: int = typer.Option(5000, "--port", help="Port of the MLflow UI."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean to share it."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Server worker processes (one serves a person; each costs seconds to start)."),
 ) -> None:
-    """Open the MLflow UI on the workspace's tracking store."""
-    ws = _workspace(workspace, tracking_uri)
+    """Open the MLflow UI on the workspace's tracking store; it ends, with every process it started, when this command does."""
+    from xattn.processes import check_port, run_server
+
+    ws = _workspace(workspace, tracking_uri, create=False)
     if ws.tracking_uri.startswith(("http://", "https://")):
-        console.print(f"the tracking store is a server: open {ws.tracking_uri} in a browser")
+        console.print(f"the tracking store is a server: open {masked(ws.tracking_uri)} in a browser", highlight=False)
         return
+    ws = _stored_workspace(workspace, tracking_uri)
+    check_port(host, port, "another MLflow UI?")
     console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop); store {ws.tracking_uri}", highlight=False)
     console.print("  studies are model training: pick [bold]Model training[/] in its sidebar once (MLflow starts a browser on GenAI)", highlight=False)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri, "--host", host, "--port", str(port)]
-    try:
-        raise typer.Exit(subprocess.call(command))
-    except KeyboardInterrupt:
-        raise typer.Exit(0) from None
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", ws.tracking_uri, "--host", host, "--port", str(port), "--workers", str(workers)]
+    raise typer.Exit(run_server(command))
 
 
 @app.command("dashboard")
@@ -477,7 +571,6 @@ def dashboard(
 ) -> None:
     """Open optuna-dashboard on the workspace's Optuna storage: history, importances, slices of each search."""
     from xattn.dashboard import serve
-    from xattn.doctor import masked
 
     ws = _workspace(workspace, None, optuna_storage, create=False)
 
@@ -499,11 +592,13 @@ def export(
     as_json: bool = JsonOpt,
 ) -> None:
     """Export the best trial's weights, config and metrics, with a sha256 manifest."""
+    ws = _stored_workspace(workspace, tracking_uri)
+
     from xattn.export import export_best
 
-    info = export_best(study, out, _workspace(workspace, tracking_uri), run_id=run_id, force=force)
+    info = export_best(study, out, ws, run_id=run_id, force=force)
     console.print(f"exported trial {info['run_id']} of {study} to {info['out']}", highlight=False)
-    console.print(f"  check it: xattn evaluate {out}", highlight=False)
+    console.print(f"  check it: xattn evaluate {shlex.quote(str(out))}", highlight=False)
     if as_json:
         print(json.dumps(info))
 
@@ -608,9 +703,20 @@ def data_info(name: str = typer.Argument(..., help="Dataset name (xattn data lis
 
 
 def main() -> None:
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema-migration chatter on a new store
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as error:
+        error.show()
+        code = 2
+    except UsageError as error:
+        # One line, like every other error; click's framed panel spans five.
+        where = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+        err_console.print(f"[red]error:[/] {error.format_message()}{where}", highlight=False)
+        code = error.exit_code
+    except typer.Abort:  # Ctrl-C at a prompt or before a command took over
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,11 @@ taken) ends in one line before the server starts; from then on it serves until s
 
 from __future__ import annotations
 
-import errno
-import socket
 from pathlib import Path
 from typing import Callable
 
 from xattn.errors import StoreError
+from xattn.processes import check_port
 
 
 def open_storage(url: str):
@@ -20,7 +19,7 @@ def open_storage(url: str):
     import optuna
     import sqlalchemy
 
-    from xattn.doctor import masked
+    from xattn.tracking.store import masked
 
     try:
         parsed = sqlalchemy.engine.make_url(url)
@@ -43,19 +42,9 @@ def serve(url: str, host: str, port: int, *, announce: Callable[[str, list[str]]
     import optuna_dashboard
 
     storage = open_storage(url)
-    _check_port(host, port)
+    check_port(host, port, "another dashboard?")
     announce(f"http://{host}:{port}", optuna.get_all_study_names(storage))
     try:
         optuna_dashboard.run_server(storage, host=host, port=port)
     except OSError as error:  # another process took the port since the check
         raise StoreError(f"cannot serve on {host}:{port} ({error.strerror or error}): pass another --port") from None
-
-
-def _check_port(host: str, port: int) -> None:
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            raise StoreError(f"port {port} on {host} is in use (another dashboard?): pass another --port") from None
-        raise StoreError(f"cannot serve on {host}:{port} ({error.strerror or error}): check --host and --port") from None

@@ -14,10 +14,9 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from xattn.errors import XattnError
-from xattn.tracking.store import Workspace
+from xattn.tracking.store import Workspace, check_optuna_storage, connect, masked
 
 PROBE_EXPERIMENT = "xattn-doctor-probe"
 
@@ -43,15 +42,6 @@ def run_checks(workspace: Workspace, *, address: str | None = None, mirror: str 
     return checks
 
 
-def masked(uri: str) -> str:
-    """`uri` with any password replaced by ***."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def check_environment() -> Check:
     import torch
 
@@ -75,7 +65,6 @@ def check_tracking_store(workspace: Workspace):
     """(client, check): the client only when the store answered."""
     uri = workspace.tracking_uri
     from xattn.errors import StoreError
-    from xattn.tuning.study import connect
 
     import mlflow
 
@@ -119,7 +108,6 @@ def check_artifacts(client, workspace: Workspace) -> Check:
 
 def check_optuna(url: str) -> Check:
     from xattn.errors import StoreError
-    from xattn.tuning.study import check_optuna_storage
 
     try:
         check_optuna_storage(url)
@@ -138,6 +126,10 @@ def check_optuna(url: str) -> Check:
 
 def check_ray(address: str | None) -> Check:
     import ray
+
+    from xattn import logs
+
+    logs.adopt_library_loggers()
 
     if not address:
         return Check("Ray", "local", True, f"a local Ray {ray.__version__} instance is started per study (pass --address for a cluster)")

@@ -17,7 +17,7 @@ from typing import Any
 
 from xattn.errors import DataError, StoreError
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
-from xattn.tracking.store import Workspace, best_child, find_parent_run
+from xattn.tracking.store import Workspace, best_child, connect, ensure_not_a_file, find_parent_run
 
 MANIFEST = "manifest.json"
 
@@ -29,10 +29,11 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
     the trial it was registered from is written, exactly as its study's export would be.
     """
     out = Path(out)
+    ensure_not_a_file(out, "--out", "choose another --out")
     if out.exists() and any(out.iterdir()) and not force:
         raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    client = workspace.client()
+    client = connect(workspace)  # an unreachable server fails in one line, not after minutes of retries
     version = None
     if study.startswith("models:/"):
         from xattn.tracking.registry import resolve

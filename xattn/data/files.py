@@ -256,8 +256,8 @@ def align_square(
     matrix: np.ndarray, labels: list[str] | None, reference: list[str], path: Path, reference_path: Path
 ) -> np.ndarray:
     """`matrix` with rows and columns in `reference` order."""
+    order = label_order(labels, reference, path, reference_path)  # labelled: names what differs, before sizes
     check_size(matrix.shape[0], reference, path, reference_path)
-    order = label_order(labels, reference, path, reference_path)
     return matrix[np.ix_(order, order)]
 
 
@@ -265,8 +265,9 @@ def align_rows(
     rows: np.ndarray, labels: list[str] | None, reference: list[str], path: Path, reference_path: Path
 ) -> np.ndarray:
     """`rows` in `reference` order."""
+    order = label_order(labels, reference, path, reference_path)
     check_size(rows.shape[0], reference, path, reference_path)
-    return rows[label_order(labels, reference, path, reference_path)]
+    return rows[order]
 
 
 def sampled_regions(values: np.ndarray, path: Path, labels: list[str]) -> np.ndarray:

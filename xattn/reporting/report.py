@@ -23,7 +23,17 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from xattn.errors import StudyNotFound, XattnError
-from xattn.tracking.store import INNER_FOLD_TAG, ROLE_TAG, Workspace, best_child, child_runs, find_parent_run
+from xattn.tracking.store import (
+    INNER_FOLD_TAG,
+    ROLE_TAG,
+    Workspace,
+    best_child,
+    child_runs,
+    connect,
+    find_parent_run,
+    first_line,
+    masked,
+)
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"
 REPORTS_FOLDER = "reports"
@@ -79,12 +89,10 @@ def write_report(
 
 
 def _client(workspace: Workspace) -> MlflowClient:
-    from xattn.tuning.study import connect
-
-    database = workspace.tracking_uri.removeprefix("sqlite:///").split("?")[0]
-    if database != workspace.tracking_uri and not Path(database).exists():
+    missing = workspace.missing_store()
+    if missing is not None:
         # Opening a missing SQLite file would create an empty store and then report "no study".
-        raise StudyNotFound(f"no tracking store at {database}: no study to report (is --workspace right?)")
+        raise StudyNotFound(f"no tracking store at {missing}: no study to report (is --workspace right?)")
     return connect(workspace)
 
 
@@ -166,8 +174,8 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
             "started": _time(parent.info.start_time),
             "ended": _time(parent.info.end_time) if parent.info.status != "RUNNING" else None,
             "duration": _duration(parent.info.start_time, parent.info.end_time if parent.info.status != "RUNNING" else None),
-            "tracking_uri": _masked(workspace.tracking_uri),
-            "optuna_storage": _masked(workspace.optuna_storage),
+            "tracking_uri": masked(workspace.tracking_uri),
+            "optuna_storage": masked(workspace.optuna_storage),
             "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "written_on": socket.gethostname(),
         },
@@ -195,11 +203,11 @@ def _stored_spec(client: MlflowClient, parent: Run):
         with tempfile.TemporaryDirectory() as folder:
             text = Path(client.download_artifacts(parent.info.run_id, "study.yaml", folder)).read_text()
     except (MlflowException, OSError) as error:
-        return None, None, f"the study run has no readable study.yaml ({_reason(error)})"
+        return None, None, f"the study run has no readable study.yaml ({first_line(error)})"
     try:
         return text, spec_from_yaml(text), None
     except Exception as error:  # noqa: BLE001 - a spec of an older or newer xattn: show its text anyway
-        return text, None, f"this xattn cannot parse it ({_reason(error)}): data details are left out"
+        return text, None, f"this xattn cannot parse it ({first_line(error)}): data details are left out"
 
 
 def _best_run(client: MlflowClient, parent: Run, children: list[Run], family: str | None) -> tuple[Run | None, str | None]:
@@ -319,7 +327,7 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
     try:
         from xattn.reporting.figures import study_figures
     except ImportError as error:
-        return [], [f"no figures: xattn.reporting.figures cannot be imported ({_reason(error)})"]
+        return [], [f"no figures: xattn.reporting.figures cannot be imported ({first_line(error)})"]
     mirror_path = data_mirror(mirror)
     # study_figures says why it leaves a figure out only in its log: those lines become notes.
     skipped = _LogNotes()
@@ -328,7 +336,7 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
     try:
         drawn = study_figures(client, parent.info.run_id, workspace.optuna_storage, mirror=str(mirror_path) if mirror_path else None)
     except Exception as error:  # noqa: BLE001 - a page without figures beats no page
-        return [], [f"no figures could be drawn ({type(error).__name__}: {_reason(error)})"]
+        return [], [f"no figures could be drawn ({type(error).__name__}: {first_line(error)})"]
     finally:
         figures_logger.removeHandler(skipped)
     figures, notes = [], list(skipped.notes)
@@ -343,7 +351,7 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
                 config={"displaylogo": False, "responsive": True},
             )
         except Exception as error:  # noqa: BLE001 - one bad figure must not cost the others
-            notes.append(f"{name}: not drawn ({type(error).__name__}: {_reason(error)})")
+            notes.append(f"{name}: not drawn ({type(error).__name__}: {first_line(error)})")
             continue
         figures.append({"name": name, "title": FIGURE_TITLES.get(name, name.replace("_", " ").capitalize()), "html": div})
     return figures, notes
@@ -451,14 +459,3 @@ def _duration(start: int | None, end: int | None) -> str | None:
     seconds = int(((end or datetime.now(timezone.utc).timestamp() * 1000) - start) / 1000)
     hours, rest = divmod(seconds, 3600)
     return (f"{hours} h " if hours else "") + f"{rest // 60} min {rest % 60} s" + ("" if end else " so far")
-
-
-def _masked(uri: str) -> str:
-    from xattn.doctor import masked
-
-    return masked(uri)
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from mlflow.entities import Run
+from xattn.tracking.store import COMPLETED_TAG, DRIVER_TAG, driver_alive
 
-from xattn.tracking.store import COMPLETED_TAG
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 FINISHED = "finished"
 RUNNING = "running"
@@ -26,8 +28,6 @@ class StudyState:
 
 
 def study_state(parent: Run) -> StudyState:
-    from xattn.tuning.study import DRIVER_TAG, _driver_alive
-
     tags = parent.data.tags
     status = parent.info.status
     name = tags.get("xattn.study", "NAME")
@@ -38,7 +38,7 @@ def study_state(parent: Run) -> StudyState:
         return StudyState(FINISHED, f"it ended without a successful trial (run status {status})")
     driver = tags.get(DRIVER_TAG)
     if status == "RUNNING":
-        if _driver_alive(driver):
+        if driver_alive(driver):
             return StudyState(RUNNING, f"its driver, process {driver}, is alive; this page shows the trials so far")
         host = (driver or "").rpartition(":")[0]
         if host and host != socket.gethostname():

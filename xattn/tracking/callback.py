@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.search.repeater import TRIAL_INDEX
 
-from xattn.tracking.store import INNER_FOLD_TAG
+from xattn.tracking.store import INNER_FOLD_TAG, SCHEDULER_STOP_TAG
 from xattn.training.checkpoint import CHECKPOINT_FILES
 from xattn.tuning.nulls import NULL_INDEX, NULL_INDEX_TAG, NULL_METHOD, NULL_METHOD_TAG
 
@@ -126,7 +126,10 @@ class MlflowTrialLogger(Callback):
         now = int(time.time() * 1000)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+        # `done` on a result the trial is still running means the scheduler stops it here
+        # (see TrialProgress.on_trial_result); at max_epochs that is no early stop.
+        tags = [RunTag(SCHEDULER_STOP_TAG, str(step))] if result.get("done") else []
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._finish(trial, "FINISHED")

@@ -17,7 +17,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from xattn.doctor import masked
+from xattn.tracking.store import masked
 from xattn.errors import ModelNotFound, StoreError
 
 BEST_ALIAS = "best"

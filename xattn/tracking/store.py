@@ -7,19 +7,28 @@ by code, so the same study runs against a lab's PostgreSQL-backed server unchang
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from xattn.errors import StoreError, StudyNotFound
+
+if TYPE_CHECKING:  # MLflow takes seconds to import: commands that fail on their input should not wait for it
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 DEFAULT_WORKSPACE = Path(".xattn")
 ROLE_TAG = "xattn.role"
 STUDY_TAG = "xattn.study"
 INNER_FOLD_TAG = "xattn.inner_fold"  # a search run's inner fold, when the spec asks for inner folds
 SQLITE_WAIT = "?timeout=60"
+DRIVER_TAG = "xattn.driver"  # HOST:PID of the process driving a study run
+SCHEDULER_STOP_TAG = "xattn.scheduler_stopped_at"  # the epoch the scheduler (ASHA) stopped a trial at
+# What MLflow 3 accepts as a tracking URI (a database through SQLAlchemy, a server, Databricks).
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
+TRACKING_EXAMPLES = "sqlite:///PATH.db, postgresql://HOST/DB, mysql://HOST/DB or http(s)://HOST:PORT of an MLflow server"
 
 
 @dataclass(frozen=True)
@@ -37,15 +46,33 @@ class Workspace:
         create: bool = True,
     ) -> "Workspace":
         root = Path(root or os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
+        ensure_not_a_file(root, "workspace", "pass --workspace DIR")
+        # Checked before the workspace is created: a bad URI must leave nothing behind.
+        if tracking_uri:
+            check_tracking_uri(tracking_uri, "--tracking-uri")
+        elif os.environ.get("MLFLOW_TRACKING_URI"):
+            tracking_uri = check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
         if create:
             ensure_writable(root)
         # Two studies on one workspace are two writers of each SQLite file: wait for the
         # other's write (up to a minute) instead of failing with "database is locked" after 5 s.
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}{SQLITE_WAIT}"
+        tracking_uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}{SQLITE_WAIT}"
         optuna_storage = (
             optuna_storage or os.environ.get("XATTN_OPTUNA_STORAGE") or f"sqlite:///{root / 'optuna.db'}{SQLITE_WAIT}"
         )
+        if same_database(tracking_uri, optuna_storage):
+            raise StoreError(
+                f"the tracking store and the Optuna storage are one database ({masked(optuna_storage)}): MLflow and Optuna "
+                "each need their own (both keep their schema version in one alembic_version table): pass another --optuna-storage"
+            )
         return cls(root, tracking_uri, optuna_storage)
+
+    def missing_store(self) -> Path | None:
+        """The SQLite tracking file, when it does not exist yet: reading it would create it."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return None
+        database = Path(self.tracking_uri.removeprefix("sqlite:///").split("?")[0])
+        return None if database.exists() else database
 
     @property
     def artifact_root(self) -> Path:
@@ -56,6 +83,8 @@ class Workspace:
         return self.root / "ray"
 
     def client(self) -> MlflowClient:
+        from mlflow.tracking import MlflowClient
+
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def artifact_location(self, study: str) -> str | None:
@@ -65,7 +94,91 @@ class Workspace:
         return (self.artifact_root / study).as_uri()
 
 
+def check_tracking_uri(uri: str, source: str) -> str:
+    """`uri` if MLflow can open a store of its kind, else a StoreError naming what would work."""
+    try:
+        scheme = urlsplit(uri).scheme.lower()
+    except ValueError as error:  # "Invalid IPv6 URL", a bad port
+        raise StoreError(f"{source} {uri!r} is not a URL ({error}); use {TRACKING_EXAMPLES}") from None
+    # A bare path is a local folder to MLflow; a dialect may name its driver (postgresql+psycopg2).
+    if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
+        raise StoreError(f"{source} {masked(uri)}: MLflow has no tracking store for scheme {scheme!r}; use {TRACKING_EXAMPLES}")
+    return uri
+
+
+# Tables only MLflow's schema has: both MLflow and Optuna keep their schema version in one
+# `alembic_version` table, so they cannot share a database.
+MLFLOW_TABLES = {"experiments", "runs", "registered_models"}
+OPTUNA_TABLES = {"studies", "version_info"}
+
+
+def check_schema_owner(tables: set[str], shown_url: str) -> None:
+    """Refuse an Optuna storage whose database already holds another application's schema."""
+    if "alembic_version" not in tables or OPTUNA_TABLES <= tables:
+        return
+    owner = "MLflow's" if MLFLOW_TABLES & tables else "another application's"
+    raise StoreError(
+        f"Optuna storage {shown_url}: that database already holds {owner} schema, and Optuna needs one of its own "
+        "(both keep their version in one alembic_version table): create another database and pass it as --optuna-storage"
+    )
+
+
+def same_database(tracking_uri: str, optuna_storage: str) -> bool:
+    """Whether both stores name one database (the same scheme without driver, host, port and path)."""
+
+    def key(url: str) -> tuple[str, str, str]:
+        parts = urlsplit(url)
+        return (parts.scheme.split("+")[0].lower(), parts.netloc.rpartition("@")[2].lower(), parts.path.rstrip("/"))
+
+    try:
+        return key(tracking_uri) == key(optuna_storage)
+    except ValueError:  # not URLs at all: other checks name that
+        return False
+
+
+def masked(uri: str) -> str:
+    """`uri` with any password replaced by ***."""
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:  # not a URL at all (an unclosed [ or a bad port): nothing to hide in it
+        return uri
+    if password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def driver_tag() -> str:
+    """The value of DRIVER_TAG for this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def driver_alive(driver: str | None) -> bool:
+    """Whether the process that last drove a study run is still running on this host."""
+    host, _, pid = (driver or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ensure_not_a_file(folder: Path, what: str, fix: str) -> None:
+    """A one-line StoreError when `folder`, or a folder it would be made in, is a file."""
+    blocking = next((path for path in (folder, *folder.parents) if path.is_file()), None)
+    if blocking == folder:
+        raise StoreError(f"{what} {folder} is a file, not a folder: {fix}")
+    if blocking is not None:
+        raise StoreError(f"{what} {folder} cannot be made: {blocking} is a file, not a folder: {fix}")
+
+
 def ensure_writable(root: Path) -> None:
+    ensure_not_a_file(root, "workspace", "pass --workspace DIR")
     try:
         root.mkdir(parents=True, exist_ok=True)
         probe = root / ".write-test"
@@ -73,6 +186,64 @@ def ensure_writable(root: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise StoreError(f"workspace {root} cannot be written ({error.strerror}): pass --workspace DIR") from None
+
+
+def connect(workspace: Workspace) -> MlflowClient:
+    """An MLflow client on a store that answers, or a one-line StoreError (within seconds)."""
+    client = workspace.client()
+    # MLflow retries an unreachable server for minutes by default; a probe should not.
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
+        raise StoreError(
+            f"cannot use the tracking store {masked(workspace.tracking_uri)} ({first_line(error)}): check --tracking-uri"
+        ) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return client
+
+
+def check_optuna_storage(url: str) -> None:
+    """Connect to the Optuna storage without writing to it (a SQLite file is created later)."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL at all
+        raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        engine = sqlalchemy.create_engine(parsed)
+        with engine.connect() as connection:
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
+        engine.dispose()
+    except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
+        raise StoreError(f"cannot use the Optuna storage {shown} ({first_line(error)}): check --optuna-storage") from None
+    check_schema_owner(tables, shown)
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message as a clause of a one-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def stopped_early_at(run: Run, max_epochs: int | None) -> int | None:
+    """The epoch the scheduler (ASHA) stopped `run` at, if before `max_epochs`; a stop at the
+    last epoch is no early stop."""
+    epoch = run.data.tags.get(SCHEDULER_STOP_TAG)
+    if epoch is None or (max_epochs is not None and int(epoch) >= max_epochs):
+        return None
+    return int(epoch)
 
 
 def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None) -> Run:

@@ -11,10 +11,10 @@ import difflib
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from xattn.errors import SpecError
 
@@ -26,16 +26,32 @@ DATA_PARAMS = {"genevec"}
 GENEVEC_KINDS = ("gene2vec", "coexpression", "onehot")
 
 
+def _whole_number(value: Any) -> Any:
+    """1e9 and "1e9" as 1000000000: YAML reads scientific notation without a dot as text."""
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else value
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_whole_number)]
+MAX_TRIALS = 100_000
+MAX_EPOCHS = 100_000
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class SplitSpec(_Strict):
     method: Literal["random", "spatial"] = "random"
-    folds: int = Field(5, ge=2, description="number of region folds (K)")
-    fold: int = Field(0, ge=0, description="which fold is the test set")
+    folds: Whole = Field(5, ge=2, description="number of region folds (K)")
+    fold: Whole = Field(0, ge=0, description="which fold is the test set")
     val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of training regions held out for validation")
-    inner_folds: int = Field(
+    inner_folds: Whole = Field(
         0, ge=0, description="0: search on one validation set; K >= 2: each trial on K inner folds, ranked by their mean"
     )
 
@@ -49,7 +65,7 @@ class SplitSpec(_Strict):
 
 
 class TopVarianceSpec(_Strict):
-    top_variance: int = Field(ge=1, description="the N genes that vary most across the training regions")
+    top_variance: Whole = Field(ge=1, description="the N genes that vary most across the training regions")
 
 
 class GeneFileSpec(_Strict):
@@ -63,11 +79,11 @@ class FilesSpec(_Strict):
 
 
 class SyntheticSpec(_Strict):
-    regions: int = Field(64, ge=8)
-    genes: int = Field(32, ge=2)
+    regions: Whole = Field(64, ge=8)
+    genes: Whole = Field(32, ge=2)
     noise: float = Field(0.1, ge=0)
     similarity: float = Field(0.5, description="weight beta of the expression-similarity term; 0: distance only")
-    seed: int = 0
+    seed: Whole = 0
 
 
 class DataSpec(_Strict):
@@ -149,8 +165,8 @@ class SearchSpec(_Strict):
     metric: Literal["val_loss", "val_pearson"] = "val_loss"
     mode: Literal["min", "max"] | None = None
     scheduler: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1, description="epochs before ASHA may stop a trial")
-    reduction_factor: int = Field(2, ge=2)
+    grace_period: Whole = Field(1, ge=1, description="epochs before ASHA may stop a trial")
+    reduction_factor: Whole = Field(2, ge=2)
 
     @field_validator("space", mode="before")
     @classmethod
@@ -167,14 +183,14 @@ class SearchSpec(_Strict):
 
 
 class BudgetSpec(_Strict):
-    trials: int = Field(8, ge=1)
-    max_epochs: int = Field(10, ge=1)
-    patience_steps: int = Field(
+    trials: Whole = Field(8, ge=1, le=MAX_TRIALS)
+    max_epochs: Whole = Field(10, ge=1, le=MAX_EPOCHS)
+    patience_steps: Whole = Field(
         1500, ge=1, description="optimizer steps without a better validation metric before early stopping"
     )
-    min_steps: int = Field(0, ge=0, description="optimizer steps before early stopping may stop a run")
-    max_concurrent: int | None = Field(None, ge=1)
-    max_failures: int = Field(1, ge=0, description="retries of a trial that raised; a diverged trial is never retried")
+    min_steps: Whole = Field(0, ge=0, description="optimizer steps before early stopping may stop a run")
+    max_concurrent: Whole | None = Field(None, ge=1)
+    max_failures: Whole = Field(1, ge=0, description="retries of a trial that raised; a diverged trial is never retried")
 
 
 class ResourcesSpec(_Strict):
@@ -197,12 +213,12 @@ class NullSpec(_Strict):
     method: Literal["spin", "variogram", "shuffle"] = Field(
         "spin", description="spin (sphere rotations) | variogram (brainsmash surrogates) | shuffle (permuted regions)"
     )
-    n: int = Field(10, ge=1, description="null datasets N; the p-value's resolution is 1 / (N + 1)")
+    n: Whole = Field(10, ge=1, description="null datasets N; the p-value's resolution is 1 / (N + 1)")
 
 
 class ComparisonSpec(_Strict):
-    folds: int = Field(4, ge=2, description="outer region folds K of the final runs")
-    seeds: int = Field(3, ge=1, description="seeds S per fold of the final runs")
+    folds: Whole = Field(4, ge=2, description="outer region folds K of the final runs")
+    seeds: Whole = Field(3, ge=1, description="seeds S per fold of the final runs")
     tune: bool = Field(True, description="tune every family with the study's budget; false: fixed settings")
     baselines: dict[str, BaselineSpec] = Field(default_factory=dict)
     variants: dict[str, dict[str, Any]] = Field(
@@ -221,13 +237,14 @@ class ComparisonSpec(_Strict):
             if not isinstance(overrides, dict) or not overrides:
                 raise ValueError(f"variant {name!r} needs a mapping of hyperparameters to override, like {{bidirectional: true}}")
         return variants
+
     nulls: NullSpec | None = Field(None, description="retrain every family on spatial nulls of the expression")
 
 
 class StudySpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
-    seed: int = 0
+    seed: Whole = 0
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
     search: SearchSpec = SearchSpec()

@@ -10,7 +10,6 @@ import io
 import logging
 import math
 import os
-import socket
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -25,12 +24,20 @@ from xattn.errors import StoreError, StudyNotFound
 from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tracking.store import (
     COMPLETED_TAG,
+    DRIVER_TAG,
     ROLE_TAG,
     STUDY_TAG,
     Workspace,
     best_child,
+    check_optuna_storage,
     child_runs,
+    connect,
+    driver_alive,
+    driver_tag,
     ensure_writable,
+    first_line,
+    masked,
+    stopped_early_at,
     unfinished_parent_run,
 )
 from xattn.tuning.spec import StudySpec, spec_from_yaml
@@ -48,6 +55,7 @@ class StudyResult:
     best: dict[str, Any] | None = None
     comparison: dict[str, Any] | None = None
     failures: dict[str, int] = field(default_factory=dict)  # failure reason -> failed trials
+    stopped_early: int = 0  # finished search trials the scheduler (ASHA) stopped before max_epochs
     # family -> Spearman rank correlation of its search trials' validation metric with test r
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -65,53 +73,6 @@ def open_stores(workspace: Workspace):
         client = connect(workspace)
         optuna.storages.RDBStorage(workspace.optuna_storage)
     return client
-
-
-def connect(workspace: Workspace):
-    """An MLflow client on a store that answers, or a one-line StoreError (within seconds)."""
-    client = workspace.client()
-    # MLflow retries an unreachable server for minutes by default; a probe should not.
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-    saved = {key: os.environ.get(key) for key in quick}
-    os.environ.update(quick)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
-        raise StoreError(
-            f"cannot use the tracking store {workspace.tracking_uri} ({_reason(error)}): check --tracking-uri"
-        ) from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return client
-
-
-def check_optuna_storage(url: str) -> None:
-    """Connect to the Optuna storage without writing to it (a SQLite file is created later)."""
-    import sqlalchemy
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except Exception:  # noqa: BLE001 - not a URL at all
-        raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
-    if parsed.get_backend_name() == "sqlite":
-        return
-    shown = parsed.render_as_string(hide_password=True)
-    try:
-        engine = sqlalchemy.create_engine(parsed)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
-        raise StoreError(f"cannot use the Optuna storage {shown} ({_reason(error)}): check --optuna-storage") from None
-
-
-def _reason(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 # The experiment kind MLflow 3 records per experiment: "custom_model_development" is the one
@@ -149,7 +110,7 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, 
         "xattn.metric": f"best_{spec.search.metric}",
         "xattn.mode": spec.search.mode,
         "mlflow.runName": f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        DRIVER_TAG: _driver(),
+        DRIVER_TAG: driver_tag(),
     }
     if spec.description:
         tags[NOTE_TAG] = spec.description
@@ -173,26 +134,7 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, 
     return run_id, optuna_study
 
 
-DRIVER_TAG = "xattn.driver"
 ORPHAN_TAG = "xattn.orphaned"
-
-
-def _driver() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _driver_alive(driver: str | None) -> bool:
-    """Whether the process that last drove a study run is still running on this host."""
-    host, _, pid = (driver or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stored_spec(client, parent) -> StudySpec:
@@ -213,10 +155,10 @@ def reopen_parent_run(client, parent, spec: StudySpec) -> tuple[str, str]:
             f"`xattn study resume {spec.name}` continues it, --name NEW starts another study"
         )
     driver = parent.data.tags.get(DRIVER_TAG)
-    if _driver_alive(driver):
+    if driver_alive(driver):
         raise StoreError(f"study {spec.name!r} is running now (process {driver}): wait for it or stop it first")
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, DRIVER_TAG, _driver())
+    client.set_tag(run_id, DRIVER_TAG, driver_tag())
     if spec.description and NOTE_TAG not in parent.data.tags:  # a run started before descriptions were recorded
         client.set_tag(run_id, NOTE_TAG, spec.description)
     client.set_tag(run_id, "xattn.resumed", str(int(parent.data.tags.get("xattn.resumed", "0")) + 1))
@@ -261,8 +203,8 @@ def run_study(
     mirror_path = data_mirror(mirror)
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)
-    ensure_writable(workspace.root)
     check_optuna_storage(workspace.optuna_storage)
+    ensure_writable(workspace.root)
     client = open_stores(workspace)
 
     experiment_id = open_experiment(client, workspace, spec)
@@ -320,6 +262,9 @@ def _ray(context: _Context):
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     import ray
 
+    from xattn import logs
+
+    logs.adopt_library_loggers()
     if not ray.is_initialized():
         ray.init(
             # "local": a new instance of our own, even where a `ray start` cluster (or a
@@ -328,7 +273,7 @@ def _ray(context: _Context):
             include_dashboard=False,
             log_to_driver=False,
             logging_level=logging.WARNING,
-            configure_logging=True,
+            configure_logging=not logs.configured(),  # the CLI sends Ray's logs to the workspace's log
         )
     return ray
 
@@ -409,7 +354,6 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import Repeater
 
-    from xattn.doctor import masked
     from xattn.tuning.search_space import optuna_space
     from xattn.tuning.searcher import ResumableOptunaSearch
     from xattn.tuning.trainable import trainable
@@ -616,7 +560,7 @@ def _register(client, spec: StudySpec, parent, run) -> dict[str, Any]:
         manifest = export_manifest(client, spec.name, parent, run)
         version = register_best(client, spec.name, parent, run, manifest, description=spec.description)
     except (MlflowException, OSError) as error:
-        reason = _reason(error)
+        reason = first_line(error)
         client.set_tag(parent.info.run_id, "xattn.registry_error", reason)
         warnings.warn(f"the best trial was not registered as model {spec.name!r}: {reason}", stacklevel=2)
         return {"model_version": None, "model_uri": None}
@@ -644,10 +588,13 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
     children = child_runs(client, parent)
     counts: dict[str, int] = {}
     failures: dict[str, int] = {}
+    stopped_early = 0
     for run in children:
         tags = run.data.tags
         if tags.get("xattn.family") == spec.model.family and tags.get(ROLE_TAG) == "search" and ORPHAN_TAG not in tags:
             counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
+            if run.info.status == "FINISHED" and stopped_early_at(run, spec.budget.max_epochs) is not None:
+                stopped_early += 1
             if run.info.status == "FAILED":
                 reason = tags.get("xattn.failure", "no reason recorded")
                 failures[reason] = failures.get(reason, 0) + 1
@@ -708,4 +655,5 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
         best=best,
         comparison=comparison,
         failures=failures,
+        stopped_early=stopped_early,
     )

@@ -1,0 +1,349 @@
+"""What the terminal says (issue 14): one-line errors that write nothing, flags that read as
+flags, a quiet console with the library logs in the workspace, and `xattn ui` ending with
+every process it started. Every test runs the real CLI with its output to a pipe."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from services import free_port, port_open, wait_until
+from test_cli import write_spec, xattn
+
+NONSENSE = "nonsense://x"
+NO_MIRROR = {"XATTN_DATA_MIRROR": ""}  # doctor then skips checksumming every dataset of the mirror
+
+
+def one_error_line(process) -> str:
+    """The exit code is 2 and stderr is exactly one line (no traceback, no framed panel)."""
+    lines = process.stderr.strip().splitlines()
+    assert process.returncode == 2, process.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), process.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["study", "run", "SPEC"],
+        ["study", "list"],
+        ["study", "show", "quickstart"],
+        ["study", "resume", "quickstart"],
+        ["doctor"],
+        ["ui"],
+        ["export", "quickstart", "--out", "exported"],
+        ["report", "quickstart"],
+        ["compare", "quickstart"],
+    ],
+)
+def test_a_tracking_uri_mlflow_cannot_open_is_one_line_and_writes_nothing(tmp_path, command):
+    spec = write_spec(tmp_path)
+    args = [str(spec) if part == "SPEC" else part for part in command]
+    process = xattn(*args, "--workspace", tmp_path / "ws", "--tracking-uri", NONSENSE, cwd=tmp_path, timeout=120)
+    line = one_error_line(process)
+    assert NONSENSE in line and "'nonsense'" in line and "sqlite:///" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.parametrize("command", [["study", "list"], ["study", "show", "quickstart"], ["export", "quickstart", "--out", "exported"]])
+def test_a_tracking_server_that_is_down_is_one_line_within_seconds(tmp_path, command):
+    process = xattn(*command, "--workspace", tmp_path / "ws", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path, timeout=60)
+    assert "cannot use the tracking store http://127.0.0.1:9" in one_error_line(process)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_tracking_uri_from_the_environment_is_named_as_such(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": NONSENSE}
+    process = subprocess.run(
+        [sys.executable, "-m", "xattn.cli", "study", "list", "--workspace", str(tmp_path / "ws")],
+        cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert "$MLFLOW_TRACKING_URI nonsense://x" in one_error_line(process)
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("command", [["study", "run", "SPEC"], ["study", "list"], ["doctor"]])
+def test_a_workspace_that_is_a_file_is_called_a_file(tmp_path, command):
+    spec = write_spec(tmp_path)
+    blocked = tmp_path / "notes.txt"
+    blocked.write_text("mine")
+    args = [str(spec) if part == "SPEC" else part for part in command]
+    line = one_error_line(xattn(*args, "--workspace", blocked, cwd=tmp_path, timeout=120))
+    assert f"{blocked} is a file, not a folder" in line
+    assert blocked.read_text() == "mine"
+
+
+def test_export_to_a_file_is_called_a_file(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").touch()
+    blocked = tmp_path / "notes.txt"
+    blocked.write_text("mine")
+    line = one_error_line(xattn("export", "quickstart", "--out", blocked / "best", "--workspace", tmp_path / "ws", cwd=tmp_path))
+    assert f"{blocked} is a file, not a folder" in line and blocked.read_text() == "mine"
+
+
+def test_one_database_for_both_stores_is_refused_before_anything_starts(tmp_path):
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    process = xattn(
+        "study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", "--tracking-uri", shared, "--optuna-storage", shared,
+        cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    line = one_error_line(process)
+    assert "one database" in line and "alembic_version" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+@pytest.fixture(scope="module")
+def mlflow_database(tmp_path_factory) -> Path:
+    """A database that holds MLflow's schema (a workspace's mlflow.db, or a tracking server's backend)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def test_an_optuna_storage_in_mlflow_s_database_is_refused_by_run_and_doctor(tmp_path, mlflow_database):
+    storage = ["--optuna-storage", f"sqlite:///{mlflow_database}"]
+    before = mlflow_database.read_bytes()
+    process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *storage, cwd=tmp_path, timeout=120)
+    line = one_error_line(process)
+    assert "already holds MLflow's schema" in line and "Optuna needs one of its own" in line
+    assert not (tmp_path / "ws").exists() and mlflow_database.read_bytes() == before
+
+    # `xattn doctor`'s row for that storage (the whole doctor takes 15 s of imports and probes)
+    from xattn.doctor import check_optuna
+
+    row = check_optuna(f"sqlite:///{mlflow_database}")
+    assert not row.ok and "already holds MLflow's schema" in row.detail
+
+
+def test_flags_read_as_flags_in_help():
+    process = subprocess.run([sys.executable, "-m", "xattn.cli", "study", "run", "--help"], capture_output=True, text=True, timeout=60)
+    assert process.returncode == 0
+    assert "<bool>" not in process.stdout
+    (json_line,) = [line for line in process.stdout.splitlines() if "--json" in line]
+    assert "Print one JSON object" in json_line
+    (trials_line,) = [line for line in process.stdout.splitlines() if "--trials" in line]
+    assert " N " in trials_line
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["study", "run"], "Missing argument 'SPEC'"),
+        (["study", "list", "--bogus"], "No such option: --bogus"),
+        (["ui", "--port", "eighty"], "Invalid value for '--port'"),
+    ],
+)
+def test_usage_errors_are_one_line_too(tmp_path, args, expected):
+    line = one_error_line(xattn(*args, cwd=tmp_path))
+    assert expected in line and "--help" in line
+
+
+def test_max_epochs_in_scientific_notation(tmp_path):
+    raw = yaml.safe_load(write_spec(tmp_path).read_text())
+    raw["budget"]["max_epochs"] = "1e9"  # what YAML makes of `max_epochs: 1e9`
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    line = one_error_line(xattn("study", "run", spec, "--workspace", tmp_path / "ws", cwd=tmp_path))
+    assert "budget.max_epochs" in line and "less than or equal to 100000" in line
+    assert not (tmp_path / "ws").exists()
+    # Whole numbers in that notation pass; the study then stops on the next mistake.
+    line = one_error_line(xattn("study", "run", spec, "--max-epochs", "2e1", "--trials", "1e0", "--set", "budget.min_steps=1e9x", cwd=tmp_path))
+    assert "budget.min_steps" in line and "budget.max_epochs" not in line
+
+
+def write_matrix(path: Path, labels: list[str], genes: list[str] | None = None) -> Path:
+    columns = genes or labels
+    rows = [",".join(["label", *columns])]
+    rows += [",".join([label, *(f"{(i * 7 + j) % 5 / 10:.1f}" for j in range(len(columns)))]) for i, label in enumerate(labels)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_labelled_files_of_different_sizes_name_the_labels_that_differ(tmp_path):
+    regions = [f"R{i}" for i in range(12)]
+    write_matrix(tmp_path / "expression.csv", regions[:10], genes=["G1", "G2", "G3"])
+    write_matrix(tmp_path / "connectivity.csv", regions)
+    spec = write_spec(
+        tmp_path, **{"data.dataset": None, "data.files": {"expression": "expression.csv", "connectivity": "connectivity.csv"}}
+    )
+    line = one_error_line(xattn("study", "run", spec, "--workspace", tmp_path / "ws", cwd=tmp_path))
+    assert "R10" in line and "R11" in line and "add labels" not in line
+    assert not (tmp_path / "ws").exists()
+
+
+def exit_and_heavy_imports(args: list, cwd: Path) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run the CLI; return the process and which of Ray, torch, MLflow and Optuna it had imported on exit."""
+    probe = (
+        "import sys\n"
+        "from xattn.cli import main\n"
+        "try:\n    main()\n"
+        "except SystemExit as stop:\n"
+        "    print(','.join(m for m in ('ray', 'torch', 'mlflow', 'optuna') if m in sys.modules), file=sys.stderr)\n"
+        "    sys.exit(stop.code)\n"
+    )
+    process = subprocess.run([sys.executable, "-c", probe, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120)
+    *lines, imported = process.stderr.splitlines()
+    return subprocess.CompletedProcess(args, process.returncode, process.stdout, "\n".join(lines)), [m for m in imported.split(",") if m]
+
+
+def test_a_data_error_comes_before_ray_mlflow_and_optuna_are_imported(tmp_path):
+    spec = write_spec(tmp_path, **{"data.dataset": None, "data.files": {"expression": "gone.csv", "connectivity": "gone.csv"}})
+    process, imported = exit_and_heavy_imports(["study", "run", spec, "--workspace", tmp_path / "ws"], tmp_path)
+    assert "gone.csv" in one_error_line(process)
+    assert imported == ["torch"]  # the spec's model families are checked with torch
+
+
+def test_report_of_an_unknown_study_does_not_import_ray_or_torch(tmp_path, mlflow_database):
+    process, imported = exit_and_heavy_imports(["report", "nope", "--workspace", mlflow_database.parent], tmp_path)
+    assert "no study named 'nope'" in one_error_line(process)
+    assert imported == ["mlflow"]
+
+
+def test_verbose_shows_the_library_logs_that_also_go_to_the_workspace(tmp_path):
+    """MLflow logs its schema migrations at INFO when it opens a new store (here an empty file).
+    That the console stays quiet without -v is checked on a whole study, in test_progress.py."""
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").touch()
+    verbose = xattn("-v", "study", "list", "--workspace", tmp_path / "ws", cwd=tmp_path, timeout=120)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "mlflow.store.db.utils" in verbose.stderr
+    assert "mlflow.store.db.utils" in (tmp_path / "ws" / "xattn.log").read_text()
+
+
+# --- xattn ui -------------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc (zombies count as gone)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if state != "Z":
+            children.setdefault(int(ppid), []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_ui_on_a_port_in_use_is_one_line(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").touch()
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        line = one_error_line(xattn("ui", "--workspace", tmp_path / "ws", "--port", port, cwd=tmp_path, timeout=60))
+    assert f"port {port} on 127.0.0.1 is in use" in line
+
+
+def test_ui_stopped_by_its_pid_ends_with_every_process_it_started(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").touch()  # a store (MLflow creates its tables on an empty file)
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "xattn.cli", "ui", "--workspace", str(tmp_path / "ws"), "--port", str(port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    started: set[int] = set()
+    try:
+        wait_until(lambda: port_open(port), "xattn ui", ui)
+        started = descendants(ui.pid)
+        assert len(started) >= 2, started  # mlflow, and the server (and job runner) under it
+        os.kill(ui.pid, signal.SIGTERM)  # `kill PID`
+        ui.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while (port_open(port) or any(alive(pid) for pid in started)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not port_open(port), "the port still answers"
+        assert not [pid for pid in started if alive(pid)], "processes of the UI are still running"
+    finally:
+        for pid in [ui.pid, *started]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+SERVER_TREE = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "parent-killed"])
+def test_a_server_and_its_children_end_when_the_command_that_started_them_does(tmp_path, stop):
+    """run_server (what `xattn ui` runs mlflow under) with a small server tree: SIGKILL leaves
+    the parent no chance to clean up, as when it dies."""
+    runner = (
+        "import sys\n"
+        "from xattn.processes import run_server\n"
+        f"sys.exit(run_server([sys.executable, '-c', {SERVER_TREE!r}]))\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", runner], stdout=subprocess.PIPE, text=True)
+    server_child = int(parent.stdout.readline())
+    started = descendants(parent.pid)
+    assert server_child in started and len(started) >= 3  # the guard, the server, its child
+    os.kill(parent.pid, stop)
+    parent.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leftover = [pid for pid in started if alive(pid)]
+    for pid in leftover:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftover, "the server or its child outlived the command"
+    if stop == signal.SIGINT:
+        assert parent.returncode == 0
+
+
+@pytest.mark.e2e  # MLflow's migrations on PostgreSQL take 20 s; the SQLite test above checks the same refusal
+def test_optuna_in_the_database_behind_the_tracking_server_is_refused(tmp_path):
+    """The table's case: a tracking server whose backend is database D, and --optuna-storage D."""
+    from mlflow.tracking import MlflowClient
+    from services import postgres_database
+
+    with postgres_database() as database:
+        MlflowClient(database).search_experiments()  # the server's schema, as `mlflow server` makes it
+        process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", "--optuna-storage", database, cwd=tmp_path, timeout=120)
+        line = one_error_line(process)
+        assert "already holds MLflow's schema" in line and "create another database" in line
+        assert not (tmp_path / "ws").exists()
+
+
+def test_printed_commands_name_the_stores_they_need_and_paste_whole(tmp_path, monkeypatch):
+    """What `study run` prints after a study (xattn ui, show, export, report, resume ...)."""
+    from xattn.cli import _store_flags
+    from xattn.tracking.store import Workspace
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("XATTN_WORKSPACE", raising=False)
+    assert _store_flags(Workspace.open(None, create=False), optuna=True) == ""
+    spaced = tmp_path / "my studies"
+    assert _store_flags(Workspace.open(spaced, create=False)) == f" --workspace '{spaced}'"
+    other = Workspace.open(None, f"sqlite:///{tmp_path / 'lab.db'}", "postgresql://me:secret@db/optuna", create=False)
+    assert _store_flags(other, optuna=True) == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage 'postgresql://me:***@db/optuna'"
