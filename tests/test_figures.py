@@ -24,6 +24,9 @@ from scipy import stats
 
 from xattn.data import load_dataset
 from xattn.reporting import FIGURE_NAMES, log_study_figures, study_figures
+from xattn.reporting.figures import NULL_FIGURES
+
+WITHOUT_NULLS = tuple(name for name in FIGURE_NAMES if name not in NULL_FIGURES)  # these studies have no nulls
 from xattn.reporting.figures import (
     CannotDraw,
     TrialCurve,
@@ -154,10 +157,10 @@ def compared(tmp_path_factory, mirror, ray_local):
 
 @pytest.mark.e2e
 def test_every_figure_of_a_comparison_study_is_logged_as_html_and_png(compared):
-    assert compared.names == list(FIGURE_NAMES)
+    assert compared.names == list(WITHOUT_NULLS)
     logged = {a.path for a in compared.client.list_artifacts(compared.result.parent_run_id, "figures")}
-    assert logged == {f"figures/{name}.{ext}" for name in FIGURE_NAMES for ext in ("html", "png")}
-    for name in FIGURE_NAMES:
+    assert logged == {f"figures/{name}.{ext}" for name in WITHOUT_NULLS for ext in ("html", "png")}
+    for name in WITHOUT_NULLS:
         assert_real_png(compared.folder / f"{name}.png")
         html = (compared.folder / f"{name}.html").read_text()
         # plotly.js is inside the file: it opens offline
@@ -262,7 +265,7 @@ def test_best_model_figures_reproduce_its_test_predictions(compared, mirror):
 @pytest.mark.e2e
 def test_study_figures_are_the_logged_figures_in_display_order(compared, mirror):
     figures = study_figures(compared.client, compared.result.parent_run_id, compared.workspace.optuna_storage, mirror=str(mirror))
-    assert list(figures) == list(FIGURE_NAMES)
+    assert list(figures) == list(WITHOUT_NULLS)
     assert all(len(figure.data) > 0 for figure in figures.values())
 
 
@@ -287,7 +290,7 @@ def test_a_one_trial_study_without_a_browser_still_logs_its_html_figures(tmp_pat
     with caplog.at_level(logging.WARNING, logger="xattn.reporting.figures"):
         names = log_study_figures(client, result.parent_run_id, workspace.optuna_storage, mirror=str(mirror))
     # one trial: no importances (said why); no comparison in the spec: no comparison figures
-    assert names == [n for n in FIGURE_NAMES if n not in ("param_importances", "comparison_runs", "comparison_forest")]
+    assert names == [n for n in WITHOUT_NULLS if n not in ("param_importances", "comparison_runs", "comparison_forest")]
     assert any("param_importances skipped" in r.getMessage() and "2 completed trials" in r.getMessage() for r in caplog.records)
     assert any("no PNGs" in r.getMessage() for r in caplog.records)
     logged = {a.path for a in client.list_artifacts(result.parent_run_id, "figures")}

@@ -44,6 +44,7 @@ FIGURES_DIR = "figures"
 COMPARISON_ARTIFACT = "comparison.json"  # written by xattn.tuning.comparison.log_comparison
 OPTUNA_FIGURES = ("optimization_history", "param_importances", "parallel_coordinate", "slice")
 COMPARISON_FIGURES = ("comparison_runs", "comparison_forest", "null_distribution")
+NULL_FIGURES = ("null_distribution",)  # only for a comparison with `nulls`
 BEST_MODEL_FIGURES = ("predicted_vs_observed", "connectivity_matrices", "error_vs_distance")
 # Display order: how the search went, then how families compare, then the chosen model.
 FIGURE_NAMES = (
