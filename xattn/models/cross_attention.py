@@ -54,6 +54,7 @@ from xattn.models.gene_tokens import GeneTokenFields, gene_tokens_of
 from xattn.models.layers import (
     AttentionPooling, FeedForward, MLPHead, SelfAttention, boolean, choice, layer_widths, positive_int, probability,
 )  # fmt: skip
+from xattn.models.reference import standardise_rows
 
 CLS_FEATURES = {"random": 6, "spatial": 6, "expression": 2}  # the input width of each kind of CLS token
 POOLING_MODES = ("mean", "attention", "cls")
@@ -158,9 +159,7 @@ class ClsTokens(nn.Module):
 
 def profile_correlation(x: Tensor, y: Tensor) -> Tensor:
     """(B, G), (B, G) -> (B,) Pearson correlation of each row of x with the same row of y."""
-    x = x - x.mean(dim=-1, keepdim=True)
-    y = y - y.mean(dim=-1, keepdim=True)
-    return (x * y).sum(-1) / (x.norm(dim=-1) * y.norm(dim=-1)).clamp_min(1e-8)
+    return (standardise_rows(x) * standardise_rows(y)).mean(dim=-1)
 
 
 class CrossAttention(nn.Module):
