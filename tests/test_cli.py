@@ -13,7 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def xattn(*args, cwd, check=False, timeout=600, env=None):
+    """The CLI in a subprocess; `env` entries set to None are removed from its environment."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # output to a pipe at rich's default width: wrapping shows
+    env = {name: value for name, value in env.items() if value is not None}
     process = subprocess.run(
         [sys.executable, "-m", "xattn.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

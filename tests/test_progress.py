@@ -283,13 +283,17 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     spec = write_spec(tmp_path, **{"budget.trials": 3, "budget.max_epochs": 3, "search.grace_period": 1})
     # A long path, so the printed commands run past rich's 80 columns off a terminal.
     workspace = tmp_path / "a-workspace-whose-name-is-long-enough-to-pass-eighty-columns"
-    process = xattn("study", "run", spec, "--workspace", workspace, "--json", cwd=tmp_path, check=True)  # stdout is a pipe
+    # An in-process ray.init earlier in the session sets RAY_AUTH_MODE for this process, and
+    # a child that inherits it starts Ray without the warning this test looks for.
+    env = {"RAY_AUTH_MODE": None}
+    process = xattn("study", "run", spec, "--workspace", workspace, "--json", cwd=tmp_path, check=True, env=env)  # stdout is a pipe
     result = json.loads(process.stdout.strip().splitlines()[-1])
     assert "\x1b" not in process.stdout
     # A quiet console: MLflow's migrations and Ray's token warning are in the log file only.
     assert process.stderr == "", process.stderr
     log = (workspace / "xattn.log").read_text()
-    assert "mlflow.store.db.utils" in log and "Token authentication" in log
+    assert "mlflow.store.db.utils" in log, log
+    assert "Token authentication" in log, log
     printed = [line.strip() for line in process.stdout.splitlines()]
     for command in (f"xattn export quickstart --out exports/quickstart --workspace {workspace}", "xattn evaluate exports/quickstart"):
         assert any(line.startswith(command) for line in printed), process.stdout

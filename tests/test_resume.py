@@ -115,6 +115,10 @@ def test_a_study_killed_with_sigkill_resumes_to_its_budget(tmp_path):
     assert "finished trials are kept" in resumed.stdout
     assert_complete(study, budget=4)
     assert study.parent().data.tags["xattn.resumed"] == "1"
+    # Every checkpoint survives while the phase runs (a killed driver's state may still name an
+    # older one); once it has finished, each trial keeps its latest only.
+    trial_dirs = [d for d in (workspace / "ray").glob("*/*") if d.is_dir() and d.name.startswith("run_trial")]
+    assert trial_dirs and all(len(list(d.glob("checkpoint_*"))) == 1 for d in trial_dirs)
 
 
 def test_ctrl_c_marks_the_study_killed_and_running_it_again_resumes_it(tmp_path):

@@ -147,12 +147,17 @@ class MlflowTrialLogger(Callback):
         if status == "FAILED" and trial.error_file:
             tags.append(RunTag("xattn.failure", _last_line(trial.error_file)))
             self.client.log_artifact(run_id, trial.error_file, "error")
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
         checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            # Weights and config rebuild the model; optimizer state stays with Ray for resumes.
-            for name in CHECKPOINT_FILES:
-                self.client.log_artifact(run_id, str(Path(checkpoint.path) / name), "checkpoint")
+        files = [Path(checkpoint.path) / name for name in CHECKPOINT_FILES] if checkpoint is not None else []
+        if files and not all(path.is_file() for path in files):
+            # Recording the run matters more than a checkpoint that did not survive (a failed
+            # trial's last one may be half-written); the run says so instead of the driver dying.
+            tags.append(RunTag("xattn.checkpoint_missing", checkpoint.path))
+            files = []
+        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        # Weights and config rebuild the model; optimizer state stays with Ray for resumes.
+        for path in files:
+            self.client.log_artifact(run_id, str(path), "checkpoint")
         self.client.set_terminated(run_id, status)
 
 

@@ -10,6 +10,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -252,8 +253,6 @@ def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
 
 def _ray(context: _Context):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # One checkpoint kept per trial forces a state snapshot per checkpoint; that is intended.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Save the experiment state every second (not every 10 s or more): a driver killed with
     # SIGKILL then loses at most a second of bookkeeping, so a resume repeats almost nothing.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -286,7 +285,11 @@ def _run_config(spec: StudySpec, context: _Context, name: str, logger):
         storage_path=str(context.workspace.ray_storage),
         callbacks=_callbacks(context, logger),
         verbose=0,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Every checkpoint is kept while the phase runs: with num_to_keep, Tune deletes a trial's
+        # older checkpoint before it saves the experiment state that stops pointing at it, so a
+        # SIGKILL in between leaves a resume restoring a deleted checkpoint. A finished phase
+        # prunes them (_prune_superseded_checkpoints).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
         failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
     )
 
@@ -322,7 +325,17 @@ def _fit_phase(spec: StudySpec, context: _Context, role: str, trainable, make_lo
     if results.num_terminated + results.num_errors < len(results):
         raise KeyboardInterrupt  # Tune caught a stop signal (SIGUSR1), saved its state and returned early
     _close_orphaned_runs(context, role, spec.model.family, arm)
+    _prune_superseded_checkpoints(path)
     return results
+
+
+def _prune_superseded_checkpoints(experiment: Path) -> None:
+    """Keep each trial's latest checkpoint only, once its phase has finished: no trial of it
+    runs again, and the latest is the one its MLflow run logged and Tune's state names."""
+    for trial in (d for d in experiment.iterdir() if d.is_dir()):
+        checkpoints = sorted((d for d in trial.glob("checkpoint_*") if d.name[11:].isdigit()), key=lambda d: int(d.name[11:]))
+        for superseded in checkpoints[:-1]:
+            shutil.rmtree(superseded, ignore_errors=True)
 
 
 def _close_orphaned_runs(context: _Context, role: str, family: str, arm: str) -> None:
