@@ -33,7 +33,7 @@ demo: install
 	$(VENV)/bin/xattn study run studies/quickstart.yaml
 
 test: install postgres
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The service tests need PostgreSQL on 127.0.0.1:5432; start the machine's cluster if it is
 # installed but stopped (best effort: without one those tests skip, or fail in CI).
