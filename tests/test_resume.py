@@ -101,7 +101,7 @@ def assert_complete(study: Study, budget: int) -> None:
 def test_a_study_killed_with_sigkill_resumes_to_its_budget(tmp_path):
     workspace = tmp_path / "ws"
     study = Study(workspace)
-    process = start("study", "run", write_spec(tmp_path), "--workspace", workspace, cwd=tmp_path)
+    process = start("study", "run", write_spec(tmp_path, trials=3), "--workspace", workspace, cwd=tmp_path)
     study.wait_for(one_finished_one_training, process)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and its local Ray, as a crash would
     process.wait()
@@ -113,7 +113,7 @@ def test_a_study_killed_with_sigkill_resumes_to_its_budget(tmp_path):
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "finished trials are kept" in resumed.stdout
-    assert_complete(study, budget=4)
+    assert_complete(study, budget=3)
     assert study.parent().data.tags["xattn.resumed"] == "1"
     # Every checkpoint survives while the phase runs (a killed driver's state may still name an
     # older one); once it has finished, each trial keeps its latest only.
