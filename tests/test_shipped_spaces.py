@@ -18,7 +18,7 @@ from xattn.tuning.spec import load_spec, parse_spec
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
 N_REGIONS, N_GENES = 6, 12
-# Sizes and rates scale a model without changing what it is wired to see.
+# Sizes, rates and the head's normalisation change a model's capacity, not what it is wired to see.
 SIZES = {
     "d_model", "nhead", "num_layers", "deep_hidden_dims", "expression_bins", "transformer_dropout",
     "dropout_rate", "token_encoder_dim", "token_output_dim", "rank", "pca_components", "head_batchnorm",

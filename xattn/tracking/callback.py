@@ -150,8 +150,8 @@ class MlflowTrialLogger(Callback):
         checkpoint = trial.checkpoint
         files = [Path(checkpoint.path) / name for name in CHECKPOINT_FILES] if checkpoint is not None else []
         if files and not all(path.is_file() for path in files):
-            # Recording the run matters more than a checkpoint that did not survive (a failed
-            # trial's last one may be half-written); the run says so instead of the driver dying.
+            # Recording the run matters more than a checkpoint that did not survive (deleted, or
+            # half-written by a killed worker); the run says so instead of the driver dying.
             tags.append(RunTag("xattn.checkpoint_missing", checkpoint.path))
             files = []
         self.client.log_batch(run_id, metrics=metrics, tags=tags)

@@ -333,7 +333,8 @@ def _prune_superseded_checkpoints(experiment: Path) -> None:
     """Keep each trial's latest checkpoint only, once its phase has finished: no trial of it
     runs again, and the latest is the one its MLflow run logged and Tune's state names."""
     for trial in (d for d in experiment.iterdir() if d.is_dir()):
-        checkpoints = sorted((d for d in trial.glob("checkpoint_*") if d.name[11:].isdigit()), key=lambda d: int(d.name[11:]))
+        numbered = {d: d.name.removeprefix("checkpoint_") for d in trial.glob("checkpoint_*")}
+        checkpoints = sorted((d for d, index in numbered.items() if index.isdigit()), key=lambda d: int(numbered[d]))
         for superseded in checkpoints[:-1]:
             shutil.rmtree(superseded, ignore_errors=True)
 
