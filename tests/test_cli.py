@@ -123,6 +123,17 @@ def test_quickstart_from_the_cli(tmp_path):
     assert len(shown["trials"]) == 2
     assert {t["parent_run_id"] for t in shown["trials"]} == {result["parent_run_id"]}
 
+    # Careless follow-ups: a run id that is no study run, a resume of a study that finished.
+    trial_run = shown["trials"][0]["run_id"]
+    # (report and compare find the study run with the same store.find_parent_run)
+    for command in (["study", "show", "quickstart"], ["export", "quickstart", "--out", tmp_path / "other"]):
+        process = xattn(*command, "--run-id", trial_run, cwd=tmp_path)
+        assert process.returncode == 2 and len(process.stderr.strip().splitlines()) == 1, process.stderr
+        assert f"is not a study run of 'quickstart'; its study runs, newest first: {result['parent_run_id']}" in process.stderr
+    resumed = xattn("study", "resume", "quickstart", cwd=tmp_path)
+    assert resumed.returncode == 2 and resumed.stdout == ""
+    assert f"the newest run of study 'quickstart' ({result['parent_run_id']}) finished: nothing to resume" in resumed.stderr
+
     xattn("export", "quickstart", "--out", tmp_path / "best", cwd=tmp_path, check=True)
     evaluated = json.loads(xattn("evaluate", tmp_path / "best", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
     assert evaluated["metrics"]["test_pearson"] == pytest.approx(result["best"]["metrics"]["test_pearson"], abs=1e-4)

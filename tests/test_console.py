@@ -4,6 +4,7 @@ every process it started. Every test runs the real CLI with its output to a pipe
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -89,6 +90,90 @@ def test_export_to_a_file_is_called_a_file(tmp_path):
     assert f"{blocked} is a file, not a folder" in line and blocked.read_text() == "mine"
 
 
+UNWRITABLE = "/proc/xattn-test"  # refused even to root, on every Linux
+
+
+def a_store(tmp_path: Path) -> Path:
+    """A workspace whose tracking file exists (MLflow makes its tables in an empty file)."""
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mlflow.db").touch()
+    return tmp_path / "ws"
+
+
+def an_empty_export(tmp_path: Path) -> Path:
+    """A folder that passes the manifest check (it lists no files) but rebuilds nothing."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "manifest.json").write_text('{"files": {}}')
+    return export
+
+
+@pytest.mark.parametrize(
+    "command, expected",
+    [
+        (["export", "quickstart", "--out", f"{UNWRITABLE}/best"], f"--out {UNWRITABLE}/best cannot be written in /proc"),
+        (["report", "quickstart", "--out", f"{UNWRITABLE}.html"], "--out /proc cannot be written"),
+        (["report", "quickstart", "--out", "SPEC"], "is a file, not a folder: give a folder, or a file name ending in .html"),
+        (["attention", "EXPORT", "--out", UNWRITABLE], f"--out {UNWRITABLE} cannot be written"),
+        (["data", "fetch", "hcp-s100-r08", "--cache-dir", UNWRITABLE], f"download cache {UNWRITABLE} cannot be written"),
+        (["study", "run", "SPEC", "--optuna-storage", f"sqlite:///{UNWRITABLE}/optuna.db"], f"Optuna storage sqlite:///{UNWRITABLE}/optuna.db: its folder {UNWRITABLE} cannot be written in /proc"),
+        (["study", "run", "SPEC", "--tracking-uri", f"sqlite:///{UNWRITABLE}/mlflow.db"], f"tracking store sqlite:///{UNWRITABLE}/mlflow.db: its folder {UNWRITABLE} cannot be written in /proc"),
+        (["compare-local", "SPEC", "--set", "compare_with=[distance_decay]", "--json-out", f"{UNWRITABLE}.json"], "--json-out /proc cannot be written"),
+    ],
+    ids=["export", "report", "report-to-a-file", "attention", "data-cache", "optuna-sqlite", "tracking-sqlite", "compare-local"],
+)
+def test_an_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, command, expected):
+    """Checked before a study, a render or a download starts: nothing is left anywhere."""
+    spec, workspace, export = write_spec(tmp_path), a_store(tmp_path), an_empty_export(tmp_path)
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    args = [{"SPEC": spec, "EXPORT": export}.get(part, part) for part in command]
+    process = xattn(*args, "--workspace", workspace, cwd=tmp_path, env=NO_MIRROR, timeout=120) if command[0] not in (
+        "attention", "data", "compare-local") else xattn(*args, cwd=tmp_path, env=NO_MIRROR, timeout=120)  # fmt: skip
+    assert expected in one_error_line(process)
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
+
+
+def test_a_ray_cluster_that_is_not_there_is_one_line_and_writes_nothing(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", "--address", address, cwd=tmp_path, timeout=120)
+    line = one_error_line(process)
+    assert f"cannot reach the Ray cluster at {address} (Connection refused)" in line and "ray start --head" in line
+    assert not (tmp_path / "ws").exists()
+
+
+def test_a_trial_larger_than_the_machine_is_refused_instead_of_waiting_forever(tmp_path):
+    """Ray would queue the trials for resources that never come, and print nothing."""
+    spec = write_spec(tmp_path, **{"resources.gpus": 64})
+    line = one_error_line(xattn("study", "run", spec, "--workspace", tmp_path / "ws", cwd=tmp_path, timeout=120))
+    assert "resources.gpus 64 per trial, but this machine has" in line and "GPUs" in line
+    assert not (tmp_path / "ws").exists()
+
+
+def test_sigterm_leaves_the_study_killed_and_resumable(tmp_path):
+    """`kill PID` of a running study: Ray's own SIGTERM handler would print a stack and leave
+    the run FAILED; the CLI's marks it KILLED and prints the resume command."""
+    spec = write_spec(tmp_path, **{"budget.trials": 1, "budget.max_epochs": 100_000})
+    study = subprocess.Popen(
+        [sys.executable, "-m", "xattn.cli", "study", "run", str(spec), "--workspace", str(tmp_path / "ws")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for line in study.stdout:
+            if line.startswith("started"):
+                break
+        os.kill(study.pid, signal.SIGTERM)
+        _, stderr = study.communicate(timeout=120)
+    finally:
+        if study.poll() is None:
+            study.kill()
+    assert study.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        f"interrupted: the study run is marked KILLED; continue it with `xattn study resume quickstart --workspace {tmp_path / 'ws'}`"
+    ]
+    (listed,) = json.loads(xattn("study", "list", "--workspace", tmp_path / "ws", "--json", cwd=tmp_path, check=True).stdout)
+    assert listed["latest_status"] == "KILLED"
+
+
 def test_one_database_for_both_stores_is_refused_before_anything_starts(tmp_path):
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
     process = xattn(
@@ -141,6 +226,8 @@ def test_flags_read_as_flags_in_help():
         (["study", "run"], "Missing argument 'SPEC'"),
         (["study", "list", "--bogus"], "No such option: --bogus"),
         (["ui", "--port", "eighty"], "Invalid value for '--port'"),
+        (["ui", "--port", "70000"], "less than or equal to 65535"),
+        (["dashboard", "--port", "0"], "greater than or equal to 1"),
     ],
 )
 def test_usage_errors_are_one_line_too(tmp_path, args, expected):
@@ -347,3 +434,34 @@ def test_printed_commands_name_the_stores_they_need_and_paste_whole(tmp_path, mo
     assert _store_flags(Workspace.open(spaced, create=False)) == f" --workspace '{spaced}'"
     other = Workspace.open(None, f"sqlite:///{tmp_path / 'lab.db'}", "postgresql://me:secret@db/optuna", create=False)
     assert _store_flags(other, optuna=True) == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage 'postgresql://me:***@db/optuna'"
+
+
+def test_an_os_error_no_check_foresaw_is_one_line_too(capsys):
+    """The CLI's last net (a disk that fills, a permission that changes mid-command)."""
+    import typer
+
+    from xattn.cli import friendly
+
+    @friendly
+    def command() -> None:
+        raise PermissionError(13, "Permission denied", "/data/out/metrics.json")
+
+    with pytest.raises(typer.Exit) as stopped:
+        command()
+    assert stopped.value.exit_code == 2
+    assert capsys.readouterr().err == "error: /data/out/metrics.json: Permission denied (-v shows the traceback)\n"
+
+
+def test_ctrl_c_in_a_command_other_than_a_study_is_one_line_and_exit_130(capsys):
+    import typer
+
+    from xattn.cli import friendly
+
+    @friendly
+    def command() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(typer.Exit) as stopped:
+        command()
+    assert stopped.value.exit_code == 130
+    assert capsys.readouterr().err.startswith("interrupted: stopped;")

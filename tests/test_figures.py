@@ -349,3 +349,15 @@ def assert_real_png(path) -> None:
     assert image.width >= 600 and image.height >= 400, f"{path.name} is {image.size}"
     colours = image.getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 20, f"{path.name} is nearly blank ({len(colours)} colours)"
+
+
+def test_attention_maps_that_cannot_be_logged_warn_instead_of_failing_the_study(monkeypatch):
+    import xattn.reporting.attention
+    from xattn.tuning.study import _log_attention
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the checkpoint's model has no attention\nsecond line")
+
+    monkeypatch.setattr(xattn.reporting.attention, "log_run_attention", broken)
+    with pytest.warns(UserWarning, match=r"^attention maps not logged to run r1: the checkpoint's model has no attention$"):
+        _log_attention(None, "r1", None)

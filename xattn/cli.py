@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import shlex
@@ -28,7 +29,7 @@ except ImportError:
 
 app = typer.Typer(help="Hyperparameter studies of cross-attention models of brain connectivity.", no_args_is_help=True)
 study_app = typer.Typer(help="Run and inspect studies.", no_args_is_help=True)
-data_app = typer.Typer(help="Named datasets: list, fetch, describe.", no_args_is_help=True)
+data_app = typer.Typer(help="Named datasets: list, fetch, info.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 app.add_typer(data_app, name="data")
 
@@ -83,6 +84,18 @@ def friendly(command: Callable) -> Callable:
         except XattnError as error:
             err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            # A study handles its own (marked KILLED, resume command printed). Every other
+            # command writes each output file whole (staged, then moved in).
+            err_console.print("interrupted: stopped; what it finished is kept, nothing is half-written", highlight=False)
+            raise typer.Exit(130) from None
+        except OSError as error:
+            # The last net for a path or device the checks above missed (a disk that fills,
+            # permissions that change): one line, the traceback in the log (and with -v).
+            logging.getLogger("xattn").error("%s failed", command.__name__, exc_info=True)
+            where = f"{error.filename}: " if error.filename else ""
+            err_console.print(f"[red]error:[/] {where}{error.strerror or error} (-v shows the traceback)", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -184,7 +197,6 @@ def study_resume(
     from xattn.tuning.progress import TrialProgress
     from xattn.tuning.study import resume_study
 
-    console.print(f"resuming study [bold]{name}[/]; tracking {masked(ws.tracking_uri)}", highlight=False)
     progress = TrialProgress(console, 0, "val_loss", "min")
     _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json, progress)
 
@@ -431,7 +443,7 @@ def compare(
 @friendly
 def compare_local(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="Study spec with compare_with, e.g. studies/s100-compare.yaml."),
-    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Override budget.max_epochs."),
+    max_epochs: Optional[str] = typer.Option(None, "--max-epochs", metavar="N", help="Override budget.max_epochs."),
     sets: list[str] = typer.Option([], "--set", help="Override any spec field: --set comparison.seeds=2 (repeatable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when the spec asks for GPUs and one is there)."),
     mirror: Optional[Path] = MirrorOpt,
@@ -444,6 +456,7 @@ def compare_local(
     second check of a logged comparison.
     """
     from xattn.data.datasets import data_mirror
+    from xattn.paths import ensure_can_create
     from xattn.tuning.comparison import comparison_markdown
     from xattn.tuning.local_comparison import run_local_comparison
     from xattn.tuning.spec import load_spec
@@ -458,8 +471,12 @@ def compare_local(
     mirror_path = data_mirror(mirror)
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)
-    if json_out is not None and not json_out.parent.is_dir():
-        raise XattnError(f"--json-out {json_out}: folder {json_out.parent} does not exist")
+    if json_out is not None:
+        if json_out.is_dir():
+            raise XattnError(f"--json-out {json_out} is a folder: name a file, e.g. {json_out / 'comparison.json'}")
+        if not json_out.parent.is_dir():
+            raise XattnError(f"--json-out {json_out}: folder {json_out.parent} does not exist")
+        ensure_can_create(json_out.parent, "--json-out", "choose another --json-out")
 
     finished: list = []
 
@@ -542,7 +559,7 @@ def doctor(
 def ui(
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
-    port: int = typer.Option(5000, "--port", help="Port of the MLflow UI."),
+    port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port of the MLflow UI."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean to share it."),
     workers: int = typer.Option(1, "--workers", min=1, help="Server worker processes (one serves a person; each costs seconds to start)."),
 ) -> None:
@@ -566,7 +583,7 @@ def ui(
 def dashboard(
     workspace: Optional[Path] = WorkspaceOpt,
     optuna_storage: Optional[str] = OptunaOpt,
-    port: int = typer.Option(8080, "--port", help="Port of the Optuna dashboard."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port of the Optuna dashboard."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean to share it (the dashboard can delete studies)."),
 ) -> None:
     """Open optuna-dashboard on the workspace's Optuna storage: history, importances, slices of each search."""

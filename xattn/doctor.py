@@ -17,6 +17,7 @@ from pathlib import Path
 
 from xattn.errors import XattnError
 from xattn.tracking.store import Workspace, check_optuna_storage, connect, masked
+from xattn.tuning.cluster import tcp_unreachable
 
 PROBE_EXPERIMENT = "xattn-doctor-probe"
 
@@ -64,9 +65,9 @@ def check_workspace(root: Path) -> Check:
 def check_tracking_store(workspace: Workspace):
     """(client, check): the client only when the store answered."""
     uri = workspace.tracking_uri
-    from xattn.errors import StoreError
-
     import mlflow
+
+    from xattn.errors import StoreError
 
     try:
         client = connect(workspace)
@@ -134,7 +135,7 @@ def check_ray(address: str | None) -> Check:
     if not address:
         return Check("Ray", "local", True, f"a local Ray {ray.__version__} instance is started per study (pass --address for a cluster)")
     if address != "auto":
-        unreachable = _tcp_unreachable(address.removeprefix("ray://"))
+        unreachable = tcp_unreachable(address.removeprefix("ray://"))
         if unreachable:
             return Check("Ray", address, False, f"not reachable ({unreachable}): is the head running (`ray start --head`)?")
     try:
@@ -178,20 +179,6 @@ def _probe_experiment(client, artifact_location: str | None = None) -> str:
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
     return experiment.experiment_id
-
-
-def _tcp_unreachable(host_port: str) -> str | None:
-    """Why nothing listens at HOST:PORT, or None: ray.init would otherwise wait a minute."""
-    import socket
-
-    host, _, port = host_port.rpartition(":")
-    if not host or not port.isdigit():
-        return f"{host_port!r} is not HOST:PORT"
-    try:
-        with socket.create_connection((host, int(port)), timeout=5):
-            return None
-    except OSError as error:
-        return error.strerror or type(error).__name__
 
 
 def _server_version(uri: str) -> str | None:

@@ -23,6 +23,10 @@ class StoreError(XattnError):
     """A tracking store, Optuna storage or workspace cannot be used."""
 
 
+class PathError(XattnError):
+    """A folder or file a command must write to cannot be written."""
+
+
 class StudyNotFound(XattnError):
     """No study of that name exists in the tracking store."""
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from xattn.errors import DataError, StoreError
+from xattn.paths import ensure_can_create
+from xattn.tracking.store import Workspace, best_child, connect, find_parent_run
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
-from xattn.tracking.store import Workspace, best_child, connect, ensure_not_a_file, find_parent_run
 
 MANIFEST = "manifest.json"
 
@@ -29,7 +30,7 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
     the trial it was registered from is written, exactly as its study's export would be.
     """
     out = Path(out)
-    ensure_not_a_file(out, "--out", "choose another --out")
+    ensure_can_create(out, "--out", "choose another --out")
     if out.exists() and any(out.iterdir()) and not force:
         raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

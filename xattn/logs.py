@@ -9,10 +9,13 @@ the library without the CLI keeps the libraries' own logging.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 LOG_FILE = "xattn.log"
 # Loggers that come with their own stderr handler (Ray) or that the CLI wants at INFO.
@@ -20,6 +23,7 @@ LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _configured = False
+_verbose = False
 _handlers: list[logging.Handler] = []  # what configure and log_to_workspace added to the root logger
 
 
@@ -62,8 +66,8 @@ class WorkspaceLog(logging.Handler):
 def configure(verbose: bool) -> None:
     """Called by the CLI for each command, before MLflow or Ray is imported (again for each
     command a test runs in one process: the handlers of the last call replace the earlier ones)."""
-    global _configured
-    _configured = True
+    global _configured, _verbose
+    _configured, _verbose = True, verbose
     # MLflow otherwise installs its own stderr handler when it is imported.
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
     root = logging.getLogger()
@@ -112,3 +116,30 @@ def log_to_workspace(root: Path) -> None:
     """Also write every record to ROOT/xattn.log (from when ROOT exists)."""
     if _configured and not any(isinstance(handler, WorkspaceLog) for handler in _handlers):
         _add(WorkspaceLog(root / LOG_FILE))
+
+
+@contextlib.contextmanager
+def native_stderr_to_log(name: str) -> Iterator[None]:
+    """Send what native code writes to file descriptor 2 (Ray's C++ core: "Failed to get cluster
+    ID from GCS server" each second while ray.init waits) to logger `name` instead of the console.
+
+    Does nothing unless the CLI configured logging, or with -v (where the console shows logs).
+    """
+    if not _configured or _verbose:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            logger = logging.getLogger(name)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    logger.warning(line)

@@ -32,6 +32,7 @@ from xattn.data.connectome import ConnectomeData
 from xattn.data.files import read_connectivity, read_expression, sampled_regions
 from xattn.data.synthetic import make_synthetic
 from xattn.errors import DataError
+from xattn.paths import ensure_can_create
 
 MIRROR_ENV = "XATTN_DATA_MIRROR"
 CACHE_ENV = "XATTN_DATA_CACHE"
@@ -195,6 +196,7 @@ def fetch(
             raise DataError(f"data mirror {root} is not a folder: fix --mirror / ${MIRROR_ENV}, or unset it to download")
         return {rel: _checked_mirror_file(root, rel) for rel in info.files}
     cache = cache_folder(cache_dir)
+    ensure_can_create(cache, "download cache", f"pass --cache-dir DIR or set ${CACHE_ENV}")
     return {rel: _download(rel, cache, progress) for rel in info.files}
 
 

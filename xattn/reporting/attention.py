@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from xattn.errors import SpecError
+from xattn.paths import ensure_can_create
 
 PAIR_SETS = ("test", "val", "train")
 FILES = ("gene_attention.csv", "top_gene_pairs.csv", "gene_attention.png")
@@ -71,6 +72,7 @@ def write_attention(directory: str | Path, out: str | Path, *, pair_set: str = "
         raise SpecError(f"--pairs {pair_set!r} is not a pair set: choose one of {', '.join(PAIR_SETS)}")
     if top_k < 1:
         raise SpecError(f"--top-k {top_k} must be at least 1")
+    ensure_can_create(Path(out), "--out", "choose another --out")
     model, experiment, _ = rebuild_from_checkpoint(directory, mirror)
     if not hasattr(model, "attention_maps"):
         raise SpecError(f"{directory} holds a {type(model).__name__}: attention maps exist for cross_attention models only")

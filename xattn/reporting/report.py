@@ -23,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from xattn.errors import StudyNotFound, XattnError
+from xattn.paths import ensure_can_create
 from xattn.tracking.store import (
     INNER_FOLD_TAG,
     ROLE_TAG,
@@ -76,9 +77,9 @@ def write_report(
     `out` is a folder (the page is `<out>/<name>.html`) or a file ending in .html; by default
     `<workspace>/reports/<name>.html`.
     """
-    client = _client(workspace)
-    parent = _parent_run(client, name, run_id)
     path = _output_path(workspace, name, out)
+    client = _client(workspace)
+    parent = find_parent_run(client, name, run_id)
     html = render_report(client, parent, workspace, mirror=mirror)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Atomic: a browser reloading the page of a running study never reads half of it.
@@ -96,23 +97,14 @@ def _client(workspace: Workspace) -> MlflowClient:
     return connect(workspace)
 
 
-def _parent_run(client: MlflowClient, name: str, run_id: str | None) -> Run:
-    try:
-        parent = find_parent_run(client, name, run_id)
-    except MlflowException:
-        raise StudyNotFound(f"no run {run_id!r} in this tracking store: `xattn study show {name}` lists its runs") from None
-    if parent.data.tags.get(ROLE_TAG) != "study" or parent.data.tags.get("xattn.study", name) != name:
-        raise StudyNotFound(f"run {parent.info.run_id} is not a study run of {name!r}: `xattn study show {name}` names it")
-    return parent
-
-
 def _output_path(workspace: Workspace, name: str, out: Path | None) -> Path:
     if out is None:
         return default_report_path(workspace, name)
     out = Path(out).expanduser()
     path = out if out.suffix.lower() in (".html", ".htm") else out / f"{name}.html"
-    if path.exists() and path.is_dir():
+    if path.is_dir():
         raise XattnError(f"--out {out}: {path} is a folder")
+    ensure_can_create(path.parent, "--out", "give a folder, or a file name ending in .html")
     return path.resolve()
 
 

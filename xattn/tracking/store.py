@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from xattn.errors import StoreError, StudyNotFound
+from xattn.paths import ensure_can_create, ensure_not_a_file
 
 if TYPE_CHECKING:  # MLflow takes seconds to import: commands that fail on their input should not wait for it
     from mlflow.entities import Run
@@ -53,7 +54,8 @@ class Workspace:
         elif os.environ.get("MLFLOW_TRACKING_URI"):
             tracking_uri = check_tracking_uri(os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI")
         if create:
-            ensure_writable(root)
+            ensure_can_create(root, "workspace", "pass --workspace DIR")
+            root.mkdir(parents=True, exist_ok=True)
         # Two studies on one workspace are two writers of each SQLite file: wait for the
         # other's write (up to a minute) instead of failing with "database is locked" after 5 s.
         tracking_uri = tracking_uri or f"sqlite:///{root / 'mlflow.db'}{SQLITE_WAIT}"
@@ -168,24 +170,13 @@ def driver_alive(driver: str | None) -> bool:
     return True
 
 
-def ensure_not_a_file(folder: Path, what: str, fix: str) -> None:
-    """A one-line StoreError when `folder`, or a folder it would be made in, is a file."""
-    blocking = next((path for path in (folder, *folder.parents) if path.is_file()), None)
-    if blocking == folder:
-        raise StoreError(f"{what} {folder} is a file, not a folder: {fix}")
-    if blocking is not None:
-        raise StoreError(f"{what} {folder} cannot be made: {blocking} is a file, not a folder: {fix}")
-
-
-def ensure_writable(root: Path) -> None:
-    ensure_not_a_file(root, "workspace", "pass --workspace DIR")
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise StoreError(f"workspace {root} cannot be written ({error.strerror}): pass --workspace DIR") from None
+def check_writable(workspace: Workspace) -> None:
+    """A one-line error unless the workspace folder, and the folder of a SQLite tracking file
+    not made yet, can be written (nothing is made)."""
+    ensure_can_create(workspace.root, "workspace", "pass --workspace DIR")
+    missing = workspace.missing_store()
+    if missing is not None:
+        ensure_can_create(missing.parent, f"tracking store {workspace.tracking_uri.split('?')[0]}: its folder", "pass another --tracking-uri")
 
 
 def connect(workspace: Workspace) -> MlflowClient:
@@ -218,9 +209,11 @@ def check_optuna_storage(url: str) -> None:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:  # noqa: BLE001 - not a URL at all
         raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        return
     shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        if parsed.database:  # created later: its folder must be writable now
+            ensure_can_create(Path(parsed.database).parent, f"Optuna storage {shown}: its folder", "pass another --optuna-storage")
+        return
     try:
         engine = sqlalchemy.create_engine(parsed)
         with engine.connect() as connection:
@@ -247,9 +240,7 @@ def stopped_early_at(run: Run, max_epochs: int | None) -> int | None:
 
 
 def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None) -> Run:
-    """The newest study (parent) run of `study`, or the one with `run_id`."""
-    if run_id:
-        return client.get_run(run_id)
+    """The newest study (parent) run of `study`, or its study run `run_id`."""
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         known = [e.name for e in client.search_experiments() if e.tags.get(STUDY_TAG)]
@@ -259,11 +250,17 @@ def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None)
         [experiment.experiment_id],
         filter_string=f"tags.`{ROLE_TAG}` = 'study'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=1 if run_id is None else 1000,
     )
     if not runs:
         raise StudyNotFound(f"study {study!r} has no study run yet: run `xattn study run SPEC`")
-    return runs[0]
+    if run_id is None:
+        return runs[0]
+    match = next((run for run in runs if run.info.run_id == run_id), None)
+    if match is None:
+        newest = ", ".join(run.info.run_id for run in runs[:5])
+        raise StudyNotFound(f"--run-id {run_id} is not a study run of {study!r}; its study runs, newest first: {newest}")
+    return match
 
 
 COMPLETED_TAG = "xattn.completed"

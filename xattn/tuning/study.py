@@ -11,6 +11,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -31,16 +33,18 @@ from xattn.tracking.store import (
     Workspace,
     best_child,
     check_optuna_storage,
+    check_writable,
     child_runs,
     connect,
     driver_alive,
     driver_tag,
-    ensure_writable,
+    find_parent_run,
     first_line,
     masked,
     stopped_early_at,
     unfinished_parent_run,
 )
+from xattn.tuning.cluster import check_ray_address, check_trial_fits, ray_init_error
 from xattn.tuning.spec import StudySpec, spec_from_yaml
 from xattn.tuning.trial import preflight
 
@@ -205,7 +209,13 @@ def run_study(
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)
     check_optuna_storage(workspace.optuna_storage)
-    ensure_writable(workspace.root)
+    check_ray_address(address)
+    check_writable(workspace)
+    # A cluster that cannot be joined, or that cannot fit a trial, stops the study before
+    # anything is written.
+    ray = _ray(address)
+    check_trial_fits(spec.resources.cpus, spec.resources.gpus, ray.cluster_resources(), address)
+    workspace.root.mkdir(parents=True, exist_ok=True)
     client = open_stores(workspace)
 
     experiment_id = open_experiment(client, workspace, spec)
@@ -238,20 +248,24 @@ def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
     if database != workspace.tracking_uri and not Path(database).exists():
         raise StudyNotFound(f"no tracking store at {database}: nothing to resume (is --workspace right?)")
     client = connect(workspace)
-    experiment = client.get_experiment_by_name(name)
-    parent = unfinished_parent_run(client, experiment.experiment_id) if experiment is not None else None
+    newest = find_parent_run(client, name)  # no such study: one line naming the studies there
+    parent = unfinished_parent_run(client, newest.info.experiment_id)
     if parent is None:
-        what = "no study" if experiment is None else "no unfinished run of study"
-        raise StudyNotFound(f"{what} {name!r} in {workspace.tracking_uri}: nothing to resume (`xattn study list`)")
+        raise StudyNotFound(
+            f"the newest run of study {name!r} ({newest.info.run_id}) finished: nothing to resume; "
+            f"`xattn study run SPEC` starts a new run"
+        )
     spec = stored_spec(client, parent)
     progress = kwargs.get("progress")
     if progress is not None:
+        progress.console.print(f"resuming study {name}; tracking {masked(workspace.tracking_uri)}", highlight=False)
         progress.total, progress.metric, progress.mode = spec.search_trials, spec.search.metric, spec.search.mode
         progress.title, progress.max_epochs = f"search {spec.model.family}", spec.budget.max_epochs
     return run_study(spec, workspace, **kwargs)
 
 
-def _ray(context: _Context):
+def _ray(address: str | None):
+    """Ray, joined or started once per process; run_study calls this before it writes anything."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # Save the experiment state every second (not every 10 s or more): a driver killed with
     # SIGKILL then loses at most a second of bookkeeping, so a resume repeats almost nothing.
@@ -265,15 +279,25 @@ def _ray(context: _Context):
 
     logs.adopt_library_loggers()
     if not ray.is_initialized():
-        ray.init(
-            # "local": a new instance of our own, even where a `ray start` cluster (or a
-            # stale record of one in /tmp/ray) would make ray.init() try to join it.
-            address=context.address or "local",
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            configure_logging=not logs.configured(),  # the CLI sends Ray's logs to the workspace's log
-        )
+        # Ray's core installs a C handler for SIGTERM that prints a stack and kills the driver;
+        # the caller's (the CLI marks the study run KILLED and says how to resume) comes back.
+        on_sigterm = signal.getsignal(signal.SIGTERM)
+        try:
+            with logs.native_stderr_to_log("ray"):
+                ray.init(
+                    # "local": a new instance of our own, even where a `ray start` cluster (or a
+                    # stale record of one in /tmp/ray) would make ray.init() try to join it.
+                    address=address or "local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    configure_logging=not logs.configured(),  # the CLI sends Ray's logs to the workspace's log
+                )
+        except ConnectionError as error:
+            raise ray_init_error(address, error) from None
+        finally:
+            if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)
     return ray
 
 
@@ -362,7 +386,7 @@ def _fail_orphaned_optuna_trials(storage: str, study_name: str) -> None:
 
 def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None):
     """Tune `spec.model.family` over `spec.search.space`: Optuna TPE suggests, ASHA stops early."""
-    _ray(context)
+    _ray(context.address)
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -501,7 +525,7 @@ def _final(
 
     The null phase (xattn.tuning.nulls) runs the same grid with `role` "null" and the null
     draws in `extra_space` (`runs_per_cell` of them per fold and seed)."""
-    _ray(context)
+    _ray(context.address)
     from ray import tune
 
     from xattn.tuning.trainable import trainable
@@ -591,7 +615,7 @@ def _log_attention(client, run_id: str, mirror: str | None) -> None:
     try:
         log_run_attention(client, run_id, mirror=mirror)
     except Exception as error:  # noqa: BLE001
-        warnings.warn(f"attention maps not logged to run {run_id}: {_reason(error)}", stacklevel=2)
+        warnings.warn(f"attention maps not logged to run {run_id}: {first_line(error)}", stacklevel=2)
 
 
 FIGURES_ENV = "XATTN_FIGURES"  # "0": no figures at the end of a study (the test suite's default)

@@ -1,0 +1,54 @@
+"""The Ray cluster a study runs on: a local instance of its own, or the one --address names.
+
+A cluster that is not there is refused in one line before anything is written: ray.init would
+otherwise retry a refused address for minutes, or fail after the study run had started.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from xattn.errors import StoreError
+
+FIX = "start its head with `ray start --head`, or check --address / $RAY_ADDRESS"
+
+
+def tcp_unreachable(host_port: str) -> str | None:
+    """Why nothing listens at HOST:PORT, or None."""
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        return f"{host_port!r} is not HOST:PORT"
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            return None
+    except OSError as error:
+        return error.strerror or type(error).__name__
+
+
+def check_ray_address(address: str | None) -> None:
+    """A one-line StoreError unless `address` (HOST:PORT or ray://HOST:PORT) answers; "auto"
+    and no address are Ray's to resolve."""
+    if not address or address in ("auto", "local"):
+        return
+    reason = tcp_unreachable(address.removeprefix("ray://"))
+    if reason is not None:
+        raise StoreError(f"cannot reach the Ray cluster at {address} ({reason}): {FIX}")
+
+
+def ray_init_error(address: str | None, error: Exception) -> StoreError:
+    """ray.init's ConnectionError (no cluster for "auto", a port that is not Ray's) as one line."""
+    text = str(error).strip().splitlines()
+    return StoreError(f"cannot join the Ray cluster at {address or 'auto'} ({text[0][:200] if text else type(error).__name__}): {FIX}")
+
+
+def check_trial_fits(cpus: float, gpus: float, cluster: dict[str, float], address: str | None) -> None:
+    """A one-line StoreError when one trial asks for more than the whole cluster has: Ray would
+    otherwise wait for those resources forever, printing nothing a user sees."""
+    where = f"the Ray cluster at {address}" if address else "this machine"
+    for key, asked, fix in (
+        ("CPU", cpus, "lower resources.cpus"),
+        ("GPU", gpus, "set resources.gpus: 0 to train on CPU" if not cluster.get("GPU") else "lower resources.gpus"),
+    ):
+        has = cluster.get(key, 0.0)
+        if asked > has:
+            raise StoreError(f"resources.{key.lower()}s {asked:g} per trial, but {where} has {has:g} {key}s: {fix}")
