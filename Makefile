@@ -32,8 +32,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/xattn study run studies/quickstart.yaml
 
+# Test files run on $(TEST_WORKERS) processes (pytest-xdist), each file whole on one, so a
+# module's shared study runs once: 10 min instead of 20 on 2 cores. TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 2
+
 test: install postgres
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q --durations=25 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The service tests need PostgreSQL on 127.0.0.1:5432; start the machine's cluster if it is
 # installed but stopped (best effort: without one those tests skip, or fail in CI).
