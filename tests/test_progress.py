@@ -328,3 +328,7 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     assert (f"({early} of them stopped early by the scheduler)" in counts) == (early > 0), counts
     table = xattn("study", "show", "quickstart", "--workspace", workspace, cwd=tmp_path, check=True).stdout
     assert table.count("stopped early (epoch") == sum(t["stopped_early_at"] is not None for t in trials.values())
+    # each run by its name, and the settings every run shares once, below the table
+    rows, fixed = table.split("\nfixed for cross_attention: ")
+    assert all(f"cross_attention-trial-{t['optuna_trial_number']}-fold0-seed0" in rows for t in trials.values())
+    assert "deep_hidden_dims=" not in rows and "deep_hidden_dims=" in fixed

@@ -343,6 +343,8 @@ def study_show(
                 "ray_trial_id": run.data.tags.get("xattn.ray_trial_id"),
                 "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
                 "role": run.data.tags.get("xattn.role", "search"),
+                "family": run.data.tags.get("xattn.arm") or run.data.tags.get("xattn.family"),
+                "run_name": run.data.tags.get("mlflow.runName"),
                 "status": run.info.status,
                 "best": run.info.run_id == best_run_id,
                 "epochs": int(run.data.tags["xattn.epochs_run"]) if "xattn.epochs_run" in run.data.tags else None,
@@ -356,22 +358,40 @@ def study_show(
     if as_json:
         print(json.dumps(summary))
         return
-    console.print(f"study {name}: run {parent.info.run_id} ({parent.info.status}), {len(children)} trials; * marks the best trial (by {metric})", highlight=False)
-    table = Table("", "trial", "status", "epochs", metric, "test_pearson", "params")
+    console.print(f"study {name}: run {parent.info.run_id} ({parent.info.status}), {len(children)} runs; * marks the best trial (by {metric})", highlight=False)
+    varying, fixed = _split_params(summary["trials"])
+    table = Table("", "run", "status", "epochs", metric, "test_pearson", "params that differ")
     for trial in summary["trials"]:
         m = trial["metrics"]
         status = trial["status"] if trial["stopped_early_at"] is None else f"stopped early (epoch {trial['stopped_early_at']})"
         epochs = "-" if trial["epochs"] is None else f"{trial['epochs']}/{max_epochs}" if max_epochs else str(trial["epochs"])
         table.add_row(
             "*" if trial["best"] else "",
-            str(trial["optuna_trial_number"]) if trial["role"] == "search" else trial["role"],
+            trial["run_name"] or trial["run_id"],
             status,
             epochs,
             f"{m[metric]:.4f}" if metric in m else "-",
             f"{m['test_pearson']:.3f}" if "test_pearson" in m else "-",
-            ", ".join(f"{k}={_short_number(v)}" for k, v in sorted(trial["params"].items())),
+            ", ".join(f"{k}={_short_number(v)}" for k, v in sorted(trial["params"].items()) if k in varying[trial["family"]]),
         )
     console.print(table)
+    for family, params in fixed.items():
+        if params:
+            console.print(f"fixed for {family}: " + ", ".join(f"{k}={_short_number(v)}" for k, v in sorted(params.items())), highlight=False)
+
+
+def _split_params(trials: list[dict]) -> tuple[dict[str, set[str]], dict[str, dict[str, str]]]:
+    """Per family (or arm): the params whose values differ between its runs, and the rest with
+    their one value, so the table shows what the search changed and not the same settings 50 times."""
+    by_family: dict[str, list[dict[str, str]]] = {}
+    for trial in trials:
+        by_family.setdefault(trial["family"], []).append(trial["params"])
+    varying, fixed = {}, {}
+    for family, params in by_family.items():
+        keys = set().union(*params)
+        varying[family] = {k for k in keys if len({p.get(k) for p in params}) > 1}
+        fixed[family] = {k: params[0][k] for k in keys - varying[family] if k in params[0]}
+    return varying, fixed
 
 
 def _short_number(text: str) -> str:
