@@ -45,6 +45,8 @@ def write_spec(tmp_path, **changes):
         ({"model.fixed.d_model": 30, "search.space.nhead": [4]}, "not divisible by nhead"),
         ({"data.dataset": None, "data.files": {"expression": "missing.csv", "connectivity": "c.csv"}}, "missing.csv"),
         ({"data.dataset": "hcp-s1000"}, "hcp-s1000"),
+        # the final runs' outer folds, checked before the search instead of failing every final run after it
+        ({"compare_with": ["cge"], "comparison.folds": 40}, "comparison.folds: n_folds=40 does not fit 64 regions"),
     ],
 )
 def test_bad_spec_stops_before_anything_is_written(tmp_path, changes, expected):

@@ -14,7 +14,8 @@ import torch
 from xattn.data import build_gene_vectors
 from xattn.data.gene_selection import select_genes
 from xattn.data.nulls import null_data
-from xattn.data.splits import inner_folds
+from xattn.data.splits import inner_folds, region_folds
+from xattn.errors import DataError
 from xattn.experiment import Experiment, build_trial_model, load_data, prepare_experiment, split_regions
 from xattn.training.trainer import TrainConfig
 from xattn.tuning.nulls import null_of_trial
@@ -74,13 +75,27 @@ def prepare_trial(
     return PreparedTrial(params, seed, spec.data.split.fold, experiment, model, train_config, extra)
 
 
+def _naming_field(field: str, check):
+    """`check()`, with the spec field that set its arguments named in its one-line error."""
+    try:
+        return check()
+    except DataError as error:
+        raise DataError(f"{field}: {error}") from None
+
+
 def preflight(spec: StudySpec, mirror: str | None) -> None:
     """Load the data, select genes and build every gene embedding the space can ask for, so bad
     files fail now."""
     data = load_data(spec.data, mirror)
-    split = split_regions(data, spec.data, spec.seed)
+    split = _naming_field("data.split", lambda: split_regions(data, spec.data, spec.seed))
     if spec.data.split.inner_folds:
-        inner_folds(data, split, spec.data.split.inner_folds)  # fits the regions, or a one-line error
+        _naming_field("data.split.inner_folds", lambda: inner_folds(data, split, spec.data.split.inner_folds))
+    if spec.compares:  # the final runs' outer folds: found out after the search, this cost a whole search
+        method, val_fraction = spec.data.split.method, spec.data.split.val_fraction
+        _naming_field(
+            "comparison.folds",
+            lambda: region_folds(data, spec.comparison.folds, method=method, seed=spec.seed, val_fraction=val_fraction),
+        )
     if spec.comparison.nulls is not None:
         null_data(data, spec.comparison.nulls.method, seed=spec.seed)  # a one-line error where the data cannot have them
     data = data.select_genes(select_genes(data, spec.data.genes, split.train))
