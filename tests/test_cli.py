@@ -137,6 +137,9 @@ def test_quickstart_from_the_cli(tmp_path):
     assert f"the newest run of study 'quickstart' ({result['parent_run_id']}) finished: nothing to resume" in resumed.stderr
 
     xattn("export", "quickstart", "--out", tmp_path / "best", cwd=tmp_path, check=True)
+    (tmp_path / "best" / "stale.txt").write_text("from an earlier export")
+    xattn("export", "quickstart", "--out", tmp_path / "best", "--force", cwd=tmp_path, check=True)  # replaces an export
+    assert not (tmp_path / "best" / "stale.txt").exists()
     evaluated = json.loads(xattn("evaluate", tmp_path / "best", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
     assert evaluated["metrics"]["test_pearson"] == pytest.approx(result["best"]["metrics"]["test_pearson"], abs=1e-4)
 

@@ -465,3 +465,16 @@ def test_ctrl_c_in_a_command_other_than_a_study_is_one_line_and_exit_130(capsys)
         command()
     assert stopped.value.exit_code == 130
     assert capsys.readouterr().err.startswith("interrupted: stopped;")
+
+
+def test_export_force_replaces_only_an_earlier_export(tmp_path):
+    """`--out . --force` in a folder of other things (a workspace, a home) would delete them all."""
+    workspace = a_store(tmp_path)
+    mine = tmp_path / "results"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    line = one_error_line(xattn("export", "quickstart", "--out", mine, "--force", "--workspace", workspace, cwd=tmp_path))
+    assert f"{mine} is not an earlier export (no manifest.json)" in line
+    assert (mine / "notes.txt").read_text() == "mine"
+    line = one_error_line(xattn("export", "quickstart", "--out", tmp_path, "--force", "--workspace", workspace, cwd=tmp_path))
+    assert "is not an earlier export" in line and (workspace / "mlflow.db").exists()

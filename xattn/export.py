@@ -31,8 +31,12 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
     """
     out = Path(out)
     ensure_can_create(out, "--out", "choose another --out")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
+        if not (out / MANIFEST).is_file():
+            # --force replaces an earlier export, never a folder of other things (a workspace, a home).
+            raise StoreError(f"{out} is not an earlier export (no {MANIFEST}): --force replaces only an export; choose another --out")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = connect(workspace)  # an unreachable server fails in one line, not after minutes of retries
     version = None
