@@ -133,6 +133,26 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, 
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--tracking-uri", "file:///tmp/mlruns"], "MLflow 3 no longer opens folder (file) stores; use sqlite:///PATH.db"),
+        (["--tracking-uri", "mlruns"], "MLflow 3 no longer opens folder (file) stores"),
+        (["--tracking-uri", "sqlite://mlflow.db"], "three or four slashes"),
+        (["--optuna-storage", "sqlite://"], "is in memory: the study would vanish with this process"),
+        # MLflow's own engine retried this refused port for minutes
+        (["--tracking-uri", "postgresql://127.0.0.1:PORT/x"], "cannot use the tracking store postgresql://127.0.0.1:PORT/x"),
+    ],
+    ids=["file-store", "bare-path", "sqlite-two-slashes", "optuna-in-memory", "database-refused"],
+)
+def test_store_uris_a_study_cannot_use_are_one_line_within_seconds(tmp_path, flags, expected):
+    port = str(free_port())
+    flags, expected = [flag.replace("PORT", port) for flag in flags], expected.replace("PORT", port)
+    process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *flags, cwd=tmp_path, timeout=60)
+    assert expected in one_error_line(process)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
 def test_a_ray_cluster_that_is_not_there_is_one_line_and_writes_nothing(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", "--address", address, cwd=tmp_path, timeout=120)

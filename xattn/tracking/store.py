@@ -105,6 +105,13 @@ def check_tracking_uri(uri: str, source: str) -> str:
     # A bare path is a local folder to MLflow; a dialect may name its driver (postgresql+psycopg2).
     if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
         raise StoreError(f"{source} {masked(uri)}: MLflow has no tracking store for scheme {scheme!r}; use {TRACKING_EXAMPLES}")
+    if scheme in ("", "file") and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
+        raise StoreError(
+            f"{source} {uri}: MLflow 3 no longer opens folder (file) stores; use sqlite:///PATH.db, "
+            "or set MLFLOW_ALLOW_FILE_STORE=true to open an old one"
+        )
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise StoreError(f"{source} {uri}: a SQLite file is sqlite:///relative/path.db or sqlite:////absolute/path.db (three or four slashes)")
     return uri
 
 
@@ -181,6 +188,7 @@ def check_writable(workspace: Workspace) -> None:
 
 def connect(workspace: Workspace) -> MlflowClient:
     """An MLflow client on a store that answers, or a one-line StoreError (within seconds)."""
+    _probe_database(workspace.tracking_uri)
     client = workspace.client()
     # MLflow retries an unreachable server for minutes by default; a probe should not.
     quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
@@ -201,6 +209,29 @@ def connect(workspace: Workspace) -> MlflowClient:
     return client
 
 
+def check_tracking_store(workspace: Workspace) -> None:
+    """A one-line error unless a tracking server or database answers (a SQLite file is made later)."""
+    if not workspace.tracking_uri.startswith("sqlite:"):
+        connect(workspace)
+
+
+def _probe_database(uri: str) -> None:
+    """One connection to a tracking database server, within seconds: MLflow's own engine retries
+    a refused connection for minutes before it gives up."""
+    scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    if scheme not in ("postgresql", "mysql", "mssql"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": 10})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
+        raise StoreError(f"cannot use the tracking store {masked(uri)} ({first_line(error)}): check --tracking-uri") from None
+
+
 def check_optuna_storage(url: str) -> None:
     """Connect to the Optuna storage without writing to it (a SQLite file is created later)."""
     import sqlalchemy
@@ -210,6 +241,8 @@ def check_optuna_storage(url: str) -> None:
     except Exception:  # noqa: BLE001 - not a URL at all
         raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
     shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise StoreError(f"Optuna storage {shown} is in memory: the study would vanish with this process; use sqlite:///PATH.db")
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         if parsed.database:  # created later: its folder must be writable now
             ensure_can_create(Path(parsed.database).parent, f"Optuna storage {shown}: its folder", "pass another --optuna-storage")

@@ -33,6 +33,7 @@ from xattn.tracking.store import (
     Workspace,
     best_child,
     check_optuna_storage,
+    check_tracking_store,
     check_writable,
     child_runs,
     connect,
@@ -208,7 +209,8 @@ def run_study(
     mirror_path = data_mirror(mirror)
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)
-    check_optuna_storage(workspace.optuna_storage)
+    check_optuna_storage(workspace.optuna_storage)  # reads only
+    check_tracking_store(workspace)  # a new database gets MLflow's tables here, as it would anyway
     check_ray_address(address)
     check_writable(workspace)
     # A cluster that cannot be joined, or that cannot fit a trial, stops the study before
