@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 
 from xattn.errors import StoreError
+from xattn.tracking.store import first_line
 
 FIX = "start its head with `ray start --head`, or check --address / $RAY_ADDRESS"
 
@@ -37,8 +38,7 @@ def check_ray_address(address: str | None) -> None:
 
 def ray_init_error(address: str | None, error: Exception) -> StoreError:
     """ray.init's ConnectionError (no cluster for "auto", a port that is not Ray's) as one line."""
-    text = str(error).strip().splitlines()
-    return StoreError(f"cannot join the Ray cluster at {address or 'auto'} ({text[0][:200] if text else type(error).__name__}): {FIX}")
+    return StoreError(f"cannot join the Ray cluster at {address or 'auto'} ({first_line(error)}): {FIX}")
 
 
 def check_trial_fits(cpus: float, gpus: float, cluster: dict[str, float], address: str | None) -> None:
