@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import DATASET, PLAIN_TAG, REPO_ROOT, SEED, SPLIT, child_env, log, summary, tagged
+from xattn.tracking import tags
 
 GOAL = 0.05
 TRIAL_S = 60.0  # the goal holds for trials of 60 s or more
@@ -249,8 +250,8 @@ def _study_timeline(workspace: Path, name: str, launched: float, exited: float) 
         client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}")
         experiment = client.get_experiment_by_name(name)
         runs = client.search_runs([experiment.experiment_id], max_results=1000)
-        parent = next(r for r in runs if r.data.tags.get("xattn.role") == "study")
-        trials = sorted((r for r in runs if r.data.tags.get("xattn.role") == "search"), key=lambda r: r.info.start_time)
+        parent = next(r for r in runs if r.data.tags.get(tags.ROLE) == "study")
+        trials = sorted((r for r in runs if r.data.tags.get(tags.ROLE) == "search"), key=lambda r: r.info.start_time)
         spans = [((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000 for r in trials]
         epochs = []  # the driver's view of each epoch after a trial's first: report to report
         for run in trials:

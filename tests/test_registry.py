@@ -14,7 +14,8 @@ from test_cli import REPO, xattn
 
 from xattn.errors import ModelNotFound
 from xattn.export import export_best, export_manifest
-from xattn.tracking.registry import BEST_ALIAS, SHA256_TAG, register_best
+from xattn.tracking.registry import BEST_ALIAS, register_best
+from xattn.tracking.tags import SHA256_PREFIX
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import load_spec
 from xattn.tuning.study import run_study
@@ -53,7 +54,7 @@ def test_the_best_trial_is_registered_under_the_study_name(studies):
     # the version carries what an export of the run records, and the trial's metrics
     parent, run = client.get_run(second.parent_run_id), client.get_run(second.best["run_id"])
     manifest = export_manifest(client, NAME, parent, run)
-    assert {k[len(SHA256_TAG):]: v for k, v in best.tags.items() if k.startswith(SHA256_TAG)} == manifest["files"]
+    assert {k[len(SHA256_PREFIX):]: v for k, v in best.tags.items() if k.startswith(SHA256_PREFIX)} == manifest["files"]
     assert set(manifest["files"]) == {"weights.safetensors", "config.json", "metrics.json"}
     assert best.tags["xattn.parent_run_id"] == second.parent_run_id
     assert best.tags["xattn.optuna_trial_number"] == second.best["optuna_trial_number"]

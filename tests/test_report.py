@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from xattn.reporting.state import FINISHED, INTERRUPTED, RUNNING, study_state
-from xattn.tracking.store import COMPLETED_TAG, Workspace
+from xattn.tracking.store import Workspace
+from xattn.tracking.tags import COMPLETED
 
 CHROMIUM = Path("/usr/bin/chromium")
 TRIALS = 3
@@ -249,7 +250,7 @@ def parent(status: str, driver: str | None = None, completed: bool = False) -> S
     if driver:
         tags["xattn.driver"] = driver
     if completed:
-        tags[COMPLETED_TAG] = "true"
+        tags[COMPLETED] = "true"
     return SimpleNamespace(info=SimpleNamespace(status=status), data=SimpleNamespace(tags=tags))
 
 

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from xattn.tuning.study import ORPHAN_TAG
+from xattn.tracking.tags import ORPHANED
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,7 @@ def one_finished_one_training(children) -> bool:
 def assert_complete(study: Study, budget: int) -> None:
     parent = study.parent()
     assert parent.info.status == "FINISHED"
-    children = [run for run in study.children() if ORPHAN_TAG not in run.data.tags]
+    children = [run for run in study.children() if ORPHANED not in run.data.tags]
     assert len(children) == budget
     assert all(run.info.status == "FINISHED" and "test_pearson" in run.data.metrics for run in children)
     trial_ids = [run.data.tags["xattn.ray_trial_id"] for run in study.children()]

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from xattn.errors import XattnError
 from xattn.tracking.store import connect, masked
+from xattn.tracking import tags
 
 try:  # typer 0.29 and later carry their own copy of click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -281,15 +282,14 @@ def _print_result(result, ws) -> None:
 @friendly
 def study_list(workspace: Optional[Path] = WorkspaceOpt, tracking_uri: Optional[str] = TrackingOpt, as_json: bool = JsonOpt) -> None:
     """List the studies in the tracking store."""
-    from xattn.tracking.store import STUDY_TAG
 
     ws = _workspace(workspace, tracking_uri, create=False)
     client = None if ws.missing_store() else connect(ws)  # no store yet: no studies, and none is created
     rows = []
     for experiment in client.search_experiments() if client else []:
-        if STUDY_TAG not in experiment.tags:
+        if tags.STUDY not in experiment.tags:
             continue
-        runs = client.search_runs([experiment.experiment_id], "tags.`xattn.role` = 'study'", order_by=["attributes.start_time DESC"])
+        runs = client.search_runs([experiment.experiment_id], f"tags.`{tags.ROLE}` = 'study'", order_by=["attributes.start_time DESC"])
         latest = runs[0] if runs else None
         rows.append(
             {
@@ -324,8 +324,8 @@ def study_show(
     client = connect(_stored_workspace(workspace, tracking_uri))
     parent = find_parent_run(client, name, run_id)
     children = child_runs(client, parent)
-    best_run_id = parent.data.tags.get("xattn.best_run_id")
-    metric = parent.data.tags.get("xattn.metric", "best_val_loss")
+    best_run_id = parent.data.tags.get(tags.BEST_RUN_ID)
+    metric = parent.data.tags.get(tags.METRIC, "best_val_loss")
     max_epochs = int(parent.data.params.get("max_epochs", 0)) or None
 
     summary = {
@@ -339,15 +339,15 @@ def study_show(
         "trials": [
             {
                 "run_id": run.info.run_id,
-                "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
-                "ray_trial_id": run.data.tags.get("xattn.ray_trial_id"),
-                "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
-                "role": run.data.tags.get("xattn.role", "search"),
-                "family": run.data.tags.get("xattn.arm") or run.data.tags.get("xattn.family"),
-                "run_name": run.data.tags.get("mlflow.runName"),
+                "parent_run_id": run.data.tags.get(tags.PARENT_RUN),
+                "ray_trial_id": run.data.tags.get(tags.RAY_TRIAL_ID),
+                "optuna_trial_number": run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER),
+                "role": run.data.tags.get(tags.ROLE, "search"),
+                "family": run.data.tags.get(tags.ARM) or run.data.tags.get(tags.FAMILY),
+                "run_name": run.data.tags.get(tags.RUN_NAME),
                 "status": run.info.status,
                 "best": run.info.run_id == best_run_id,
-                "epochs": int(run.data.tags["xattn.epochs_run"]) if "xattn.epochs_run" in run.data.tags else None,
+                "epochs": int(run.data.tags[tags.EPOCHS_RUN]) if tags.EPOCHS_RUN in run.data.tags else None,
                 "stopped_early_at": stopped_early_at(run, max_epochs),
                 "params": dict(run.data.params),
                 "metrics": dict(run.data.metrics),

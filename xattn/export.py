@@ -19,6 +19,7 @@ from xattn.errors import DataError, StoreError
 from xattn.paths import ensure_can_create
 from xattn.tracking.store import Workspace, best_child, connect, find_parent_run
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
+from xattn.tracking import tags
 
 MANIFEST = "manifest.json"
 
@@ -47,8 +48,8 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
             raise StoreError(f"--run-id does not apply to a model URI ({study}): the model names its run")
         version = resolve(client, study)
         best = client.get_run(version.run_id)
-        parent = client.get_run(best.data.tags["mlflow.parentRunId"])
-        study = (version.tags or {}).get("xattn.study", version.name)
+        parent = client.get_run(best.data.tags[tags.PARENT_RUN])
+        study = (version.tags or {}).get(tags.STUDY, version.name)
     else:
         parent = find_parent_run(client, study, run_id)
         best = best_child(client, parent)
@@ -87,8 +88,8 @@ def _stage(client, study: str, parent, best, where: Path | None) -> tuple[Path, 
             "study": study,
             "parent_run_id": parent.info.run_id,
             "run_id": best.info.run_id,
-            "ray_trial_id": best.data.tags.get("xattn.ray_trial_id"),
-            "optuna_trial_number": best.data.tags.get("xattn.optuna_trial_number"),
+            "ray_trial_id": best.data.tags.get(tags.RAY_TRIAL_ID),
+            "optuna_trial_number": best.data.tags.get(tags.OPTUNA_TRIAL_NUMBER),
             "params": dict(best.data.params),
             "metrics": dict(best.data.metrics),
         }

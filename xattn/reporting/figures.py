@@ -30,8 +30,9 @@ import numpy as np
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from xattn.tracking.store import ROLE_TAG, STUDY_TAG, best_child, child_runs
+from xattn.tracking.store import best_child, child_runs
 from xattn.tuning.comparison import FinalResult, arm_of
+from xattn.tracking import tags
 
 if TYPE_CHECKING:
     import optuna
@@ -74,7 +75,7 @@ def study_figures(
 ) -> dict[str, go.Figure]:
     """Every figure that applies to this study, by name, in display order (FIGURE_NAMES)."""
     parent = client.get_run(parent_run_id)
-    metric = parent.data.tags.get("xattn.metric", "best_val_loss")
+    metric = parent.data.tags.get(tags.METRIC, "best_val_loss")
     figures: dict[str, go.Figure] = {}
 
     study = _load(OPTUNA_FIGURES, lambda: _optuna_study(parent, optuna_storage))
@@ -133,7 +134,7 @@ def _draw(figures: dict[str, go.Figure], name: str, draw: Callable[[], go.Figure
 def _optuna_study(parent: Run, storage: str) -> optuna.Study:
     import optuna
 
-    name = parent.data.tags.get("xattn.optuna_study")
+    name = parent.data.tags.get(tags.OPTUNA_STUDY)
     if not name:
         raise CannotDraw(f"study run {parent.info.run_id} has no tag xattn.optuna_study")
     return optuna.load_study(study_name=name, storage=storage)
@@ -203,16 +204,16 @@ def epoch_curve(history: Iterable[Metric]) -> tuple[list[int], list[float]]:
 
 def trial_curves(client: MlflowClient, parent: Run, metric: str) -> list[TrialCurve]:
     """The per-epoch `metric` of every search trial of the study's own family, by trial."""
-    family = parent.data.tags.get("xattn.family")
+    family = parent.data.tags.get(tags.FAMILY)
     curves = []
     for run in child_runs(client, parent):
-        tags = run.data.tags
-        if tags.get(ROLE_TAG, "search") != "search" or tags.get("xattn.family", family) != family or "xattn.orphaned" in tags:
+        run_tags = run.data.tags
+        if run_tags.get(tags.ROLE, "search") != "search" or run_tags.get(tags.FAMILY, family) != family or tags.ORPHANED in run_tags:
             continue  # other families are in the comparison figures; orphans ran again as another trial
         epochs, values = epoch_curve(client.get_metric_history(run.info.run_id, metric))
         if epochs:
-            epochs_run = int(tags.get("xattn.epochs_run", epochs[-1]))
-            curves.append(TrialCurve(tags.get("mlflow.runName", run.info.run_id), epochs, values, run.info.status, epochs_run))
+            epochs_run = int(run_tags.get(tags.EPOCHS_RUN, epochs[-1]))
+            curves.append(TrialCurve(run_tags.get(tags.RUN_NAME, run.info.run_id), epochs, values, run.info.status, epochs_run))
     return curves
 
 
@@ -262,15 +263,15 @@ def has_comparison(client: MlflowClient, parent: Run) -> bool:
 def _comparison(client: MlflowClient, parent: Run) -> dict[str, Any]:
     from xattn.tuning.comparison import load_comparison
 
-    return load_comparison(client, parent.data.tags.get(STUDY_TAG, ""), parent.info.run_id)
+    return load_comparison(client, parent.data.tags.get(tags.STUDY, ""), parent.info.run_id)
 
 
 def final_results(client: MlflowClient, parent: Run, metric: str = "test_pearson") -> list[FinalResult]:
     """The finished final (comparison) runs of a study that logged `metric`."""
     return [
-        FinalResult(arm_of(run), run.data.tags.get("xattn.fold"), run.data.tags.get("xattn.seed"), dict(run.data.metrics))
+        FinalResult(arm_of(run), run.data.tags.get(tags.FOLD), run.data.tags.get(tags.SEED), dict(run.data.metrics))
         for run in child_runs(client, parent)
-        if run.data.tags.get(ROLE_TAG) == "final" and run.info.status == "FINISHED" and metric in run.data.metrics
+        if run.data.tags.get(tags.ROLE) == "final" and run.info.status == "FINISHED" and metric in run.data.metrics
     ]  # fmt: skip
 
 
@@ -394,7 +395,7 @@ def _best_predictions(client: MlflowClient, parent: Run, mirror: str | None) -> 
         raise CannotDraw(str(error)) from None
     if not any(a.path == "checkpoint" for a in client.list_artifacts(best.info.run_id)):
         raise CannotDraw(f"the best trial's run {best.info.run_id} has no checkpoint")
-    return best.data.tags.get("mlflow.runName", best.info.run_id), run_test_predictions(client, best.info.run_id, mirror=mirror)
+    return best.data.tags.get(tags.RUN_NAME, best.info.run_id), run_test_predictions(client, best.info.run_id, mirror=mirror)
 
 
 def predicted_vs_observed_figure(predictions: pd.DataFrame, run_name: str) -> go.Figure:

@@ -24,17 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from xattn.errors import StudyNotFound, XattnError
 from xattn.paths import ensure_can_create
-from xattn.tracking.store import (
-    INNER_FOLD_TAG,
-    ROLE_TAG,
-    Workspace,
-    best_child,
-    child_runs,
-    connect,
-    find_parent_run,
-    first_line,
-    masked,
-)
+from xattn.tracking.store import Workspace, best_child, child_runs, connect, find_parent_run, first_line, masked
+from xattn.tracking import tags
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"
 REPORTS_FOLDER = "reports"
@@ -118,15 +109,15 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
 
     if not TEMPLATE.is_file():
         raise XattnError(f"report template {TEMPLATE} is missing: xattn report needs a source checkout (pip install -e .)")
-    tags = parent.data.tags
-    name = tags.get("xattn.study") or client.get_experiment(parent.info.experiment_id).name
+    run_tags = parent.data.tags
+    name = run_tags.get(tags.STUDY) or client.get_experiment(parent.info.experiment_id).name
     spec_text, spec, spec_note = _stored_spec(client, parent)
     children = child_runs(client, parent)
-    search = [run for run in children if run.data.tags.get(ROLE_TAG, "search") == "search"]
-    counted = [run for run in search if "xattn.orphaned" not in run.data.tags]
-    finals = [run for run in children if run.data.tags.get(ROLE_TAG) == "final"]
-    metric = tags.get("xattn.metric", "best_val_loss")
-    family = tags.get("xattn.family") or (spec.model.family if spec else None)
+    search = [run for run in children if run.data.tags.get(tags.ROLE, "search") == "search"]
+    counted = [run for run in search if tags.ORPHANED not in run.data.tags]
+    finals = [run for run in children if run.data.tags.get(tags.ROLE) == "final"]
+    metric = run_tags.get(tags.METRIC, "best_val_loss")
+    family = run_tags.get(tags.FAMILY) or (spec.model.family if spec else None)
     best, best_note = _best_run(client, parent, children, family)
     figures, figure_notes = _figures(client, parent, workspace, mirror)
     state = study_state(parent)
@@ -134,21 +125,21 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
         "name": name,
         "description": spec.description if spec else "",
         "run_id": parent.info.run_id,
-        "run_name": tags.get("mlflow.runName", ""),
+        "run_name": run_tags.get(tags.RUN_NAME, ""),
         "experiment_id": parent.info.experiment_id,
-        "optuna_study": tags.get("xattn.optuna_study"),
+        "optuna_study": run_tags.get(tags.OPTUNA_STUDY),
         "state": state,
         "family": family,
         "metric": metric,
-        "mode": tags.get("xattn.mode", "min"),
-        "counts": _counts([run for run in counted if run.data.tags.get("xattn.family", family) == family]),
+        "mode": run_tags.get(tags.MODE, "min"),
+        "counts": _counts([run for run in counted if run.data.tags.get(tags.FAMILY, family) == family]),
         "budget": spec.search_trials if spec else None,
         "agreement": _agreement(parent),
         "best": _best_context(best, metric) if best else None,
         "best_note": best_note,
-        "best_is_final": "xattn.best_run_id" in tags,
+        "best_is_final": tags.BEST_RUN_ID in run_tags,
         "trials": _trial_rows(client, counted, spec, family, metric),
-        "has_inner_folds": any(INNER_FOLD_TAG in run.data.tags for run in counted),
+        "has_inner_folds": any(tags.INNER_FOLD in run.data.tags for run in counted),
         "orphaned": len(search) - len(counted),
         "final_runs": len(finals),
         "figures": figures,
@@ -161,8 +152,8 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
         "provenance": {
             "xattn_commit": xattn_commit(),
             "versions": package_versions(),
-            "driver": tags.get("xattn.driver"),
-            "resumed": tags.get("xattn.resumed", "0"),
+            "driver": run_tags.get(tags.DRIVER),
+            "resumed": run_tags.get(tags.RESUMED, "0"),
             "started": _time(parent.info.start_time),
             "ended": _time(parent.info.end_time) if parent.info.status != "RUNNING" else None,
             "duration": _duration(parent.info.start_time, parent.info.end_time if parent.info.status != "RUNNING" else None),
@@ -204,7 +195,7 @@ def _stored_spec(client: MlflowClient, parent: Run):
 
 def _best_run(client: MlflowClient, parent: Run, children: list[Run], family: str | None) -> tuple[Run | None, str | None]:
     """The recorded best trial of a completed study, or the best finished one so far."""
-    recorded = parent.data.tags.get("xattn.best_run_id")
+    recorded = parent.data.tags.get(tags.BEST_RUN_ID)
     if recorded:
         for run in children:
             if run.info.run_id == recorded:
@@ -247,25 +238,25 @@ def _trial_rows(client: MlflowClient, runs: list[Run], spec, own_family: str | N
     searched: dict[str | None, list[str] | None] = {}
     rows = []
     for run in runs:
-        tags = run.data.tags
-        family = tags.get("xattn.family", own_family)
+        run_tags = run.data.tags
+        family = run_tags.get(tags.FAMILY, own_family)
         if family not in searched:
             searched[family] = _searched(spec, family)
         names = searched[family] if searched[family] is not None else sorted(run.data.params)
-        number = tags.get("xattn.optuna_trial_number")
+        number = run_tags.get(tags.OPTUNA_TRIAL_NUMBER)
         rows.append(
             {
                 "run_id": run.info.run_id,
-                "run_name": tags.get("mlflow.runName", ""),
+                "run_name": run_tags.get(tags.RUN_NAME, ""),
                 "family": family,
                 "trial": int(number) if number is not None and number.isdigit() else None,
-                "inner_fold": tags.get(INNER_FOLD_TAG),
+                "inner_fold": run_tags.get(tags.INNER_FOLD),
                 "params": [(key, format_value(run.data.params[key])) for key in names if key in run.data.params],
                 "metric": run.data.metrics.get(metric),
                 "test_pearson": run.data.metrics.get("test_pearson"),
                 "epochs": _epochs(client, run),
                 "status": run.info.status,
-                "failure": tags.get("xattn.failure"),
+                "failure": run_tags.get(tags.FAILURE),
             }
         )
     own_first = {own_family: 0}
@@ -275,8 +266,8 @@ def _trial_rows(client: MlflowClient, runs: list[Run], spec, own_family: str | N
 
 def _epochs(client: MlflowClient, run: Run) -> int | None:
     """Epochs a trial ran: tagged when it ends; for one still running, its last logged step."""
-    if "xattn.epochs_run" in run.data.tags:
-        return int(run.data.tags["xattn.epochs_run"])
+    if tags.EPOCHS_RUN in run.data.tags:
+        return int(run.data.tags[tags.EPOCHS_RUN])
     if run.info.status != "RUNNING":
         return None
     try:
@@ -291,8 +282,8 @@ def _best_context(run: Run, metric: str) -> dict[str, Any]:
     ordered = [key for key in KEY_METRICS if key in metrics] + sorted(key for key in metrics if key not in KEY_METRICS)
     return {
         "run_id": run.info.run_id,
-        "run_name": run.data.tags.get("mlflow.runName", ""),
-        "trial": run.data.tags.get("xattn.optuna_trial_number"),
+        "run_name": run.data.tags.get(tags.RUN_NAME, ""),
+        "trial": run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER),
         "status": run.info.status,
         "params": [(key, format_value(value)) for key, value in sorted(run.data.params.items())],
         "metrics": [(key, int(metrics[key]) if key in COUNT_METRICS else metrics[key]) for key in ordered],

@@ -11,7 +11,8 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xattn.tracking.store import COMPLETED_TAG, DRIVER_TAG, driver_alive
+from xattn.tracking.store import driver_alive
+from xattn.tracking import tags
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -28,15 +29,15 @@ class StudyState:
 
 
 def study_state(parent: Run) -> StudyState:
-    tags = parent.data.tags
+    run_tags = parent.data.tags
     status = parent.info.status
-    name = tags.get("xattn.study", "NAME")
+    name = run_tags.get(tags.STUDY, "NAME")
     resume = f"`xattn study resume {name}` continues it"
-    if COMPLETED_TAG in tags:
+    if tags.COMPLETED in run_tags:
         if status == "FINISHED":
             return StudyState(FINISHED, "every trial has ended and the best trial is recorded")
         return StudyState(FINISHED, f"it ended without a successful trial (run status {status})")
-    driver = tags.get(DRIVER_TAG)
+    driver = run_tags.get(tags.DRIVER)
     if status == "RUNNING":
         if driver_alive(driver):
             return StudyState(RUNNING, f"its driver, process {driver}, is alive; this page shows the trials so far")

@@ -15,10 +15,9 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.search.repeater import TRIAL_INDEX
-
-from xattn.tracking.store import INNER_FOLD_TAG, SCHEDULER_STOP_TAG
 from xattn.training.checkpoint import CHECKPOINT_FILES
-from xattn.tuning.nulls import NULL_INDEX, NULL_INDEX_TAG, NULL_METHOD, NULL_METHOD_TAG
+from xattn.tuning.nulls import NULL_INDEX, NULL_METHOD
+from xattn.tracking import tags
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_pearson")
 FINAL_METRICS = (
@@ -69,7 +68,7 @@ class MlflowTrialLogger(Callback):
         existing = self.client.search_runs(
             [self.experiment_id],
             filter_string=(
-                f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.`xattn.ray_trial_id` = '{trial.trial_id}'"
+                f"tags.`{tags.PARENT_RUN}` = '{self.parent_run_id}' and tags.`{tags.RAY_TRIAL_ID}` = '{trial.trial_id}'"
             ),
             max_results=1,
         )
@@ -90,23 +89,23 @@ class MlflowTrialLogger(Callback):
             else:
                 name = f"{self.family}-trial-{number if number is not None else trial.trial_id}-fold{fold}-seed{seed}"
                 name += f"-inner{inner}" if inner is not None else ""
-            tags = {
-                "mlflow.parentRunId": self.parent_run_id,
-                "mlflow.runName": name,
-                "xattn.role": self.role,
-                "xattn.family": self.family,
-                "xattn.arm": self.arm,
-                "xattn.fold": str(fold),
-                "xattn.seed": str(seed),
-                "xattn.ray_trial_id": trial.trial_id,
+            run_tags = {
+                tags.PARENT_RUN: self.parent_run_id,
+                tags.RUN_NAME: name,
+                tags.ROLE: self.role,
+                tags.FAMILY: self.family,
+                tags.ARM: self.arm,
+                tags.FOLD: str(fold),
+                tags.SEED: str(seed),
+                tags.RAY_TRIAL_ID: trial.trial_id,
             }
             if number is not None:
-                tags["xattn.optuna_trial_number"] = str(number)
+                run_tags[tags.OPTUNA_TRIAL_NUMBER] = str(number)
             if inner is not None:
-                tags[INNER_FOLD_TAG] = str(inner)
+                run_tags[tags.INNER_FOLD] = str(inner)
             if null_index is not None:
-                tags[NULL_METHOD_TAG], tags[NULL_INDEX_TAG] = str(trial.config.get(NULL_METHOD)), str(null_index)
-            run = self.client.create_run(self.experiment_id, tags=tags)
+                run_tags[tags.NULL_METHOD], run_tags[tags.NULL_INDEX] = str(trial.config.get(NULL_METHOD)), str(null_index)
+            run = self.client.create_run(self.experiment_id, tags=run_tags)
             run_id = run.info.run_id
             config = {**self.fixed, **trial.config}
             params = [Param(k, _short(v)) for k, v in sorted(config.items()) if not k.startswith("_")]
@@ -122,14 +121,14 @@ class MlflowTrialLogger(Callback):
         worker = f"{result.get('hostname')}:{result.get('pid')}"
         if self.workers.get(trial.trial_id) != worker:  # first result, or a retry in a new process
             self.workers[trial.trial_id] = worker
-            self.client.set_tag(run_id, "xattn.worker", worker)
+            self.client.set_tag(run_id, tags.WORKER, worker)
         now = int(time.time() * 1000)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
         # `done` on a result the trial is still running means the scheduler stops it here
         # (see TrialProgress.on_trial_result); at max_epochs that is no early stop.
-        tags = [RunTag(SCHEDULER_STOP_TAG, str(step))] if result.get("done") else []
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        run_tags = [RunTag(tags.SCHEDULER_STOPPED_AT, str(step))] if result.get("done") else []
+        self.client.log_batch(run_id, metrics=metrics, tags=run_tags)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._finish(trial, "FINISHED")
@@ -143,18 +142,18 @@ class MlflowTrialLogger(Callback):
         now = int(time.time() * 1000)
         step = int(result.get("epoch", 0))
         metrics = [Metric(k, float(result[k]), now, step) for k in FINAL_METRICS if k in result]
-        tags = [RunTag("xattn.epochs_run", str(step))]
+        run_tags = [RunTag(tags.EPOCHS_RUN, str(step))]
         if status == "FAILED" and trial.error_file:
-            tags.append(RunTag("xattn.failure", _last_line(trial.error_file)))
+            run_tags.append(RunTag(tags.FAILURE, _last_line(trial.error_file)))
             self.client.log_artifact(run_id, trial.error_file, "error")
         checkpoint = trial.checkpoint
         files = [Path(checkpoint.path) / name for name in CHECKPOINT_FILES] if checkpoint is not None else []
         if files and not all(path.is_file() for path in files):
             # Recording the run matters more than a checkpoint that did not survive (deleted, or
             # half-written by a killed worker); the run says so instead of the driver dying.
-            tags.append(RunTag("xattn.checkpoint_missing", checkpoint.path))
+            run_tags.append(RunTag(tags.CHECKPOINT_MISSING, checkpoint.path))
             files = []
-        self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self.client.log_batch(run_id, metrics=metrics, tags=run_tags)
         # Weights and config rebuild the model; optimizer state stays with Ray for resumes.
         for path in files:
             self.client.log_artifact(run_id, str(path), "checkpoint")

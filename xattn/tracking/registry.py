@@ -19,10 +19,10 @@ from mlflow.tracking import MlflowClient
 
 from xattn.tracking.store import masked
 from xattn.errors import ModelNotFound, StoreError
+from xattn.tracking import tags
 
 BEST_ALIAS = "best"
 CHECKPOINT = "checkpoint"
-SHA256_TAG = "xattn.sha256."  # + the name of a file of the export's manifest
 METRIC_TAG = "metric."  # + a metric of the trial run
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 # What a registry answers for a name, alias or version it does not have (an unknown alias is
@@ -58,24 +58,24 @@ def version_of_run(client: MlflowClient, study: str, run_id: str) -> ModelVersio
 
 
 def version_tags(study: str, parent: Run, run: Run, manifest: dict[str, Any]) -> dict[str, str]:
-    tags = run.data.tags
+    run_tags = run.data.tags
     info = {
-        "xattn.study": study,
-        "xattn.parent_run_id": parent.info.run_id,
-        "xattn.optuna_study": parent.data.tags.get("xattn.optuna_study", ""),
-        "xattn.optuna_trial_number": tags.get("xattn.optuna_trial_number", ""),
-        "xattn.ray_trial_id": tags.get("xattn.ray_trial_id", ""),
-        "xattn.family": tags.get("xattn.family", ""),
-        "xattn.selected_by": parent.data.tags.get("xattn.metric", ""),
+        tags.STUDY: study,
+        tags.PARENT_RUN_ID: parent.info.run_id,
+        tags.OPTUNA_STUDY: parent.data.tags.get(tags.OPTUNA_STUDY, ""),
+        tags.OPTUNA_TRIAL_NUMBER: run_tags.get(tags.OPTUNA_TRIAL_NUMBER, ""),
+        tags.RAY_TRIAL_ID: run_tags.get(tags.RAY_TRIAL_ID, ""),
+        tags.FAMILY: run_tags.get(tags.FAMILY, ""),
+        tags.SELECTED_BY: parent.data.tags.get(tags.METRIC, ""),
     }
-    info.update({f"{SHA256_TAG}{name}": digest for name, digest in sorted(manifest["files"].items())})
+    info.update({f"{tags.SHA256_PREFIX}{name}": digest for name, digest in sorted(manifest["files"].items())})
     info.update({f"{METRIC_TAG}{key}": repr(float(value)) for key, value in sorted(run.data.metrics.items())})
     return {key: value for key, value in info.items() if value != ""}
 
 
 def registered_sha256(version: ModelVersion) -> dict[str, str]:
     """The sha256 of each export file, as recorded when the version was registered."""
-    return {key[len(SHA256_TAG):]: value for key, value in (version.tags or {}).items() if key.startswith(SHA256_TAG)}
+    return {key[len(tags.SHA256_PREFIX):]: value for key, value in (version.tags or {}).items() if key.startswith(tags.SHA256_PREFIX)}
 
 
 def resolve(client: MlflowClient, uri: str) -> ModelVersion:
@@ -119,7 +119,7 @@ def _ensure_registered_model(client: MlflowClient, name: str, description: str) 
         client.get_registered_model(name)
     except MlflowException:
         try:
-            client.create_registered_model(name, tags={"xattn.study": name}, description=description or None)
+            client.create_registered_model(name, tags={tags.STUDY: name}, description=description or None)
         except MlflowException as error:
             # Already there: another driver of the same study created it a moment ago.
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
@@ -127,8 +127,8 @@ def _ensure_registered_model(client: MlflowClient, name: str, description: str) 
 
 
 def _describe(parent: Run, run: Run) -> str:
-    metric = parent.data.tags.get("xattn.metric", "")
+    metric = parent.data.tags.get(tags.METRIC, "")
     value = run.data.metrics.get(metric)
-    trial = run.data.tags.get("xattn.optuna_trial_number", "?")
+    trial = run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER, "?")
     score = f", {metric} {value:.4f}" if value is not None else ""
     return f"trial {trial} of study run {parent.info.run_id}{score}"

@@ -15,18 +15,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 from xattn.errors import StoreError, StudyNotFound
 from xattn.paths import ensure_can_create, ensure_not_a_file
+from xattn.tracking import tags
 
 if TYPE_CHECKING:  # MLflow takes seconds to import: commands that fail on their input should not wait for it
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 DEFAULT_WORKSPACE = Path(".xattn")
-ROLE_TAG = "xattn.role"
-STUDY_TAG = "xattn.study"
-INNER_FOLD_TAG = "xattn.inner_fold"  # a search run's inner fold, when the spec asks for inner folds
 SQLITE_WAIT = "?timeout=60"
-DRIVER_TAG = "xattn.driver"  # HOST:PID of the process driving a study run
-SCHEDULER_STOP_TAG = "xattn.scheduler_stopped_at"  # the epoch the scheduler (ASHA) stopped a trial at
 # What MLflow 3 accepts as a tracking URI (a database through SQLAlchemy, a server, Databricks).
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
 TRACKING_EXAMPLES = "sqlite:///PATH.db, postgresql://HOST/DB, mysql://HOST/DB or http(s)://HOST:PORT of an MLflow server"
@@ -159,7 +155,7 @@ def masked(uri: str) -> str:
 
 
 def driver_tag() -> str:
-    """The value of DRIVER_TAG for this process."""
+    """The value of tags.DRIVER for this process."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -266,7 +262,7 @@ def first_line(error: BaseException) -> str:
 def stopped_early_at(run: Run, max_epochs: int | None) -> int | None:
     """The epoch the scheduler (ASHA) stopped `run` at, if before `max_epochs`; a stop at the
     last epoch is no early stop."""
-    epoch = run.data.tags.get(SCHEDULER_STOP_TAG)
+    epoch = run.data.tags.get(tags.SCHEDULER_STOPPED_AT)
     if epoch is None or (max_epochs is not None and int(epoch) >= max_epochs):
         return None
     return int(epoch)
@@ -276,12 +272,12 @@ def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None)
     """The newest study (parent) run of `study`, or its study run `run_id`."""
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
-        known = [e.name for e in client.search_experiments() if e.tags.get(STUDY_TAG)]
+        known = [e.name for e in client.search_experiments() if e.tags.get(tags.STUDY)]
         hint = f"; studies here: {', '.join(sorted(known))}" if known else "; run `xattn study run SPEC` first"
         raise StudyNotFound(f"no study named {study!r} in this tracking store{hint}")
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'study'",
+        filter_string=f"tags.`{tags.ROLE}` = 'study'",
         order_by=["attributes.start_time DESC"],
         max_results=1 if run_id is None else 1000,
     )
@@ -296,18 +292,17 @@ def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None)
     return match
 
 
-COMPLETED_TAG = "xattn.completed"
 
 
 def unfinished_parent_run(client: MlflowClient, experiment_id: str) -> Run | None:
     """The newest study run that never completed (killed, interrupted or crashed), if any."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{ROLE_TAG}` = 'study'",
+        filter_string=f"tags.`{tags.ROLE}` = 'study'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if runs and runs[0].info.status != "FINISHED" and COMPLETED_TAG not in runs[0].data.tags:
+    if runs and runs[0].info.status != "FINISHED" and tags.COMPLETED not in runs[0].data.tags:
         return runs[0]
     return None
 
@@ -315,7 +310,7 @@ def unfinished_parent_run(client: MlflowClient, experiment_id: str) -> Run | Non
 def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
     return client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        filter_string=f"tags.`{tags.PARENT_RUN}` = '{parent.info.run_id}'",
         order_by=["attributes.start_time ASC"],
         max_results=10000,
     )
@@ -324,16 +319,16 @@ def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
 def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> Run:
     """The finished search trial (of the study's own family unless `family` is given) with the
     best selection metric, as the study's spec defined it."""
-    metric = parent.data.tags.get("xattn.metric", "best_val_loss")
-    mode = parent.data.tags.get("xattn.mode", "min")
-    family = family or parent.data.tags.get("xattn.family")
+    metric = parent.data.tags.get(tags.METRIC, "best_val_loss")
+    mode = parent.data.tags.get(tags.MODE, "min")
+    family = family or parent.data.tags.get(tags.FAMILY)
     finished = [
         run
         for run in child_runs(client, parent)
         if run.info.status == "FINISHED"
         and metric in run.data.metrics
-        and run.data.tags.get(ROLE_TAG, "search") == "search"
-        and run.data.tags.get("xattn.family", family) == family
+        and run.data.tags.get(tags.ROLE, "search") == "search"
+        and run.data.tags.get(tags.FAMILY, family) == family
     ]
     if not finished:
         raise StudyNotFound(f"study run {parent.info.run_id} has no finished trial with metric {metric!r}")
@@ -342,7 +337,7 @@ def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> 
     # inner fold stands for it.
     groups: dict[str, list[Run]] = {}
     for run in finished:
-        key = run.data.tags.get("xattn.optuna_trial_number", run.info.run_id) if INNER_FOLD_TAG in run.data.tags else run.info.run_id
+        key = run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER, run.info.run_id) if tags.INNER_FOLD in run.data.tags else run.info.run_id
         groups.setdefault(key, []).append(run)
     best = pick(groups.values(), key=lambda runs: sum(r.data.metrics[metric] for r in runs) / len(runs))
-    return min(best, key=lambda run: int(run.data.tags.get(INNER_FOLD_TAG, 0)))
+    return min(best, key=lambda run: int(run.data.tags.get(tags.INNER_FOLD, 0)))

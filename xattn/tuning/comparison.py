@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+from xattn.tracking import tags
 
 METRICS = ("test_pearson", "test_mse", "test_r2")
-ARM_TAG = "xattn.arm"  # a final run's comparison arm: its family, or "family:variant"
 
 
 def arm_of(run) -> str:
     """The comparison arm of an MLflow final run (runs from before variants existed: the family)."""
-    return run.data.tags.get(ARM_TAG, run.data.tags["xattn.family"])
+    return run.data.tags.get(tags.ARM, run.data.tags[tags.FAMILY])
 
 
 def variant_arm(family: str, variant: str) -> str:
@@ -45,7 +45,7 @@ class FinalResult:
 def compare_runs(runs, reference: str, metric: str = "test_pearson") -> dict[str, Any]:
     """`compare_results` over the FINISHED ones of MLflow final runs (tagged arm, fold, seed)."""
     results = [
-        FinalResult(arm_of(run), run.data.tags.get("xattn.fold"), run.data.tags.get("xattn.seed"),
+        FinalResult(arm_of(run), run.data.tags.get(tags.FOLD), run.data.tags.get(tags.SEED),
                     {m: run.data.metrics[m] for m in METRICS if m in run.data.metrics})
         for run in runs
         if run.info.status == "FINISHED"

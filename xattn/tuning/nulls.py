@@ -22,11 +22,10 @@ from typing import Any
 import numpy as np
 
 from xattn.data.nulls import null_seed
+from xattn.tracking import tags
 
 NULL_METHOD = "_null_method"  # trial config keys, beside the final runs' _fold and _seed
 NULL_INDEX = "_null_index"
-NULL_METHOD_TAG = "xattn.null_method"
-NULL_INDEX_TAG = "xattn.null_index"
 
 
 def null_of_trial(config: dict[str, Any], seed: int, fold: int) -> dict[str, Any] | None:
@@ -59,25 +58,25 @@ def null_comparison(finals, nulls, method: str, runs_per_null: int, metric: str 
     drawn: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in finals:
         if run.info.status == "FINISHED" and metric in run.data.metrics:
-            real[run.data.tags["xattn.family"]].append(run.data.metrics[metric])
+            real[run.data.tags[tags.FAMILY]].append(run.data.metrics[metric])
     for run in nulls:
-        tags = run.data.tags
-        if run.info.status == "FINISHED" and metric in run.data.metrics and tags.get(NULL_METHOD_TAG) == method:
-            drawn[tags["xattn.family"]][int(tags[NULL_INDEX_TAG])].append(run.data.metrics[metric])
+        run_tags = run.data.tags
+        if run.info.status == "FINISHED" and metric in run.data.metrics and run_tags.get(tags.NULL_METHOD) == method:
+            drawn[run_tags[tags.FAMILY]][int(run_tags[tags.NULL_INDEX])].append(run.data.metrics[metric])
     return {family: null_test(real[family], drawn.get(family, {}), runs_per_null, method) for family in real}
 
 
 def run_nulls(spec, context, configs: dict[str, dict[str, Any]], comparison: dict[str, Any]) -> None:
     """Retrain every family's configuration on the spec's nulls; add each family's null test
     to its entry of `comparison` (as `nulls`)."""
-    from xattn.tracking.store import ROLE_TAG, child_runs
+    from xattn.tracking.store import child_runs
 
     nulls = spec.comparison.nulls
     for family, config in configs.items():
         _null_phase(spec.for_family(family), config, spec.comparison, context)
     children = child_runs(context.client, context.client.get_run(context.parent_run_id))
-    finals = [run for run in children if run.data.tags.get(ROLE_TAG) == "final"]
-    null_runs = [run for run in children if run.data.tags.get(ROLE_TAG) == "null"]
+    finals = [run for run in children if run.data.tags.get(tags.ROLE) == "final"]
+    null_runs = [run for run in children if run.data.tags.get(tags.ROLE) == "null"]
     tests = null_comparison(finals, null_runs, nulls.method, spec.comparison.folds * spec.comparison.seeds)
     for entry in comparison["families"]:
         if entry["family"] in tests:

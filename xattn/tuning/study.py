@@ -26,10 +26,6 @@ from xattn.data import data_mirror
 from xattn.errors import StoreError, StudyNotFound
 from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tracking.store import (
-    COMPLETED_TAG,
-    DRIVER_TAG,
-    ROLE_TAG,
-    STUDY_TAG,
     Workspace,
     best_child,
     check_optuna_storage,
@@ -48,6 +44,7 @@ from xattn.tracking.store import (
 from xattn.tuning.cluster import check_ray_address, check_trial_fits, ray_init_error
 from xattn.tuning.spec import StudySpec, spec_from_yaml
 from xattn.tuning.trial import preflight
+from xattn.tracking import tags
 
 
 @dataclass
@@ -85,45 +82,42 @@ def open_stores(workspace: Workspace):
 # its UI labels "Machine learning" (runs, not traces). 3.17.2's UI picks its view from a
 # per-browser switch instead (dashboards/README.md); the tag is what its kind selector writes
 # and what it reads with that switch turned off.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-MODEL_TRAINING_KIND = "custom_model_development"
-NOTE_TAG = "mlflow.note.content"  # the description MLflow shows on an experiment or run
 
 
 def open_experiment(client, workspace: Workspace, spec: StudySpec) -> str:
-    tags = {STUDY_TAG: spec.name, EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+    run_tags = {tags.STUDY: spec.name, tags.EXPERIMENT_KIND: tags.MODEL_TRAINING_KIND}
     if spec.description:
-        tags[NOTE_TAG] = spec.description
+        run_tags[tags.NOTE] = spec.description
     experiment = client.get_experiment_by_name(spec.name)
     if experiment is None:
-        return client.create_experiment(spec.name, artifact_location=workspace.artifact_location(spec.name), tags=tags)
+        return client.create_experiment(spec.name, artifact_location=workspace.artifact_location(spec.name), tags=run_tags)
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
-    # An experiment from before these tags gets them; a kind chosen in the UI is kept, while
+    # An experiment from before these run_tags gets them; a kind chosen in the UI is kept, while
     # the description follows the spec that runs now.
-    for key, value in tags.items():
-        if experiment.tags.get(key) != value and (key != EXPERIMENT_KIND_TAG or key not in experiment.tags):
+    for key, value in run_tags.items():
+        if experiment.tags.get(key) != value and (key != tags.EXPERIMENT_KIND or key not in experiment.tags):
             client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
 def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, str]:
     """Create the study run; return its id and the name of its Optuna study."""
-    tags = {
-        ROLE_TAG: "study",
-        STUDY_TAG: spec.name,
-        "xattn.family": spec.model.family,
-        "xattn.metric": f"best_{spec.search.metric}",
-        "xattn.mode": spec.search.mode,
-        "mlflow.runName": f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-        DRIVER_TAG: driver_tag(),
+    run_tags = {
+        tags.ROLE: "study",
+        tags.STUDY: spec.name,
+        tags.FAMILY: spec.model.family,
+        tags.METRIC: f"best_{spec.search.metric}",
+        tags.MODE: spec.search.mode,
+        tags.RUN_NAME: f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags.DRIVER: driver_tag(),
     }
     if spec.description:
-        tags[NOTE_TAG] = spec.description
-    run = client.create_run(experiment_id, tags=tags)
+        run_tags[tags.NOTE] = spec.description
+    run = client.create_run(experiment_id, tags=run_tags)
     run_id = run.info.run_id
     optuna_study = f"{spec.name}-{run_id[:8]}"
-    client.set_tag(run_id, "xattn.optuna_study", optuna_study)
+    client.set_tag(run_id, tags.OPTUNA_STUDY, optuna_study)
     params = {
         "family": spec.model.family,
         "dataset": spec.data.dataset or "files",
@@ -140,7 +134,6 @@ def start_parent_run(client, experiment_id: str, spec: StudySpec) -> tuple[str, 
     return run_id, optuna_study
 
 
-ORPHAN_TAG = "xattn.orphaned"
 
 
 def stored_spec(client, parent) -> StudySpec:
@@ -160,15 +153,15 @@ def reopen_parent_run(client, parent, spec: StudySpec) -> tuple[str, str]:
             f"study {spec.name!r} has an unfinished run {run_id} of a different spec: "
             f"`xattn study resume {spec.name}` continues it, --name NEW starts another study"
         )
-    driver = parent.data.tags.get(DRIVER_TAG)
+    driver = parent.data.tags.get(tags.DRIVER)
     if driver_alive(driver):
         raise StoreError(f"study {spec.name!r} is running now (process {driver}): wait for it or stop it first")
     client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, DRIVER_TAG, driver_tag())
-    if spec.description and NOTE_TAG not in parent.data.tags:  # a run started before descriptions were recorded
-        client.set_tag(run_id, NOTE_TAG, spec.description)
-    client.set_tag(run_id, "xattn.resumed", str(int(parent.data.tags.get("xattn.resumed", "0")) + 1))
-    return run_id, parent.data.tags["xattn.optuna_study"]
+    client.set_tag(run_id, tags.DRIVER, driver_tag())
+    if spec.description and tags.NOTE not in parent.data.tags:  # a run started before descriptions were recorded
+        client.set_tag(run_id, tags.NOTE, spec.description)
+    client.set_tag(run_id, tags.RESUMED, str(int(parent.data.tags.get(tags.RESUMED, "0")) + 1))
+    return run_id, parent.data.tags[tags.OPTUNA_STUDY]
 
 
 @dataclass
@@ -370,10 +363,10 @@ def _close_orphaned_runs(context: _Context, role: str, family: str, arm: str) ->
     but Tune never recorded; Tune ran those again as new trials. Mark them, keep them."""
     parent = context.client.get_run(context.parent_run_id)
     for run in child_runs(context.client, parent):
-        tags = run.data.tags
-        same_arm = tags.get("xattn.arm", tags.get("xattn.family")) == arm
-        if run.info.status == "RUNNING" and tags.get(ROLE_TAG) == role and tags.get("xattn.family") == family and same_arm:
-            context.client.set_tag(run.info.run_id, ORPHAN_TAG, "the driver was killed before Ray Tune recorded this trial; it ran again as another trial")
+        run_tags = run.data.tags
+        same_arm = run_tags.get(tags.ARM, run_tags.get(tags.FAMILY)) == arm
+        if run.info.status == "RUNNING" and run_tags.get(tags.ROLE) == role and run_tags.get(tags.FAMILY) == family and same_arm:
+            context.client.set_tag(run.info.run_id, tags.ORPHANED, "the driver was killed before Ray Tune recorded this trial; it ran again as another trial")
             context.client.set_terminated(run.info.run_id, "KILLED")
 
 
@@ -575,7 +568,7 @@ def _compare(spec: StudySpec, context: _Context, main_results) -> dict[str, Any]
         config = {k: v for k, v in best.items() if k not in overrides}  # the spec's fixed overrides now hold them
         _final(spec.for_variant(variant), config, spec.comparison, context, arm=variant_arm(spec.model.family, variant))
     parent = context.client.get_run(context.parent_run_id)
-    finals = [run for run in child_runs(context.client, parent) if run.data.tags.get(ROLE_TAG) == "final"]
+    finals = [run for run in child_runs(context.client, parent) if run.data.tags.get(tags.ROLE) == "final"]
     comparison = compare_runs(finals, reference=spec.comparison_reference)
     for entry in comparison["families"]:
         agreement = context.agreement.get(entry["family"], {})
@@ -601,12 +594,12 @@ def _register(client, spec: StudySpec, parent, run) -> dict[str, Any]:
         version = register_best(client, spec.name, parent, run, manifest, description=spec.description)
     except (MlflowException, OSError) as error:
         reason = first_line(error)
-        client.set_tag(parent.info.run_id, "xattn.registry_error", reason)
+        client.set_tag(parent.info.run_id, tags.REGISTRY_ERROR, reason)
         warnings.warn(f"the best trial was not registered as model {spec.name!r}: {reason}", stacklevel=2)
         return {"model_version": None, "model_uri": None}
     # The registry answers int or str depending on its backend; scripts get one type.
     number = str(version.version)
-    client.set_tag(parent.info.run_id, "xattn.model_version", number)
+    client.set_tag(parent.info.run_id, tags.MODEL_VERSION, number)
     return {"model_version": number, "model_uri": f"models:/{spec.name}@{BEST_ALIAS}"}
 
 
@@ -630,24 +623,24 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
     failures: dict[str, int] = {}
     stopped_early = 0
     for run in children:
-        tags = run.data.tags
-        if tags.get("xattn.family") == spec.model.family and tags.get(ROLE_TAG) == "search" and ORPHAN_TAG not in tags:
+        run_tags = run.data.tags
+        if run_tags.get(tags.FAMILY) == spec.model.family and run_tags.get(tags.ROLE) == "search" and tags.ORPHANED not in run_tags:
             counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
             if run.info.status == "FINISHED" and stopped_early_at(run, spec.budget.max_epochs) is not None:
                 stopped_early += 1
             if run.info.status == "FAILED":
-                reason = tags.get("xattn.failure", "no reason recorded")
+                reason = run_tags.get(tags.FAILURE, "no reason recorded")
                 failures[reason] = failures.get(reason, 0) + 1
     rows = [
         {
             "run_id": run.info.run_id,
-            "family": run.data.tags.get("xattn.family"),
-            "role": run.data.tags.get(ROLE_TAG),
-            "fold": run.data.tags.get("xattn.fold"),
-            "seed": run.data.tags.get("xattn.seed"),
-            "trial": run.data.tags.get("mlflow.runName"),
-            "ray_trial_id": run.data.tags.get("xattn.ray_trial_id"),
-            "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
+            "family": run.data.tags.get(tags.FAMILY),
+            "role": run.data.tags.get(tags.ROLE),
+            "fold": run.data.tags.get(tags.FOLD),
+            "seed": run.data.tags.get(tags.SEED),
+            "trial": run.data.tags.get(tags.RUN_NAME),
+            "ray_trial_id": run.data.tags.get(tags.RAY_TRIAL_ID),
+            "optuna_trial_number": run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER),
             "status": run.info.status,
             **{f"param.{k}": v for k, v in run.data.params.items()},
             **run.data.metrics,
@@ -665,8 +658,8 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
         run = None
     if run is not None:
         best = {
-            "trial_id": run.data.tags.get("xattn.ray_trial_id"),
-            "optuna_trial_number": run.data.tags.get("xattn.optuna_trial_number"),
+            "trial_id": run.data.tags.get(tags.RAY_TRIAL_ID),
+            "optuna_trial_number": run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER),
             "run_id": run.info.run_id,
             "params": dict(run.data.params),
             "metrics": dict(run.data.metrics),
@@ -675,15 +668,15 @@ def _summarise(spec, workspace, client, experiment_id, parent_run_id, optuna_stu
             client.log_param(parent_run_id, f"best.{key}", value)
         for key, value in run.data.metrics.items():
             client.log_metric(parent_run_id, f"best.{key}", value)
-        client.set_tag(parent_run_id, "xattn.best_run_id", run.info.run_id)
+        client.set_tag(parent_run_id, tags.BEST_RUN_ID, run.info.run_id)
         best.update(_register(client, spec, parent, run))
     if os.environ.get(FIGURES_ENV, "1") != "0":
         from xattn.reporting import log_study_figures
 
         log_study_figures(client, parent_run_id, workspace.optuna_storage, mirror=mirror)
-        if run is not None and run.data.tags.get("xattn.family") == "cross_attention":
+        if run is not None and run.data.tags.get(tags.FAMILY) == "cross_attention":
             _log_attention(client, run.info.run_id, mirror)
-    client.set_tag(parent_run_id, COMPLETED_TAG, "true")
+    client.set_tag(parent_run_id, tags.COMPLETED, "true")
     client.set_terminated(parent_run_id, "FINISHED" if best is not None else "FAILED")
     return StudyResult(
         name=spec.name,

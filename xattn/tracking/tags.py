@@ -1,0 +1,57 @@
+"""Every MLflow tag name xattn writes or reads: what links a run to its study, trial and fold.
+
+A name lives here once; dashboards/README.md lists them for users who filter runs in the UI.
+"""
+
+from __future__ import annotations
+
+# What a run is.
+STUDY = "xattn.study"  # on the experiment and on its study runs: the study's name
+ROLE = "xattn.role"  # "study", "search", "final" or "null"
+FAMILY = "xattn.family"  # the model family a run trains (a study run: the study's own family)
+ARM = "xattn.arm"  # a final run's comparison arm: its family, or "family:variant"
+FOLD = "xattn.fold"
+SEED = "xattn.seed"
+INNER_FOLD = "xattn.inner_fold"  # a search run's inner fold, when the spec asks for inner folds
+CONFIGURATION = "xattn.configuration"  # the search configuration a trial belongs to (tuning.selection)
+NULL_METHOD = "xattn.null_method"
+NULL_INDEX = "xattn.null_index"
+
+# The identity of a trial in Ray Tune and Optuna.
+RAY_TRIAL_ID = "xattn.ray_trial_id"
+OPTUNA_TRIAL_NUMBER = "xattn.optuna_trial_number"
+OPTUNA_STUDY = "xattn.optuna_study"
+
+# How a trial went.
+EPOCHS_RUN = "xattn.epochs_run"
+SCHEDULER_STOPPED_AT = "xattn.scheduler_stopped_at"  # the epoch the scheduler (ASHA) stopped a trial at
+FAILURE = "xattn.failure"  # why a trial failed, in one line
+WORKER = "xattn.worker"  # HOST:PID of the Ray worker that ran a trial
+CHECKPOINT_MISSING = "xattn.checkpoint_missing"
+ORPHANED = "xattn.orphaned"  # a run whose trial no resumed Tune experiment knows
+
+# A study run's selection and lifecycle.
+METRIC = "xattn.metric"  # the selection metric, best_<metric>
+MODE = "xattn.mode"  # "min" or "max"
+DRIVER = "xattn.driver"  # HOST:PID of the process driving a study run
+RESUMED = "xattn.resumed"  # how many times a study run was resumed
+COMPLETED = "xattn.completed"
+BEST_RUN_ID = "xattn.best_run_id"
+MODEL_VERSION = "xattn.model_version"
+REGISTRY_ERROR = "xattn.registry_error"
+
+# On a registered model version.
+PARENT_RUN_ID = "xattn.parent_run_id"
+SELECTED_BY = "xattn.selected_by"
+SHA256_PREFIX = "xattn.sha256."  # + the name of a file of the export's manifest
+
+# MLflow's own tags that xattn sets.
+RUN_NAME = "mlflow.runName"
+PARENT_RUN = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # the description MLflow shows on an experiment or run
+# The experiment kind MLflow 3 records per experiment: "custom_model_development" is the one
+# its UI labels "Machine learning" (runs, not traces). 3.17.2's UI picks its view from a
+# per-browser switch instead (dashboards/README.md); the tag is what its kind selector writes
+# and what it reads with that switch turned off.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
