@@ -235,7 +235,7 @@ def load_experiment(mirror: str, device: str):
 
 def _prepare(dataset: str, synthetic: dict | None, mirror: str | None, device: str):
     from xattn.experiment import prepare_experiment
-    from xattn.tuning.spec import DataSpec
+    from xattn.data.spec import DataSpec
 
     spec = DataSpec(dataset=dataset, synthetic=synthetic or {}, split=SPLIT, genevec="coexpression")
     return prepare_experiment(spec, {}, seed=SEED, mirror=mirror, device=device)

@@ -37,7 +37,8 @@ from xattn.reporting.figures import (
     network_of,
     network_order,
 )
-from xattn.tracking.store import Workspace, best_child
+from xattn.tracking.store import Workspace
+from xattn.tracking.runs import best_child
 from xattn.tuning.spec import parse_spec
 from xattn.tuning.study import FIGURES_ENV, run_study
 

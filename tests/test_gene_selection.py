@@ -9,7 +9,8 @@ from xattn.data import load_dataset, region_folds
 from xattn.data.gene_selection import select_genes
 from xattn.errors import DataError, SpecError
 from xattn.experiment import prepare_experiment
-from xattn.tuning.spec import DataSpec, parse_spec
+from xattn.data.spec import DataSpec
+from xattn.tuning.spec import parse_spec
 
 
 @pytest.fixture(scope="module")

@@ -242,7 +242,7 @@ def test_checkpoint_round_trip_rebuilds_an_identical_model(tmp_path, data, pca):
 
 def _synthetic_experiment(seed):
     from xattn.experiment import prepare_experiment
-    from xattn.tuning.spec import DataSpec
+    from xattn.data.spec import DataSpec
 
     spec = DataSpec(
         dataset="synthetic",

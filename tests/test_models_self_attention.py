@@ -194,7 +194,7 @@ def test_config_defaults_mirror_the_cross_attention_model():
 @pytest.fixture(scope="module")
 def experiment():
     from xattn.experiment import prepare_experiment
-    from xattn.tuning.spec import DataSpec, SplitSpec, SyntheticSpec
+    from xattn.data.spec import DataSpec, SplitSpec, SyntheticSpec
 
     # 64 regions, 30% of the non-test ones for validation: ~200 validation pairs, enough
     # that the validation loss is not dominated by which few regions were drawn.

@@ -9,7 +9,7 @@ import torch
 from xattn.experiment import build_trial_model, prepare_experiment
 from xattn.models.registry import MODEL_FAMILIES
 from xattn.training.trainer import TrainConfig, fit
-from xattn.tuning.spec import DataSpec
+from xattn.data.spec import DataSpec
 
 TINY = {
     "d_model": 8, "nhead": 2, "num_layers": 1, "deep_hidden_dims": [8], "token_encoder_dim": 8, "rank": 4,

@@ -319,7 +319,7 @@ def study_show(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a study run and its trials: the best one marked, the epochs each ran, and those the scheduler stopped early."""
-    from xattn.tracking.store import child_runs, find_parent_run, stopped_early_at
+    from xattn.tracking.runs import child_runs, find_parent_run, stopped_early_at
 
     client = connect(_stored_workspace(workspace, tracking_uri))
     parent = find_parent_run(client, name, run_id)

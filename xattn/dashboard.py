@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from xattn.errors import StoreError
+from xattn.errors import StoreError, first_line
 from xattn.processes import check_port
 
 
@@ -31,8 +31,7 @@ def open_storage(url: str):
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as error:  # noqa: BLE001 - an old schema, a foreign database, a bad driver
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise StoreError(f"cannot open the Optuna storage {masked(url)} ({reason}): check --optuna-storage") from None
+        raise StoreError(f"cannot open the Optuna storage {masked(url)} ({first_line(error)}): check --optuna-storage") from None
 
 
 def serve(url: str, host: str, port: int, *, announce: Callable[[str, list[str]], None]) -> None:

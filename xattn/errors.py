@@ -33,3 +33,18 @@ class StudyNotFound(XattnError):
 
 class ModelNotFound(XattnError):
     """No registered model, alias or version matches a `models:/` URI."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's message as a clause of a one-line error: its first line, or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
+def one_line(error: BaseException, limit: int = 300, *, with_type: bool = False) -> str:
+    """An exception's whole message folded onto one line, cut with "..." past `limit`; a log
+    line about an unexpected failure (`with_type`) starts with the exception's type."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if with_type:
+        text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

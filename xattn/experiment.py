@@ -27,7 +27,7 @@ from xattn.data.nulls import null_data
 from xattn.data.splits import inner_folds
 from xattn.models.registry import build_model, fit_to_training_regions
 from xattn.training.trainer import PairData
-from xattn.tuning.spec import DataSpec
+from xattn.data.spec import DataSpec
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any
 
 from xattn.errors import DataError, StoreError
 from xattn.paths import ensure_can_create
-from xattn.tracking.store import Workspace, best_child, connect, find_parent_run
+from xattn.tracking.store import Workspace, connect
+from xattn.tracking.runs import best_child, find_parent_run
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
 from xattn.tracking import tags
 
@@ -42,7 +43,7 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
     client = connect(workspace)  # an unreachable server fails in one line, not after minutes of retries
     version = None
     if study.startswith("models:/"):
-        from xattn.tracking.registry import resolve
+        from xattn.tracking.model_registry import resolve
 
         if run_id is not None:
             raise StoreError(f"--run-id does not apply to a model URI ({study}): the model names its run")
@@ -105,7 +106,7 @@ def _stage(client, study: str, parent, best, where: Path | None) -> tuple[Path, 
 
 def _check_registered(staging: Path, version) -> None:
     """Refuse a run whose model files changed after it was registered."""
-    from xattn.tracking.registry import registered_sha256
+    from xattn.tracking.model_registry import registered_sha256
 
     # Only the files that rebuild the model: metrics.json follows the run's metrics, which
     # may legitimately grow after registration.

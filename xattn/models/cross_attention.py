@@ -54,7 +54,7 @@ from xattn.models.gene_tokens import GeneTokenFields, gene_tokens_of
 from xattn.models.layers import (
     AttentionPooling, FeedForward, MLPHead, SelfAttention, boolean, choice, layer_widths, positive_int, probability,
 )  # fmt: skip
-from xattn.models.reference import standardise_rows
+from xattn.models.baselines import standardise_rows
 
 CLS_FEATURES = {"random": 6, "spatial": 6, "expression": 2}  # the input width of each kind of CLS token
 POOLING_MODES = ("mean", "attention", "cls")

@@ -19,7 +19,7 @@ from xattn.errors import SpecError
 from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
 from xattn.models.cross_attention import blind_spot as cross_attention_blind_spot
 from xattn.models.mlp import MLPConfig, MLPModel
-from xattn.models.reference import (
+from xattn.models.baselines import (
     BilinearLowRankConfig,
     BilinearLowRankModel,
     CGEConfig,

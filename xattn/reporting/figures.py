@@ -30,7 +30,8 @@ import numpy as np
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from xattn.tracking.store import best_child, child_runs
+from xattn.errors import one_line
+from xattn.tracking.runs import best_child, child_runs
 from xattn.tuning.comparison import FinalResult, arm_of
 from xattn.tracking import tags
 
@@ -115,7 +116,7 @@ def _load(names: Iterable[str], load: Callable[[], Any]) -> Any:
     except CannotDraw as reason:
         logger.warning("figures %s skipped: %s", ", ".join(names), reason)
     except Exception as error:  # noqa: BLE001 - one group's failure must not cost the others
-        logger.warning("figures %s failed: %s", ", ".join(names), _one_line(error))
+        logger.warning("figures %s failed: %s", ", ".join(names), one_line(error, with_type=True))
     return None
 
 
@@ -125,7 +126,7 @@ def _draw(figures: dict[str, go.Figure], name: str, draw: Callable[[], go.Figure
     except CannotDraw as reason:
         logger.warning("figure %s skipped: %s", name, reason)
     except Exception as error:  # noqa: BLE001 - one figure's failure must not cost the others
-        logger.warning("figure %s failed: %s", name, _one_line(error))
+        logger.warning("figure %s failed: %s", name, one_line(error, with_type=True))
 
 
 # -- the search: Optuna's own plots ----------------------------------------------------------
@@ -555,7 +556,7 @@ def log_study_figures(
         )  # fmt: skip
         return list(figures)
     except Exception as error:  # noqa: BLE001 - figures must never fail a study
-        logger.warning("study figures not logged to run %s: %s", parent_run_id, _one_line(error))
+        logger.warning("study figures not logged to run %s: %s", parent_run_id, one_line(error, with_type=True))
         return []
     finally:
         browser.close()
@@ -615,7 +616,7 @@ def write_pngs(figures: dict[str, go.Figure], folder: Path, browser: PngBrowser 
     try:
         errors = browser.render(jobs)
     except Exception as error:  # noqa: BLE001 - no browser, a broken browser: HTML still goes
-        logger.warning("figures: no PNGs (%s); the HTML figures are logged", _one_line(error))
+        logger.warning("figures: no PNGs (%s); the HTML figures are logged", one_line(error, with_type=True))
         return []
     finally:
         if own:
@@ -623,7 +624,7 @@ def write_pngs(figures: dict[str, go.Figure], folder: Path, browser: PngBrowser 
     written = [name for name in figures if (folder / f"{name}.png").is_file()]
     if errors or len(written) < len(figures):
         missing = sorted(set(figures) - set(written))
-        logger.warning("figures: PNGs of %s not rendered (%s)", ", ".join(missing), "; ".join(_one_line(e) for e in errors))
+        logger.warning("figures: PNGs of %s not rendered (%s)", ", ".join(missing), "; ".join(one_line(e, with_type=True) for e in errors))
     return written
 
 
@@ -632,7 +633,3 @@ def _png_size(name: str, figure: go.Figure) -> dict[str, int]:
     width, height = PNG_SIZES.get(name, PNG_SIZE)
     return {"width": int(figure.layout.width or width), "height": int(figure.layout.height or height)}
 
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:limit]

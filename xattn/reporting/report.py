@@ -22,9 +22,10 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from xattn.errors import StudyNotFound, XattnError
+from xattn.errors import StudyNotFound, XattnError, first_line
 from xattn.paths import ensure_can_create
-from xattn.tracking.store import Workspace, best_child, child_runs, connect, find_parent_run, first_line, masked
+from xattn.tracking.store import Workspace, connect, masked
+from xattn.tracking.runs import best_child, child_runs, find_parent_run
 from xattn.tracking import tags
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"

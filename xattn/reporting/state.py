@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xattn.tracking.store import driver_alive
+from xattn.tracking.runs import driver_alive
 from xattn.tracking import tags
 
 if TYPE_CHECKING:

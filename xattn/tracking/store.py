@@ -7,18 +7,15 @@ by code, so the same study runs against a lab's PostgreSQL-backed server unchang
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from xattn.errors import StoreError, StudyNotFound
+from xattn.errors import StoreError, first_line
 from xattn.paths import ensure_can_create, ensure_not_a_file
-from xattn.tracking import tags
 
 if TYPE_CHECKING:  # MLflow takes seconds to import: commands that fail on their input should not wait for it
-    from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
 DEFAULT_WORKSPACE = Path(".xattn")
@@ -154,25 +151,6 @@ def masked(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def driver_tag() -> str:
-    """The value of tags.DRIVER for this process."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def driver_alive(driver: str | None) -> bool:
-    """Whether the process that last drove a study run is still running on this host."""
-    host, _, pid = (driver or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def check_writable(workspace: Workspace) -> None:
     """A one-line error unless the workspace folder, and the folder of a SQLite tracking file
     not made yet, can be written (nothing is made)."""
@@ -253,91 +231,3 @@ def check_optuna_storage(url: str) -> None:
     check_schema_owner(tables, shown)
 
 
-def first_line(error: BaseException) -> str:
-    """An exception's message as a clause of a one-line error."""
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
-
-
-def stopped_early_at(run: Run, max_epochs: int | None) -> int | None:
-    """The epoch the scheduler (ASHA) stopped `run` at, if before `max_epochs`; a stop at the
-    last epoch is no early stop."""
-    epoch = run.data.tags.get(tags.SCHEDULER_STOPPED_AT)
-    if epoch is None or (max_epochs is not None and int(epoch) >= max_epochs):
-        return None
-    return int(epoch)
-
-
-def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None) -> Run:
-    """The newest study (parent) run of `study`, or its study run `run_id`."""
-    experiment = client.get_experiment_by_name(study)
-    if experiment is None:
-        known = [e.name for e in client.search_experiments() if e.tags.get(tags.STUDY)]
-        hint = f"; studies here: {', '.join(sorted(known))}" if known else "; run `xattn study run SPEC` first"
-        raise StudyNotFound(f"no study named {study!r} in this tracking store{hint}")
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`{tags.ROLE}` = 'study'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1 if run_id is None else 1000,
-    )
-    if not runs:
-        raise StudyNotFound(f"study {study!r} has no study run yet: run `xattn study run SPEC`")
-    if run_id is None:
-        return runs[0]
-    match = next((run for run in runs if run.info.run_id == run_id), None)
-    if match is None:
-        newest = ", ".join(run.info.run_id for run in runs[:5])
-        raise StudyNotFound(f"--run-id {run_id} is not a study run of {study!r}; its study runs, newest first: {newest}")
-    return match
-
-
-
-
-def unfinished_parent_run(client: MlflowClient, experiment_id: str) -> Run | None:
-    """The newest study run that never completed (killed, interrupted or crashed), if any."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{tags.ROLE}` = 'study'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if runs and runs[0].info.status != "FINISHED" and tags.COMPLETED not in runs[0].data.tags:
-        return runs[0]
-    return None
-
-
-def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
-    return client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`{tags.PARENT_RUN}` = '{parent.info.run_id}'",
-        order_by=["attributes.start_time ASC"],
-        max_results=10000,
-    )
-
-
-def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> Run:
-    """The finished search trial (of the study's own family unless `family` is given) with the
-    best selection metric, as the study's spec defined it."""
-    metric = parent.data.tags.get(tags.METRIC, "best_val_loss")
-    mode = parent.data.tags.get(tags.MODE, "min")
-    family = family or parent.data.tags.get(tags.FAMILY)
-    finished = [
-        run
-        for run in child_runs(client, parent)
-        if run.info.status == "FINISHED"
-        and metric in run.data.metrics
-        and run.data.tags.get(tags.ROLE, "search") == "search"
-        and run.data.tags.get(tags.FAMILY, family) == family
-    ]
-    if not finished:
-        raise StudyNotFound(f"study run {parent.info.run_id} has no finished trial with metric {metric!r}")
-    pick = min if mode == "min" else max
-    # With inner folds a configuration is several runs: the best mean wins, and its first
-    # inner fold stands for it.
-    groups: dict[str, list[Run]] = {}
-    for run in finished:
-        key = run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER, run.info.run_id) if tags.INNER_FOLD in run.data.tags else run.info.run_id
-        groups.setdefault(key, []).append(run)
-    best = pick(groups.values(), key=lambda runs: sum(r.data.metrics[metric] for r in runs) / len(runs))
-    return min(best, key=lambda run: int(run.data.tags.get(tags.INNER_FOLD, 0)))

@@ -29,7 +29,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from xattn.errors import DataError
+from xattn.errors import DataError, one_line
 
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
@@ -138,7 +138,7 @@ def load_optimizer_state(directory: str | os.PathLike, *, device: str | torch.de
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # UnpicklingError, EOFError, RuntimeError ...
-        raise DataError(f"{path}: not a readable optimizer state ({_one_line(error)})") from None
+        raise DataError(f"{path}: not a readable optimizer state ({one_line(error)})") from None
 
 
 def read_checkpoint_config(directory: str | os.PathLike) -> dict:
@@ -149,7 +149,7 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict:
     try:
         document = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not readable JSON ({_one_line(error)})") from None
+        raise DataError(f"{path}: not readable JSON ({one_line(error)})") from None
     if not isinstance(document, dict) or not {"family", "config"} <= document.keys():
         raise DataError(f"{path}: expected keys 'family' and 'config'")
     return document
@@ -160,7 +160,7 @@ def _load_weights(directory: Path, model: nn.Module, document: dict) -> None:
     try:
         model.load_state_dict(_read_weights(weights), strict=True)
     except Exception as error:  # safetensors' header errors, torch's key/shape errors
-        raise DataError(f"{weights}: cannot load into a {document['family']} model ({_one_line(error)})") from None
+        raise DataError(f"{weights}: cannot load into a {document['family']} model ({one_line(error)})") from None
 
 
 def _weights_to_save(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -240,11 +240,6 @@ def _json_default(value: Any) -> Any:
         return value.tolist()
     raise TypeError(f"cannot store a {type(value).__name__} in {CONFIG}")
 
-
-def _one_line(error: BaseException, limit: int = 300) -> str:
-    """An exception's message folded onto one line (DataError messages are one line)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _registry_model_to_dict(model: nn.Module) -> dict:

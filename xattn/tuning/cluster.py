@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 
 from xattn.errors import StoreError
-from xattn.tracking.store import first_line
+from xattn.errors import first_line
 
 FIX = "start its head with `ray start --head`, or check --address / $RAY_ADDRESS"
 

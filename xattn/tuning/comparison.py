@@ -170,7 +170,7 @@ def load_comparison(client, study: str, run_id: str | None = None) -> dict[str, 
     from pathlib import Path
 
     from xattn.errors import StudyNotFound
-    from xattn.tracking.store import find_parent_run
+    from xattn.tracking.runs import find_parent_run
 
     parent = find_parent_run(client, study, run_id)
     names = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}

@@ -69,7 +69,7 @@ def null_comparison(finals, nulls, method: str, runs_per_null: int, metric: str 
 def run_nulls(spec, context, configs: dict[str, dict[str, Any]], comparison: dict[str, Any]) -> None:
     """Retrain every family's configuration on the spec's nulls; add each family's null test
     to its entry of `comparison` (as `nulls`)."""
-    from xattn.tracking.store import child_runs
+    from xattn.tracking.runs import child_runs
 
     nulls = spec.comparison.nulls
     for family, config in configs.items():

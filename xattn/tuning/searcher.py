@@ -1,4 +1,5 @@
-"""Ray Tune's OptunaSearch, made safe to resume after a driver was killed.
+"""The searcher: a spec's space as Optuna distributions, and Ray Tune's OptunaSearch made safe to
+resume after a driver was killed.
 
 Optuna records a trial's end at once, in its storage; Ray Tune saves its own state a moment
 later. A driver killed in between leaves a trial that Optuna calls COMPLETE but Tune will run
@@ -17,7 +18,10 @@ import warnings
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from ray.tune.search.optuna import OptunaSearch
+
+from xattn.tuning.spec import ParamSpec
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -49,3 +53,16 @@ class ResumableOptunaSearch(OptunaSearch):
         if trial is None:
             return False
         return self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
+
+
+def to_distribution(param: ParamSpec) -> BaseDistribution:
+    if param.type == "choice":
+        return CategoricalDistribution(param.values)
+    if param.type in ("int", "logint"):
+        step = int(param.step or 1) if param.type == "int" else 1
+        return IntDistribution(int(param.low), int(param.high), log=param.type == "logint", step=step)
+    return FloatDistribution(param.low, param.high, log=param.type == "loguniform", step=param.step)
+
+
+def optuna_space(space: dict[str, ParamSpec]) -> dict[str, BaseDistribution]:
+    return {name: to_distribution(param) for name, param in space.items()}

@@ -11,11 +11,12 @@ import difflib
 import itertools
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from xattn.data.spec import GENEVEC_KINDS, DataSpec, Strict, Whole
 from xattn.errors import SpecError
 
 TRAINER_PARAMS = {
@@ -23,111 +24,18 @@ TRAINER_PARAMS = {
     "precision", "max_pairs_per_pass",
 }  # fmt: skip
 DATA_PARAMS = {"genevec"}
-GENEVEC_KINDS = ("gene2vec", "coexpression", "onehot")
 
 
-def _whole_number(value: Any) -> Any:
-    """1e9 and "1e9" as 1000000000: YAML reads scientific notation without a dot as text."""
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() else value
-    return value
-
-
-Whole = Annotated[int, BeforeValidator(_whole_number)]
 MAX_TRIALS = 100_000
 MAX_EPOCHS = 100_000
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SplitSpec(_Strict):
-    method: Literal["random", "spatial"] = "random"
-    folds: Whole = Field(5, ge=2, description="number of region folds (K)")
-    fold: Whole = Field(0, ge=0, description="which fold is the test set")
-    val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of training regions held out for validation")
-    inner_folds: Whole = Field(
-        0, ge=0, description="0: search on one validation set; K >= 2: each trial on K inner folds, ranked by their mean"
-    )
-
-    @model_validator(mode="after")
-    def _fold_in_range(self) -> "SplitSpec":
-        if self.fold >= self.folds:
-            raise ValueError(f"fold={self.fold} but there are only {self.folds} folds (0..{self.folds - 1})")
-        if self.inner_folds == 1:
-            raise ValueError("inner_folds=1 is not cross-validation: use 0 (one validation set) or 2 or more")
-        return self
-
-
-class TopVarianceSpec(_Strict):
-    top_variance: Whole = Field(ge=1, description="the N genes that vary most across the training regions")
-
-
-class GeneFileSpec(_Strict):
-    file: Path = Field(description="a gene list: one symbol a line (relative to the spec)")
-
-
-class FilesSpec(_Strict):
-    expression: Path
-    connectivity: Path
-    coords: Path | None = None
-
-
-class SyntheticSpec(_Strict):
-    regions: Whole = Field(64, ge=8)
-    genes: Whole = Field(32, ge=2)
-    noise: float = Field(0.1, ge=0)
-    similarity: float = Field(0.5, description="weight beta of the expression-similarity term; 0: distance only")
-    seed: Whole = 0
-
-
-class DataSpec(_Strict):
-    dataset: str | None = Field("synthetic", description="a named dataset (xattn data list), or null with `files`")
-    files: FilesSpec | None = None
-    synthetic: SyntheticSpec = SyntheticSpec()
-    split: SplitSpec = SplitSpec()
-    genes: Literal["all"] | TopVarianceSpec | GeneFileSpec = Field(
-        "all", description="all | {top_variance: N} (ranked on training regions) | {file: PATH}"
-    )
-    genevec: Literal["gene2vec", "coexpression", "onehot"] = "coexpression"
-    gene2vec_file: Path | None = None
-
-    @field_validator("genes", mode="before")
-    @classmethod
-    def _gene_selection(cls, value: Any) -> Any:
-        # One message for every malformed selection, instead of one per member of the union.
-        usage = "use all, {top_variance: N} or {file: PATH}"
-        if value == "all" or isinstance(value, (TopVarianceSpec, GeneFileSpec)):
-            return value
-        if isinstance(value, dict) and list(value) == ["top_variance"]:
-            n = value["top_variance"]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"top_variance must be a whole number >= 1, got {n!r}")
-            return TopVarianceSpec(top_variance=n)
-        if isinstance(value, dict) and list(value) == ["file"] and isinstance(value["file"], (str, Path)):
-            return GeneFileSpec(file=value["file"])
-        raise ValueError(f"{value!r} is not a gene selection: {usage}")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "DataSpec":
-        if self.files is not None and self.dataset not in (None, "synthetic"):
-            raise ValueError("give either `dataset` or `files`, not both")
-        if self.files is not None:
-            self.__dict__["dataset"] = None
-        return self
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     family: str = "cross_attention"
     fixed: dict[str, Any] = Field(default_factory=dict, description="hyperparameters held constant")
 
 
-class ParamSpec(_Strict):
+class ParamSpec(Strict):
     """One searched hyperparameter. A bare list in YAML means `{type: choice, values: [...]}`."""
 
     type: Literal["choice", "uniform", "loguniform", "int", "logint"]
@@ -160,7 +68,7 @@ class ParamSpec(_Strict):
         return [decode_choice(v) for v in self.values]
 
 
-class SearchSpec(_Strict):
+class SearchSpec(Strict):
     space: dict[str, ParamSpec] = Field(default_factory=dict)
     metric: Literal["val_loss", "val_pearson"] = "val_loss"
     mode: Literal["min", "max"] | None = None
@@ -182,7 +90,7 @@ class SearchSpec(_Strict):
         return self
 
 
-class BudgetSpec(_Strict):
+class BudgetSpec(Strict):
     trials: Whole = Field(8, ge=1, le=MAX_TRIALS)
     max_epochs: Whole = Field(10, ge=1, le=MAX_EPOCHS)
     patience_steps: Whole = Field(
@@ -193,13 +101,13 @@ class BudgetSpec(_Strict):
     max_failures: Whole = Field(1, ge=0, description="retries of a trial that raised; a diverged trial is never retried")
 
 
-class ResourcesSpec(_Strict):
+class ResourcesSpec(Strict):
     cpus: float = Field(1, gt=0, description="CPUs per trial")
     gpus: float = Field(0, ge=0, description="GPUs per trial; fractions pack trials on one GPU")
 
 
-class BaselineSpec(_Strict):
-    """How one compared family is tuned: its own fixed settings and space (default: spaces.py)."""
+class BaselineSpec(Strict):
+    """How one compared family is tuned: its own fixed settings and space (default: search_space.py)."""
 
     fixed: dict[str, Any] | None = None
     space: dict[str, ParamSpec] | None = None
@@ -207,7 +115,7 @@ class BaselineSpec(_Strict):
     _expand_lists = field_validator("space", mode="before")(SearchSpec._expand_lists.__func__)
 
 
-class NullSpec(_Strict):
+class NullSpec(Strict):
     """Spatial null models: every compared family retrained on `n` null datasets per fold."""
 
     method: Literal["spin", "variogram", "shuffle"] = Field(
@@ -216,7 +124,7 @@ class NullSpec(_Strict):
     n: Whole = Field(10, ge=1, description="null datasets N; the p-value's resolution is 1 / (N + 1)")
 
 
-class ComparisonSpec(_Strict):
+class ComparisonSpec(Strict):
     folds: Whole = Field(4, ge=2, description="outer region folds K of the final runs")
     seeds: Whole = Field(3, ge=1, description="seeds S per fold of the final runs")
     tune: bool = Field(True, description="tune every family with the study's budget; false: fixed settings")
@@ -241,7 +149,7 @@ class ComparisonSpec(_Strict):
     nulls: NullSpec | None = Field(None, description="retrain every family on spatial nulls of the expression")
 
 
-class StudySpec(_Strict):
+class StudySpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
     seed: Whole = 0
@@ -256,7 +164,7 @@ class StudySpec(_Strict):
     @field_validator("compare_with", mode="before")
     @classmethod
     def _preset(cls, value: Any) -> Any:
-        from xattn.tuning.spaces import BASELINES
+        from xattn.tuning.search_space import BASELINES
 
         if value == "all_baselines" or value == ["all_baselines"]:
             return list(BASELINES)
@@ -264,7 +172,7 @@ class StudySpec(_Strict):
 
     def for_family(self, family: str) -> "StudySpec":
         """The same study (data, split, budget, seed) for another model family."""
-        from xattn.tuning.spaces import DEFAULT_FIXED, DEFAULT_SPACES
+        from xattn.tuning.search_space import DEFAULT_FIXED, DEFAULT_SPACES
 
         if family == self.model.family:
             return self
@@ -378,7 +286,8 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Stud
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     spec = parse_spec(raw, source=str(path))
-    return _resolve_paths(spec, path.parent)
+    spec.data.resolve_paths(path.parent)
+    return spec
 
 
 def parse_spec(raw: dict[str, Any], source: str = "spec") -> StudySpec:
@@ -537,25 +446,3 @@ def _set_dotted(raw: dict, dotted: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise SpecError(f"--set {dotted}: {part} is not a mapping in the spec")
     node[leaf] = value
-
-
-def _resolve_paths(spec: StudySpec, base: Path) -> StudySpec:
-    """Data paths in a spec are relative to the spec file, as users expect when they copy one."""
-
-    def resolve(p: Path | None) -> Path | None:
-        if p is None or p.is_absolute():
-            return p
-        return (base / p).resolve() if (base / p).exists() or not p.exists() else p.resolve()
-
-    data = spec.data
-    if data.files is not None:
-        data.files = FilesSpec(
-            expression=resolve(data.files.expression),
-            connectivity=resolve(data.files.connectivity),
-            coords=resolve(data.files.coords),
-        )
-    if data.gene2vec_file is not None:
-        data.gene2vec_file = resolve(data.gene2vec_file)
-    if isinstance(data.genes, GeneFileSpec):
-        data.genes = GeneFileSpec(file=resolve(data.genes.file))
-    return spec

@@ -23,21 +23,22 @@ import pandas as pd
 import yaml
 
 from xattn.data import data_mirror
-from xattn.errors import StoreError, StudyNotFound
+from xattn.errors import StoreError, StudyNotFound, first_line
 from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tracking.store import (
     Workspace,
-    best_child,
     check_optuna_storage,
     check_tracking_store,
     check_writable,
-    child_runs,
     connect,
+    masked,
+)
+from xattn.tracking.runs import (
+    best_child,
+    child_runs,
     driver_alive,
     driver_tag,
     find_parent_run,
-    first_line,
-    masked,
     stopped_early_at,
     unfinished_parent_run,
 )
@@ -387,7 +388,7 @@ def _search(spec: StudySpec, context: _Context, optuna_study: str | None = None)
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import Repeater
 
-    from xattn.tuning.search_space import optuna_space
+    from xattn.tuning.searcher import optuna_space
     from xattn.tuning.searcher import ResumableOptunaSearch
     from xattn.tuning.trainable import trainable
 
@@ -587,7 +588,7 @@ def _register(client, spec: StudySpec, parent, run) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     from xattn.export import export_manifest
-    from xattn.tracking.registry import BEST_ALIAS, register_best
+    from xattn.tracking.model_registry import BEST_ALIAS, register_best
 
     try:
         manifest = export_manifest(client, spec.name, parent, run)

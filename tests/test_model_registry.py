@@ -14,7 +14,7 @@ from test_cli import REPO, xattn
 
 from xattn.errors import ModelNotFound
 from xattn.export import export_best, export_manifest
-from xattn.tracking.registry import BEST_ALIAS, register_best
+from xattn.tracking.model_registry import BEST_ALIAS, register_best
 from xattn.tracking.tags import SHA256_PREFIX
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import load_spec

@@ -1,4 +1,4 @@
-"""Reference models: the simple predictors a connectivity model should beat.
+"""Baseline models: the simple predictors a connectivity model should beat.
 
 | family             | prediction for the pair (i, j)           | learned                  |
 |--------------------|------------------------------------------|--------------------------|
@@ -20,7 +20,7 @@ up to its small weight decay (0.01 * lr per step, towards 0: negligible for the 
 these models need).
 
 Inits, chosen so that AdamW at learning_rate 1e-2 converges within a few dozen epochs on
-hcp-s100 (batch_size 256: 16 steps per epoch; see tests/test_models_reference.py):
+hcp-s100 (batch_size 256: 16 steps per epoch; see tests/test_models_baselines.py):
 
 - distance_decay: a = 1, b = 0, lambda = 1. Normalised coords put the typical pair
   distance at ~2.3 (one unit is one training-region std per axis), so lambda = 1 starts

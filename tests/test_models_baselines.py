@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from xattn.errors import SpecError
-from xattn.models.reference import (
+from xattn.models.baselines import (
     BilinearLowRankModel,
     CorrelatedGeneExpressionModel,
     DistanceDecayModel,
@@ -32,7 +32,7 @@ CLASSES = [DistanceDecayModel, CorrelatedGeneExpressionModel, BilinearLowRankMod
 N_REGIONS, N_GENES = 12, 16
 PARAMS = {"rank": 4, "learning_rate": 1e-2, "d_model": 32}  # non-fields are ignored, as for every family
 
-# The trainer settings the real-data tests fit with (see xattn/models/reference.py for the inits).
+# The trainer settings the real-data tests fit with (see xattn/models/baselines.py for the inits).
 # Measured on hcp-s100 (random folds, seed 0): best validation epoch 5-22 for both families,
 # 0.3-2.3 s a fit on one thread.
 FIT = dict(learning_rate=1e-2, batch_size=256, max_epochs=40, patience_steps=70, seed=0, warmup_steps=0, lr_schedule="constant", grad_clip=0.0)  # 5 epochs
@@ -182,7 +182,7 @@ def test_bilinear_is_the_per_pair_formula(data):
 
 def _experiment(mirror, fold, method="random"):
     from xattn.experiment import prepare_experiment
-    from xattn.tuning.spec import DataSpec
+    from xattn.data.spec import DataSpec
 
     spec = DataSpec(dataset="hcp-s100", split={"method": method, "folds": 5, "fold": fold})
     return prepare_experiment(spec, {"genevec": "coexpression"}, seed=0, mirror=str(mirror))

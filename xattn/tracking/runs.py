@@ -1,0 +1,174 @@
+"""Reading a study's runs back from MLflow: the study run, its trials, their artifacts.
+
+Every command that looks at a finished or running study (show, report, export, resume) reads
+through here, so a study run, its best trial and its checkpoint are found the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from xattn.errors import StudyNotFound
+from xattn.tracking import tags
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+CHECKPOINT_ARTIFACT = "checkpoint"  # the folder of a trial run that holds its best weights and config
+
+
+def driver_tag() -> str:
+    """The value of tags.DRIVER for this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def driver_alive(driver: str | None) -> bool:
+    """Whether the process that last drove a study run is still running on this host."""
+    host, _, pid = (driver or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stopped_early_at(run: Run, max_epochs: int | None) -> int | None:
+    """The epoch the scheduler (ASHA) stopped `run` at, if before `max_epochs`; a stop at the
+    last epoch is no early stop."""
+    epoch = run.data.tags.get(tags.SCHEDULER_STOPPED_AT)
+    if epoch is None or (max_epochs is not None and int(epoch) >= max_epochs):
+        return None
+    return int(epoch)
+
+
+def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None) -> Run:
+    """The newest study (parent) run of `study`, or its study run `run_id`."""
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        known = [e.name for e in client.search_experiments() if e.tags.get(tags.STUDY)]
+        hint = f"; studies here: {', '.join(sorted(known))}" if known else "; run `xattn study run SPEC` first"
+        raise StudyNotFound(f"no study named {study!r} in this tracking store{hint}")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`{tags.ROLE}` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1 if run_id is None else 1000,
+    )
+    if not runs:
+        raise StudyNotFound(f"study {study!r} has no study run yet: run `xattn study run SPEC`")
+    if run_id is None:
+        return runs[0]
+    match = next((run for run in runs if run.info.run_id == run_id), None)
+    if match is None:
+        newest = ", ".join(run.info.run_id for run in runs[:5])
+        raise StudyNotFound(f"--run-id {run_id} is not a study run of {study!r}; its study runs, newest first: {newest}")
+    return match
+
+
+def unfinished_parent_run(client: MlflowClient, experiment_id: str) -> Run | None:
+    """The newest study run that never completed (killed, interrupted or crashed), if any."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tags.ROLE}` = 'study'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if runs and runs[0].info.status != "FINISHED" and tags.COMPLETED not in runs[0].data.tags:
+        return runs[0]
+    return None
+
+
+def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`{tags.PARENT_RUN}` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
+    )
+
+
+def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> Run:
+    """The finished search trial (of the study's own family unless `family` is given) with the
+    best selection metric, as the study's spec defined it."""
+    metric = parent.data.tags.get(tags.METRIC, "best_val_loss")
+    mode = parent.data.tags.get(tags.MODE, "min")
+    family = family or parent.data.tags.get(tags.FAMILY)
+    finished = [
+        run
+        for run in child_runs(client, parent)
+        if run.info.status == "FINISHED"
+        and metric in run.data.metrics
+        and run.data.tags.get(tags.ROLE, "search") == "search"
+        and run.data.tags.get(tags.FAMILY, family) == family
+    ]
+    if not finished:
+        raise StudyNotFound(f"study run {parent.info.run_id} has no finished trial with metric {metric!r}")
+    pick = min if mode == "min" else max
+    # With inner folds a configuration is several runs: the best mean wins, and its first
+    # inner fold stands for it.
+    groups: dict[str, list[Run]] = {}
+    for run in finished:
+        key = run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER, run.info.run_id) if tags.INNER_FOLD in run.data.tags else run.info.run_id
+        groups.setdefault(key, []).append(run)
+    best = pick(groups.values(), key=lambda runs: sum(r.data.metrics[metric] for r in runs) / len(runs))
+    return min(best, key=lambda run: int(run.data.tags.get(tags.INNER_FOLD, 0)))
+
+
+
+def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
+    """The text of artifact `path` of run `run_id`."""
+    with tempfile.TemporaryDirectory(prefix="xattn-artifact-") as folder:
+        return Path(client.download_artifacts(run_id, path, folder)).read_text()
+
+
+def read_artifact_json(client: MlflowClient, run_id: str, path: str) -> Any:
+    """Artifact `path` of run `run_id`, parsed as JSON."""
+    return json.loads(read_artifact_text(client, run_id, path))
+
+
+def download_checkpoint(client: MlflowClient, run_id: str, folder: str | Path) -> Path:
+    """The checkpoint folder of trial run `run_id`, downloaded into `folder`."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per file is noise in a study's output
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return Path(client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(folder)))
+
+
+class CheckpointCache:
+    """Each trial run's checkpoint downloaded at most once while open (a temporary folder), so the
+    end of a study reads the best checkpoint once for its manifest, figures and attention maps."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client = client
+        self._folder: tempfile.TemporaryDirectory | None = None
+        self._paths: dict[str, Path] = {}
+
+    def __enter__(self) -> CheckpointCache:
+        self._folder = tempfile.TemporaryDirectory(prefix="xattn-checkpoints-")
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._folder is not None:
+            self._folder.cleanup()
+        self._folder, self._paths = None, {}
+
+    def path(self, run_id: str) -> Path:
+        """The local checkpoint folder of `run_id` (read-only: callers copy what they change)."""
+        if self._folder is None:
+            raise RuntimeError("CheckpointCache used outside its with-block")
+        if run_id not in self._paths:
+            self._paths[run_id] = download_checkpoint(self.client, run_id, Path(self._folder.name) / run_id)
+        return self._paths[run_id]
+
+    @property
+    def downloads(self) -> int:
+        return len(self._paths)
