@@ -15,7 +15,7 @@ from test_cli import REPO, xattn
 
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import load_spec
-from xattn.tuning.study import run_study
+from xattn.studies import run_study
 
 
 @pytest.fixture(scope="module")

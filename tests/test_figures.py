@@ -40,7 +40,7 @@ from xattn.reporting.figures import (
 from xattn.tracking.store import Workspace
 from xattn.tracking.runs import best_child
 from xattn.tuning.spec import parse_spec
-from xattn.tuning.study import FIGURES_ENV, run_study
+from xattn.studies import FIGURES_ENV, run_study
 
 TRIALS, EPOCHS = 3, 3
 FOLDS, SEEDS = 2, 2
@@ -354,7 +354,7 @@ def assert_real_png(path) -> None:
 
 def test_attention_maps_that_cannot_be_logged_warn_instead_of_failing_the_study(monkeypatch):
     import xattn.reporting.attention
-    from xattn.tuning.study import _log_attention
+    from xattn.studies import _log_attention
 
     def broken(*args, **kwargs):
         raise RuntimeError("the checkpoint's model has no attention\nsecond line")

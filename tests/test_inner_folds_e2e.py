@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from xattn.export import evaluate_export, export_best
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import parse_spec
-from xattn.tuning.study import run_study
+from xattn.studies import run_study
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from xattn.tracking.model_registry import BEST_ALIAS, register_best
 from xattn.tracking.tags import SHA256_PREFIX
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import load_spec
-from xattn.tuning.study import run_study
+from xattn.studies import run_study
 
 pytestmark = pytest.mark.e2e
 

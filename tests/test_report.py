@@ -118,7 +118,7 @@ def assert_rendered(page: SimpleNamespace) -> None:
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory, ray_local):
     from xattn.tuning.spec import parse_spec
-    from xattn.tuning.study import run_study
+    from xattn.studies import run_study
 
     spec = parse_spec(
         {
@@ -177,7 +177,7 @@ def interrupted_study(tmp_path_factory):
     from mlflow.entities import Metric
 
     from xattn.tuning.spec import parse_spec
-    from xattn.tuning.study import open_experiment, open_stores, start_parent_run
+    from xattn.studies import open_experiment, open_stores, start_parent_run
 
     spec = parse_spec({"name": "report-killed", "search": {"space": {"d_model": [8, 16]}}, "budget": {"trials": 4, "max_epochs": 5}})
     workspace = Workspace.open(tmp_path_factory.mktemp("ws"))

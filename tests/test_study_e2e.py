@@ -23,7 +23,7 @@ from xattn.export import evaluate_export, export_best, verify_export
 from xattn.errors import DataError
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import parse_spec
-from xattn.tuning.study import run_study
+from xattn.studies import run_study
 
 pytestmark = pytest.mark.e2e
 

@@ -164,7 +164,7 @@ def study_run(
     preflight(spec, str(mirror_path) if mirror_path else None)
 
     from xattn.tuning.progress import TrialProgress
-    from xattn.tuning.study import run_study
+    from xattn.studies import run_study
 
     console.print(
         f"study [bold]{spec.name}[/]: {spec.model.family} on {spec.data.dataset or 'user files'}, "
@@ -196,7 +196,7 @@ def study_resume(
     ws = _stored_workspace(workspace, tracking_uri, optuna_storage)
 
     from xattn.tuning.progress import TrialProgress
-    from xattn.tuning.study import resume_study
+    from xattn.studies import resume_study
 
     progress = TrialProgress(console, 0, "val_loss", "min")
     _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json, progress)

@@ -87,7 +87,7 @@ def _null_phase(spec, config: dict[str, Any], comparison, context) -> None:
     """One family on N nulls x K folds x S seeds: the final runs' grid, once per null."""
     from ray import tune
 
-    from xattn.tuning.study import _final
+    from xattn.studies import _final
 
     nulls = comparison.nulls
     total = nulls.n * comparison.folds * comparison.seeds
