@@ -172,3 +172,31 @@ class CheckpointCache:
     @property
     def downloads(self) -> int:
         return len(self._paths)
+
+
+def trial_row(run: Run, max_epochs: int | None = None) -> dict[str, Any]:
+    """One child run as the plain record every table of trials starts from (trials.csv,
+    `xattn study show`, the report): its identity, state, parameters and metrics."""
+    run_tags = run.data.tags
+    epochs = run_tags.get(tags.EPOCHS_RUN)
+    return {
+        "run_id": run.info.run_id,
+        "parent_run_id": run_tags.get(tags.PARENT_RUN),
+        "run_name": run_tags.get(tags.RUN_NAME),
+        "role": run_tags.get(tags.ROLE, "search"),
+        "family": run_tags.get(tags.FAMILY),
+        "arm": run_tags.get(tags.ARM) or run_tags.get(tags.FAMILY),
+        "fold": run_tags.get(tags.FOLD),
+        "seed": run_tags.get(tags.SEED),
+        "inner_fold": run_tags.get(tags.INNER_FOLD),
+        "ray_trial_id": run_tags.get(tags.RAY_TRIAL_ID),
+        "optuna_trial_number": run_tags.get(tags.OPTUNA_TRIAL_NUMBER),
+        "configuration": run_tags.get(tags.CONFIGURATION),
+        "status": run.info.status,
+        "epochs": int(epochs) if epochs is not None else None,
+        "stopped_early_at": stopped_early_at(run, max_epochs),
+        "failure": run_tags.get(tags.FAILURE),
+        "orphaned": tags.ORPHANED in run_tags,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+    }
