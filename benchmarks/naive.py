@@ -30,7 +30,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from xattn.models.cross_attention import CrossAttentionGene2VecModel
-from xattn.models.self_attention import _SelfAttentionPairModel
+from xattn.models.self_attention import (
+    SharedSelfAttentionGene2VecModel,
+    SharedSelfAttentionModel,
+    SharedSelfAttentionPoolingModel,
+)
+
+# The self-attention families: one skeleton (tokens, encoder, readout, predict_pair).
+SELF_ATTENTION_MODELS = (SharedSelfAttentionModel, SharedSelfAttentionPoolingModel, SharedSelfAttentionGene2VecModel)
 
 __all__ = ["NaiveTrainer", "PairDataset", "naive_forward", "naive_loader"]
 
@@ -71,12 +78,12 @@ def naive_forward(
     of each side. Both regions of every pair are encoded (2B region rows), nothing is shared."""
     if isinstance(model, CrossAttentionGene2VecModel):
         return model.forward_naive(expression_i, expression_j, coords_i, coords_j)
-    if isinstance(model, _SelfAttentionPairModel):
+    if isinstance(model, SELF_ATTENTION_MODELS):
         return _self_attention(model, expression_i, expression_j)
     raise TypeError(f"no naive forward for {type(model).__name__}: only the attention families have one")
 
 
-def _self_attention(model: _SelfAttentionPairModel, expression_i: Tensor, expression_j: Tensor) -> Tensor:
+def _self_attention(model: nn.Module, expression_i: Tensor, expression_j: Tensor) -> Tensor:
     batch = len(expression_i)
     h = model.readout(model.encoder(model.tokens(torch.cat([expression_i, expression_j]))))  # (2B, D)
     return model.predict_pair(h[:batch], h[batch:])  # combine, MLP head, optional clamp

@@ -71,7 +71,7 @@ def _run_plain(spec: dict[str, Any], mirror: str) -> tuple[list[float], list[lis
     """The spec's trials through the trainer in a plain loop (what a trial runs, minus Ray,
     Optuna, MLflow and checkpoints): each trial's seconds, and the seconds from its start to
     the end of each of its epochs."""
-    from xattn.training.trainer import fit
+    from xattn.training import fit
     from xattn.tuning.spec import StudySpec
     from xattn.tuning.trial import prepare_trial
 
@@ -84,7 +84,7 @@ def _run_plain(spec: dict[str, Any], mirror: str) -> tuple[list[float], list[lis
         ends: list[float] = []
         trial = prepare_trial(spec, sampled, mirror=mirror)  # what the Ray trainable prepares
         result = fit(trial.model, trial.experiment.pairs, trial.train_config,
-                     on_epoch=lambda _: ends.append(time.perf_counter() - start))  # fmt: skip
+                     on_epoch=lambda _, ends=ends, start=start: ends.append(time.perf_counter() - start))  # fmt: skip
         seconds.append(time.perf_counter() - start)
         epoch_ends.append(ends)
         print(f"plain trial: {seconds[-1]:.1f}s, best_val_loss {result.best_val_loss:.4f}", flush=True)

@@ -1,6 +1,10 @@
+"""Fixtures every test can ask for: the real-data mirror, a local Ray, one torch thread, and the
+small seeded data that the model, training and benchmark tests share."""
+
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from data_fixtures import DEFAULT_MIRROR, data_mirror  # noqa: F401 - a fixture for every test
@@ -16,7 +20,7 @@ os.environ.setdefault("XATTN_FIGURES", "0")
 
 
 @pytest.fixture(scope="session")
-def mirror(data_mirror) -> Path:
+def mirror(data_mirror) -> Path:  # noqa: F811 - the fixture, imported above for every test
     """The real-data mirror; a missing one skips locally and fails in CI (XATTN_REQUIRE_DATA=1)."""
     return data_mirror
 
@@ -38,3 +42,45 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- Small seeded data ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def region_pairs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(expression, coords, pair_i, pair_j): 12 regions x 16 genes, expression uniform in [0, 1)
+    then coords standard normal from one generator seeded 1, and 8 pairs that repeat regions on
+    both sides, region 3 among both the i and the j regions: what a forward computing each unique
+    region once must get right. Fresh tensors for every test, so a test may change them in place."""
+    g = torch.Generator().manual_seed(1)
+    expression = torch.rand(12, 16, generator=g)
+    coords = torch.randn(12, 3, generator=g)
+    pair_i = torch.tensor([0, 1, 2, 3, 3, 7, 0, 11])
+    pair_j = torch.tensor([1, 0, 3, 2, 5, 3, 9, 4])
+    return expression, coords, pair_i, pair_j
+
+
+@pytest.fixture(scope="session")
+def random_pair_data():
+    """Factory of `PairData` on the CPU: from numpy's generator seeded `seed`, expression uniform
+    in [0, 1) (n_regions x n_genes), coords standard normal, then connectivity standard normal
+    ("normal") or uniform in [0, 1) ("uniform"); the pairs are given as (train, val, test).
+
+        data = random_pair_data(seed=1, n_regions=12, n_genes=5, splits=(train, val, test))
+    """
+    from xattn.training import PairData
+
+    def make(*, seed: int, n_regions: int, n_genes: int, splits, connectivity: str = "normal"):
+        rng = np.random.default_rng(seed)
+        expression = rng.random((n_regions, n_genes))
+        coords = rng.normal(size=(n_regions, 3))
+        if connectivity == "normal":
+            matrix = rng.normal(size=(n_regions, n_regions))
+        elif connectivity == "uniform":
+            matrix = rng.random((n_regions, n_regions))
+        else:
+            raise ValueError(f"connectivity must be normal or uniform, got {connectivity!r}")
+        return PairData.from_numpy(expression, coords, matrix, *splits)
+
+    return make

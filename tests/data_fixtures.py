@@ -1,4 +1,5 @@
-"""Fixtures and helpers for the data-layer tests (imported by tests/test_data_*.py).
+"""Fixtures and helpers that tests import by name: the data mirror and hcp-s100, CSV writing,
+and index pairs (conftest.py holds the fixtures every test gets without an import).
 
 The real files are read from the data mirror: $XATTN_DATA_MIRROR, else `shared/data` next
 to the repository. Tests that need it skip when it is absent, unless XATTN_REQUIRE_DATA=1
@@ -48,3 +49,8 @@ def write_csv(path: Path, rows: list[list], header: list | None = None) -> Path:
 
 def upper_triangle(matrix: np.ndarray) -> np.ndarray:
     return matrix[np.triu_indices(len(matrix), k=1)]
+
+
+def ordered_pairs(regions) -> np.ndarray:
+    """Every ordered pair (i, j), i != j, of `regions`, i-major, as an (n, 2) int64 array."""
+    return np.array([(i, j) for i in regions for j in regions if i != j], dtype=np.int64)

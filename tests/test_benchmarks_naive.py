@@ -16,13 +16,14 @@ import torch.nn.functional as F
 
 from xattn.data import make_synthetic
 from xattn.models.registry import build_model
-from xattn.training.trainer import PairData, TrainConfig, _batch_loss, _train_epoch
+from xattn.training import PairData, TrainConfig, train_epoch
+from xattn.training.trainer import batch_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
 naive_module = importlib.import_module("benchmarks.naive")
 NaiveTrainer, PairDataset = naive_module.NaiveTrainer, naive_module.PairDataset
 naive_forward, naive_loader = naive_module.naive_forward, naive_module.naive_loader
-cross_attention_flops_per_pair = importlib.import_module("benchmarks.throughput").cross_attention_flops_per_pair
+cross_attention_flops_per_pair = importlib.import_module("benchmarks.flops").cross_attention_flops_per_pair
 
 ATTENTION_FAMILIES = [
     "cross_attention",
@@ -79,11 +80,11 @@ def test_naive_forward_equals_xattn_forward(data, family):
 
 @pytest.mark.parametrize("family", ATTENTION_FAMILIES)
 def test_naive_training_step_equals_xattn_step(data, family):
-    """Same loss and same gradients as the trainer's `_batch_loss`, in train mode."""
+    """Same loss and same gradients as the trainer's `batch_loss`, in train mode."""
     model = tiny_model(family).train()
     naive = copy.deepcopy(model)
     batch = data.train_pairs[:8]
-    _batch_loss(model, data, batch, "fp32").backward()
+    batch_loss(model, data, batch, "fp32").backward()
     dataset = PairDataset(data.expression, data.coords, data.connectivity, batch)
     items = [dataset[k] for k in range(len(dataset))]
     expression_i, expression_j, coords_i, coords_j, target = (torch.stack(t) for t in zip(*items))
@@ -107,7 +108,7 @@ def test_the_comparison_can_fail(data):
 
 
 def test_naive_trainer_trains_like_the_trainer(data):
-    """One epoch, full batch, no dropout: the naive trainer and `_train_epoch` reach the same
+    """One epoch, full batch, no dropout: the naive trainer and `train_epoch` reach the same
     weights (the batch order does not matter when the batch is the whole set)."""
     model = tiny_model("cross_attention").train()
     naive_model = copy.deepcopy(model)
@@ -115,7 +116,7 @@ def test_naive_trainer_trains_like_the_trainer(data):
     # The naive trainer is plain AdamW: no warm-up, schedule or clipping.
     config = TrainConfig(batch_size=n, learning_rate=1e-2, warmup_steps=0, lr_schedule="constant", grad_clip=0.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    loss = _train_epoch(model, data, optimizer, config, epoch=1)
+    loss = train_epoch(model, data, optimizer, config, epoch=1)
     dataset = PairDataset(data.expression, data.coords, data.connectivity, data.train_pairs)
     trainer = NaiveTrainer(naive_model, dataset, batch_size=n, learning_rate=1e-2)
     naive_loss = trainer.train_batches(1)

@@ -29,7 +29,7 @@ from xattn.models.registry import (
 
 FAMILIES = ["distance_decay", "cge", "bilinear_lowrank"]
 CLASSES = [DistanceDecayModel, CorrelatedGeneExpressionModel, BilinearLowRankModel]
-N_REGIONS, N_GENES = 12, 16
+N_REGIONS, N_GENES = 12, 16  # the shape of conftest.py's `region_pairs`
 PARAMS = {"rank": 4, "learning_rate": 1e-2, "d_model": 32}  # non-fields are ignored, as for every family
 
 # The trainer settings the real-data tests fit with (see xattn/models/baselines.py for the inits).
@@ -41,17 +41,6 @@ FIT = dict(learning_rate=1e-2, batch_size=256, max_epochs=40, patience_steps=70,
 def make_model(family, seed=0, **overrides):
     torch.manual_seed(seed)
     return build_model(family, {**PARAMS, **overrides}, n_genes=N_GENES, gene_vectors=torch.randn(N_GENES, 8))
-
-
-@pytest.fixture
-def data():
-    g = torch.Generator().manual_seed(1)
-    expression = torch.rand(N_REGIONS, N_GENES, generator=g)
-    coords = torch.randn(N_REGIONS, 3, generator=g)
-    # Repeated regions, on both sides: what per-region computation must get right.
-    pair_i = torch.tensor([0, 1, 2, 3, 3, 7, 0, 11])
-    pair_j = torch.tensor([1, 0, 3, 2, 5, 3, 9, 4])
-    return expression, coords, pair_i, pair_j
 
 
 def test_families_are_registered_with_their_classes_and_params():
@@ -93,8 +82,8 @@ def test_configs_reject_bad_values_in_one_line(family, params, start):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_output_shape_and_every_parameter_gets_a_gradient(data, family):
-    expression, coords, pair_i, pair_j = data
+def test_output_shape_and_every_parameter_gets_a_gradient(region_pairs, family):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(family)
     out = model(expression, coords, pair_i, pair_j)
     assert out.shape == (len(pair_i),) and torch.isfinite(out).all()
@@ -116,8 +105,8 @@ def test_bilinear_init_follows_the_global_seed():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path, data, family):
-    expression, coords, pair_i, pair_j = data
+def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path, region_pairs, family):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(family).eval()
     with torch.no_grad():  # away from the deterministic inits, so equality comes from the loaded weights
         for p in model.parameters():
@@ -134,8 +123,8 @@ def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path, data, fami
         torch.testing.assert_close(rebuilt(expression, coords, pair_i, pair_j), expected, atol=0, rtol=0)
 
 
-def test_cge_correlation_is_numpys_corrcoef(data):
-    expression, coords, pair_i, pair_j = data
+def test_cge_correlation_is_numpys_corrcoef(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     expected = [np.corrcoef(expression[i].double().numpy(), expression[j].double().numpy())[0, 1]
                 for i, j in zip(pair_i.tolist(), pair_j.tolist())]  # fmt: skip
     got = pair_correlation(expression, pair_i, pair_j)
@@ -147,16 +136,16 @@ def test_cge_correlation_is_numpys_corrcoef(data):
     np.testing.assert_allclose(out.numpy(), 2.0 * np.array(expected) - 0.5, atol=1e-5)
 
 
-def test_cge_of_a_constant_row_is_zero_not_nan(data):
-    expression, _, _, _ = data
+def test_cge_of_a_constant_row_is_zero_not_nan(region_pairs):
+    expression, _, _, _ = region_pairs
     expression = expression.clone()
     expression[3] = 0.25
     got = pair_correlation(expression, torch.tensor([3, 3]), torch.tensor([0, 3]))
     assert got.tolist() == [0.0, 0.0]
 
 
-def test_distance_decay_distance_is_numpys(data):
-    expression, coords, pair_i, pair_j = data
+def test_distance_decay_distance_is_numpys(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     c = coords.double().numpy()
     expected = np.linalg.norm(c[pair_i.numpy()] - c[pair_j.numpy()], axis=1)
     np.testing.assert_allclose(pair_distance(coords, pair_i, pair_j).numpy(), expected, rtol=1e-6)
@@ -167,8 +156,8 @@ def test_distance_decay_distance_is_numpys(data):
     np.testing.assert_allclose(out.numpy(), 0.5 * np.exp(-expected / 2.0) + 0.1, rtol=1e-6)
 
 
-def test_bilinear_is_the_per_pair_formula(data):
-    expression, coords, pair_i, pair_j = data
+def test_bilinear_is_the_per_pair_formula(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model("bilinear_lowrank")
     with torch.no_grad():
         naive = ((expression[pair_i] @ model.U) * (expression[pair_j] @ model.V)).sum(-1) + model.b
@@ -181,8 +170,8 @@ def test_bilinear_is_the_per_pair_formula(data):
 
 
 def _experiment(mirror, fold, method="random"):
-    from xattn.experiment import prepare_experiment
     from xattn.data.spec import DataSpec
+    from xattn.experiment import prepare_experiment
 
     spec = DataSpec(dataset="hcp-s100", split={"method": method, "folds": 5, "fold": fold})
     return prepare_experiment(spec, {"genevec": "coexpression"}, seed=0, mirror=str(mirror))
@@ -190,7 +179,7 @@ def _experiment(mirror, fold, method="random"):
 
 def _fit(experiment, family, pairs=None, params=None, **overrides):
     from xattn.experiment import build_trial_model
-    from xattn.training.trainer import TrainConfig, fit
+    from xattn.training import TrainConfig, fit
 
     model = build_trial_model(experiment, family, params or {}, seed=0)
     result = fit(model, pairs or experiment.pairs, TrainConfig(**{**FIT, **overrides}))

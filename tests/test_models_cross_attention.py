@@ -15,7 +15,7 @@ from xattn.models import (
     model_to_dict,
 )
 
-N_REGIONS, N_GENES, VEC_DIM = 12, 16, 8
+N_REGIONS, N_GENES, VEC_DIM = 12, 16, 8  # the shape of conftest.py's `region_pairs`
 
 
 def small_config(**overrides) -> CrossAttentionConfig:
@@ -31,19 +31,15 @@ def make_model(seed=0, **overrides) -> CrossAttentionGene2VecModel:
 
 
 @pytest.fixture
-def data():
-    g = torch.Generator().manual_seed(1)
-    expression = torch.rand(N_REGIONS, N_GENES, generator=g)
-    expression[0, :3] = torch.tensor([0.0, 1.0, 0.999])  # the edges of the bin range
-    coords = torch.randn(N_REGIONS, 3, generator=g)
-    # Repeated regions on both sides and region 3 on both sides: what dedup must get right.
-    pair_i = torch.tensor([0, 1, 2, 3, 3, 7, 0, 11])
-    pair_j = torch.tensor([1, 0, 3, 2, 5, 3, 9, 4])
-    return expression, coords, pair_i, pair_j
+def region_pairs(region_pairs):
+    """conftest.py's pairs, with region 0's first genes on the edges of the bin range."""
+    expression = region_pairs[0]
+    expression[0, :3] = torch.tensor([0.0, 1.0, 0.999])
+    return region_pairs
 
 
-def test_output_shape_and_token_shape(data):
-    expression, coords, pair_i, pair_j = data
+def test_output_shape_and_token_shape(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model()
     assert model(expression, coords, pair_i, pair_j).shape == (len(pair_i),)
     assert model.encode_genes(expression[:5]).shape == (5, N_GENES, 32)
@@ -58,8 +54,8 @@ def test_expression_bins_are_equal_width_with_one_in_the_last_bin():
 @pytest.mark.parametrize(
     "cls_init,pooling_mode", list(itertools.product(["random", "spatial"], ["mean", "attention", "cls"]))
 )
-def test_every_cls_init_and_pooling_mode_trains(data, cls_init, pooling_mode):
-    expression, coords, pair_i, pair_j = data
+def test_every_cls_init_and_pooling_mode_trains(region_pairs, cls_init, pooling_mode):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(cls_init=cls_init, pooling_mode=pooling_mode, expression_encoding="continuous")
     out = model(expression, coords, pair_i, pair_j)
     out.square().mean().backward()
@@ -68,8 +64,8 @@ def test_every_cls_init_and_pooling_mode_trains(data, cls_init, pooling_mode):
     assert missing == []
 
 
-def test_alibi_runs_and_changes_the_output(data):
-    expression, coords, pair_i, pair_j = data
+def test_alibi_runs_and_changes_the_output(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     with_alibi = make_model(use_alibi=True).eval()
     without = make_model(use_alibi=False).eval()
     out = with_alibi(expression, coords, pair_i, pair_j)
@@ -81,8 +77,8 @@ def test_alibi_runs_and_changes_the_output(data):
     "cls_init,pooling_mode,use_alibi",
     [("random", "mean", False), ("spatial", "attention", True), ("spatial", "cls", False), ("random", "cls", True)],
 )
-def test_deduplicated_forward_equals_per_pair_forward(data, cls_init, pooling_mode, use_alibi):
-    expression, coords, pair_i, pair_j = data
+def test_deduplicated_forward_equals_per_pair_forward(region_pairs, cls_init, pooling_mode, use_alibi):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(cls_init=cls_init, pooling_mode=pooling_mode, use_alibi=use_alibi).eval()
     with torch.no_grad():
         fast = model(expression, coords, pair_i, pair_j)
@@ -91,9 +87,9 @@ def test_deduplicated_forward_equals_per_pair_forward(data, cls_init, pooling_mo
 
 
 @pytest.mark.parametrize("pooling_mode,region_i_matters", [("cls", False), ("mean", True), ("attention", True)])
-def test_with_cls_pooling_region_i_cannot_change_the_prediction(data, pooling_mode, region_i_matters):
+def test_with_cls_pooling_region_i_cannot_change_the_prediction(region_pairs, pooling_mode, region_i_matters):
     """Queries never attend to each other, so only the CLS query reaches a CLS-pooled output."""
-    expression, coords, pair_i, pair_j = data
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(cls_init="spatial", pooling_mode=pooling_mode).eval()
     other = expression.clone()
     sides_i = sorted(set(pair_i.tolist()) - set(pair_j.tolist()))  # regions that only occur as i
@@ -106,8 +102,8 @@ def test_with_cls_pooling_region_i_cannot_change_the_prediction(data, pooling_mo
     assert torch.allclose(before[changed], after[changed], atol=1e-6) != region_i_matters
 
 
-def test_cls_pooling_encodes_only_the_j_regions(data):
-    expression, coords, pair_i, pair_j = data
+def test_cls_pooling_encodes_only_the_j_regions(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(pooling_mode="cls").eval()
     rows = []
     model.gene_tokens.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
@@ -116,8 +112,8 @@ def test_cls_pooling_encodes_only_the_j_regions(data):
     assert rows == [len(set(pair_j.tolist()))]
 
 
-def test_regions_are_encoded_once_and_keys_values_projected_once_per_unique_j(data):
-    expression, coords, pair_i, pair_j = data
+def test_regions_are_encoded_once_and_keys_values_projected_once_per_unique_j(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(num_layers=2).eval()
     rows = {"tokens": [], "kv": []}
     model.gene_tokens.register_forward_hook(lambda m, inp, out: rows["tokens"].append(inp[0].shape[0]))
@@ -128,17 +124,17 @@ def test_regions_are_encoded_once_and_keys_values_projected_once_per_unique_j(da
     assert rows["kv"] == [len(torch.unique(pair_j))] * 2
 
 
-def test_pair_order_matters(data):
+def test_pair_order_matters(region_pairs):
     # Cross-attention is asymmetric: (i, j) and (j, i) are different predictions.
-    expression, coords, _, _ = data
+    expression, coords, _, _ = region_pairs
     model = make_model(cls_init="spatial").eval()
     a = model(expression, coords, torch.tensor([0]), torch.tensor([1]))
     b = model(expression, coords, torch.tensor([1]), torch.tensor([0]))
     assert not torch.allclose(a, b)
 
 
-def test_fixed_gene_vectors_get_no_gradient_and_learned_ones_do(data):
-    expression, coords, pair_i, pair_j = data
+def test_fixed_gene_vectors_get_no_gradient_and_learned_ones_do(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     key = "gene_tokens.gene_vectors"
     fixed = make_model(learn_gene_vectors=False)
     assert key not in dict(fixed.named_parameters())
@@ -171,10 +167,10 @@ def test_gene_vectors_of_the_wrong_shape_are_refused():
 
 @pytest.mark.parametrize("learn", [False, True])
 @pytest.mark.parametrize("cls_init", ["random", "spatial"])
-def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path, data, learn, cls_init):
+def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path, region_pairs, learn, cls_init):
     import json
 
-    expression, coords, pair_i, pair_j = data
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(learn_gene_vectors=learn, cls_init=cls_init, use_alibi=True, pooling_mode="attention").eval()
     save_file(model.state_dict(), tmp_path / "model.safetensors")
     (tmp_path / "model.json").write_text(json.dumps(model_to_dict(model)))
@@ -189,8 +185,8 @@ def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path, data, lear
     assert config_to_dict(rebuilt.config)["deep_hidden_dims"] == [16, 8]
 
 
-def test_bf16_autocast_forward_and_backward_run(data):
-    expression, coords, pair_i, pair_j = data
+def test_bf16_autocast_forward_and_backward_run(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(use_alibi=True, cls_init="spatial")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(expression, coords, pair_i, pair_j)

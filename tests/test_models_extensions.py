@@ -10,7 +10,7 @@ from xattn.models import CrossAttentionConfig, CrossAttentionGene2VecModel, mode
 from xattn.models.gene_tokens import GeneTokens
 from xattn.models.registry import blind_spot
 
-N_REGIONS, N_GENES, VEC_DIM = 12, 16, 8
+N_REGIONS, N_GENES, VEC_DIM = 12, 16, 8  # the shape of conftest.py's `region_pairs`
 
 OPTIONS = {
     "reference": {},
@@ -37,19 +37,9 @@ def make_model(seed=0, **overrides) -> CrossAttentionGene2VecModel:
     return model
 
 
-@pytest.fixture
-def data():
-    g = torch.Generator().manual_seed(1)
-    expression = torch.rand(N_REGIONS, N_GENES, generator=g)
-    coords = torch.randn(N_REGIONS, 3, generator=g)
-    pair_i = torch.tensor([0, 1, 2, 3, 3, 7, 0, 11])
-    pair_j = torch.tensor([1, 0, 3, 2, 5, 3, 9, 4])
-    return expression, coords, pair_i, pair_j
-
-
 @pytest.mark.parametrize("option", list(OPTIONS))
-def test_deduplicated_forward_equals_the_per_pair_reference(option, data):
-    expression, coords, pair_i, pair_j = data
+def test_deduplicated_forward_equals_the_per_pair_reference(option, region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(**OPTIONS[option]).eval()
     model.fit_to_training_regions(expression[:8])
     fast = model(expression, coords, pair_i, pair_j)
@@ -58,8 +48,8 @@ def test_deduplicated_forward_equals_the_per_pair_reference(option, data):
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))
-def test_every_option_learns_and_survives_a_checkpoint(option, data, tmp_path):
-    expression, coords, pair_i, pair_j = data
+def test_every_option_learns_and_survives_a_checkpoint(option, region_pairs, tmp_path):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(**OPTIONS[option])
     model.fit_to_training_regions(expression[:8])
     target = torch.linspace(-1, 1, len(pair_i))
@@ -82,31 +72,31 @@ def test_every_option_learns_and_survives_a_checkpoint(option, data, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("option", ["everything", "mixed-alibi"])
-def test_options_agree_on_cuda(option, data):
-    expression, coords, pair_i, pair_j = data
+def test_options_agree_on_cuda(option, region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(**OPTIONS[option]).eval()
     cpu = model(expression, coords, pair_i, pair_j)
-    cuda = model.cuda()(*(t.cuda() for t in data)).cpu()
+    cuda = model.cuda()(*(t.cuda() for t in region_pairs)).cpu()
     torch.testing.assert_close(cuda, cpu, rtol=2e-2, atol=2e-2)  # flash-attn runs in bf16
 
 
 @pytest.mark.parametrize("combine", ["sum", "product"])
-def test_symmetric_bidirectional_predicts_the_same_for_both_orders(combine, data):
-    expression, coords, pair_i, pair_j = data
+def test_symmetric_bidirectional_predicts_the_same_for_both_orders(combine, region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(bidirectional=True, direction_combine=combine, cls_init="spatial+expression", n_cls=2).eval()
     forward, backward = model(expression, coords, pair_i, pair_j), model(expression, coords, pair_j, pair_i)
     assert torch.allclose(forward, backward, atol=1e-6)
 
 
-def test_concatenated_directions_keep_the_pair_ordered(data):
-    expression, coords, pair_i, pair_j = data
+def test_concatenated_directions_keep_the_pair_ordered(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(bidirectional=True, direction_combine="concat").eval()
     forward, backward = model(expression, coords, pair_i, pair_j), model(expression, coords, pair_j, pair_i)
     assert (forward - backward).abs().max() > 1e-4
 
 
-def test_with_mixed_attention_cls_pooling_depends_on_region_i(data):
-    expression, coords, pair_i, pair_j = data
+def test_with_mixed_attention_cls_pooling_depends_on_region_i(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     changed = expression.clone()
     changed[pair_i[0]] = torch.rand(N_GENES)  # region i of the first pair only; it is never a j here
     assert pair_i[0] not in pair_j[:1]
@@ -129,8 +119,8 @@ def test_cls_kinds_repeat_in_turn_and_each_token_has_its_own_projection():
     assert [p.in_features for p in model.cls_tokens.proj] == [6, 2, 6, 2, 6]
 
 
-def test_expression_cls_reads_the_correlation_of_the_two_profiles(data):
-    expression, coords, _, _ = data
+def test_expression_cls_reads_the_correlation_of_the_two_profiles(region_pairs):
+    expression, coords, _, _ = region_pairs
     model = make_model(cls_init="expression").eval()
     profile = torch.rand(1, N_GENES)
     same = model.cls_tokens(profile, profile, coords[:1], coords[:1])
@@ -140,8 +130,8 @@ def test_expression_cls_reads_the_correlation_of_the_two_profiles(data):
     torch.testing.assert_close(opposite[0, 0], weight[:, 0] * -1.0 + bias)
 
 
-def test_learned_bin_edges_move_during_training_and_stay_sorted(data):
-    expression, coords, pair_i, pair_j = data
+def test_learned_bin_edges_move_during_training_and_stay_sorted(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(expression_encoding="learned_bins", expression_bins=5, bin_temperature=0.3)
     model.fit_to_training_regions(expression)
     start = model.gene_tokens.edges().detach().clone()
@@ -176,8 +166,8 @@ def test_soft_bins_are_memberships_that_harden_as_the_temperature_falls():
     assert agree.float().mean() > 0.99
 
 
-def test_attention_maps_are_each_layers_weights_and_rows_sum_to_one(data):
-    expression, coords, pair_i, pair_j = data
+def test_attention_maps_are_each_layers_weights_and_rows_sum_to_one(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(n_cls=2, use_alibi=True, query_self_attention=True).eval()
     maps = model.attention_maps(expression, coords, pair_i, pair_j)
     assert len(maps) == 2 and maps[0].shape == (len(pair_i), 4, 2 + N_GENES, N_GENES)

@@ -21,7 +21,7 @@ from xattn.models.registry import (
     model_to_dict,
 )
 
-N_REGIONS, N_GENES = 12, 16
+N_REGIONS, N_GENES = 12, 16  # the shape of conftest.py's `region_pairs`
 TRAIN = torch.arange(8)  # the first 8 regions train
 SMALL = {"deep_hidden_dims": (32, 16), "learning_rate": 1e-3, "d_model": 32}  # non-fields are ignored
 COORD_OPTIONS = [(False, False), (True, False), (False, True), (True, True)]
@@ -33,17 +33,6 @@ def make_model(seed=0, fit=None, **overrides):
     if fit is not None:
         model.fit_to_training_regions(fit[TRAIN])
     return model
-
-
-@pytest.fixture
-def data():
-    g = torch.Generator().manual_seed(1)
-    expression = torch.rand(N_REGIONS, N_GENES, generator=g)
-    coords = torch.randn(N_REGIONS, 3, generator=g)
-    # Repeated regions, on both sides: what per-region computation must get right.
-    pair_i = torch.tensor([0, 1, 2, 3, 3, 7, 0, 11])
-    pair_j = torch.tensor([1, 0, 3, 2, 5, 3, 9, 4])
-    return expression, coords, pair_i, pair_j
 
 
 def test_mlp_is_registered_with_its_params_and_defaults():
@@ -90,8 +79,8 @@ def test_config_rejects_bad_values_in_one_line(params, start):
 
 @pytest.mark.parametrize("pca", [0, 5])
 @pytest.mark.parametrize("use_coords,use_distance", COORD_OPTIONS)
-def test_forward_equals_forward_naive(data, pca, use_coords, use_distance):
-    expression, coords, pair_i, pair_j = data
+def test_forward_equals_forward_naive(region_pairs, pca, use_coords, use_distance):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(fit=expression, pca_components=pca, use_coords=use_coords, use_distance=use_distance).eval()
     with torch.no_grad():
         out = model(expression, coords, pair_i, pair_j)
@@ -100,8 +89,8 @@ def test_forward_equals_forward_naive(data, pca, use_coords, use_distance):
     torch.testing.assert_close(out, naive, atol=1e-6, rtol=1e-5)
 
 
-def test_each_unique_region_is_featurised_once(data, monkeypatch):
-    expression, coords, pair_i, pair_j = data
+def test_each_unique_region_is_featurised_once(region_pairs, monkeypatch):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(fit=expression).eval()
     rows = []
     original = model.region_features
@@ -110,8 +99,8 @@ def test_each_unique_region_is_featurised_once(data, monkeypatch):
     assert rows == [len(torch.unique(torch.cat([pair_i, pair_j])))]
 
 
-def test_unfitted_statistics_are_the_identity(data):
-    expression = data[0]
+def test_unfitted_statistics_are_the_identity(region_pairs):
+    expression = region_pairs[0]
     assert torch.equal(make_model().region_features(expression), expression)
     assert torch.equal(make_model(pca_components=3).region_features(expression), expression[:, :3])
 
@@ -144,8 +133,8 @@ def test_fitted_statistics_come_from_the_training_rows_only(mirror_free_experime
 
 
 @pytest.mark.parametrize("pca", [0, 5])
-def test_training_features_have_zero_mean_and_unit_variance(data, pca):
-    expression = data[0].clone()
+def test_training_features_have_zero_mean_and_unit_variance(region_pairs, pca):
+    expression = region_pairs[0].clone()
     expression[:, 2] = 0.25  # a constant gene: scale 1, not a division by zero
     model = make_model(fit=expression, pca_components=pca)
     z = model.region_features(expression[TRAIN])
@@ -160,8 +149,8 @@ def test_training_features_have_zero_mean_and_unit_variance(data, pca):
         torch.testing.assert_close(torch.cov(z.T), torch.eye(pca), atol=1e-4, rtol=0)
 
 
-def test_components_beyond_what_the_training_regions_give_are_zero(data):
-    expression, coords, pair_i, pair_j = data
+def test_components_beyond_what_the_training_regions_give_are_zero(region_pairs):
+    expression, coords, pair_i, pair_j = region_pairs
     n_train = len(TRAIN)  # 8 regions: 7 components after centring
     model = make_model(fit=expression, pca_components=n_train + 3).eval()
     norms = model.projection.norm(dim=0)
@@ -175,8 +164,8 @@ def test_components_beyond_what_the_training_regions_give_are_zero(data):
 
 
 @pytest.mark.parametrize("use_coords,use_distance", COORD_OPTIONS)
-def test_coords_matter_only_when_asked(data, use_coords, use_distance):
-    expression, coords, pair_i, pair_j = data
+def test_coords_matter_only_when_asked(region_pairs, use_coords, use_distance):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(fit=expression, use_coords=use_coords, use_distance=use_distance).eval()
     with torch.no_grad():
         out = model(expression, coords, pair_i, pair_j)
@@ -188,8 +177,8 @@ def test_coords_matter_only_when_asked(data, use_coords, use_distance):
 
 
 @pytest.mark.parametrize("pca", [0, 5])
-def test_both_regions_expression_changes_the_output(data, pca):
-    expression, coords, _, _ = data
+def test_both_regions_expression_changes_the_output(region_pairs, pca):
+    expression, coords, _, _ = region_pairs
     model = make_model(fit=expression, pca_components=pca).eval()
     pair_i, pair_j = torch.tensor([0, 4]), torch.tensor([1, 6])
     with torch.no_grad():
@@ -204,8 +193,8 @@ def test_both_regions_expression_changes_the_output(data, pca):
 
 
 @pytest.mark.parametrize("params", [{}, {"pca_components": 5, "use_coords": True, "use_distance": True}])
-def test_every_parameter_gets_a_gradient(data, params):
-    expression, coords, pair_i, pair_j = data
+def test_every_parameter_gets_a_gradient(region_pairs, params):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(fit=expression, **params).train()
     model(expression, coords, pair_i, pair_j).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -215,8 +204,8 @@ def test_every_parameter_gets_a_gradient(data, params):
 
 
 @pytest.mark.parametrize("pca", [0, 5])
-def test_checkpoint_round_trip_rebuilds_an_identical_model(tmp_path, data, pca):
-    expression, coords, pair_i, pair_j = data
+def test_checkpoint_round_trip_rebuilds_an_identical_model(tmp_path, region_pairs, pca):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(fit=expression, pca_components=pca, use_coords=True, use_distance=True)
     with torch.no_grad():
         for _ in range(3):  # train mode: moves the BatchNorm running statistics
@@ -241,8 +230,8 @@ def test_checkpoint_round_trip_rebuilds_an_identical_model(tmp_path, data, pca):
 
 
 def _synthetic_experiment(seed):
-    from xattn.experiment import prepare_experiment
     from xattn.data.spec import DataSpec
+    from xattn.experiment import prepare_experiment
 
     spec = DataSpec(
         dataset="synthetic",
@@ -263,7 +252,7 @@ def test_it_learns_on_held_out_regions(seed, pca):
     # 64 regions, 32 genes; 13 test regions whose pairs the fit never sees. Measured test r
     # after 12 epochs (about 1 s each fit): pca 0: 0.853, 0.926; pca 8: 0.851, 0.919.
     from xattn.experiment import build_trial_model
-    from xattn.training.trainer import TrainConfig, fit
+    from xattn.training import TrainConfig, fit
 
     experiment = _synthetic_experiment(seed)
     model = build_trial_model(experiment, "mlp", {"pca_components": pca}, seed=seed)

@@ -19,7 +19,7 @@ from xattn.models.self_attention import (
 
 FAMILIES = ["shared_self_attention", "shared_self_attention_pooling", "shared_self_attention_gene2vec"]
 CHUNK_FAMILIES = FAMILIES[:2]
-N_REGIONS, N_GENES, VEC_DIM, D = 12, 16, 8, 16
+N_REGIONS, N_GENES, VEC_DIM, D = 12, 16, 8, 16  # the shape of conftest.py's `region_pairs`
 # token_encoder_dim 5 does not divide 16 genes: 4 tokens, the last one padded with 4 zeros.
 PARAMS = dict(d_model=D, nhead=2, num_layers=1, deep_hidden_dims=(16, 8), token_encoder_dim=5)
 
@@ -30,17 +30,6 @@ def make_model(family, seed=0, learn=False, **overrides):
         family, {**PARAMS, **overrides}, n_genes=N_GENES, gene_vectors=torch.randn(N_GENES, VEC_DIM),
         learn_gene_vectors=learn,
     )  # fmt: skip
-
-
-@pytest.fixture
-def data():
-    g = torch.Generator().manual_seed(1)
-    expression = torch.rand(N_REGIONS, N_GENES, generator=g)
-    coords = torch.randn(N_REGIONS, 3, generator=g)
-    # Repeated regions on both sides and region 3 on both sides: what dedup must get right.
-    pair_i = torch.tensor([0, 1, 2, 3, 3, 7, 0, 11])
-    pair_j = torch.tensor([1, 0, 3, 2, 5, 3, 9, 4])
-    return expression, coords, pair_i, pair_j
 
 
 def test_families_are_registered_with_their_classes():
@@ -55,9 +44,9 @@ def test_families_are_registered_with_their_classes():
 @pytest.mark.parametrize(
     "family,region_dim,head_width", [(FAMILIES[0], 4 * D, 8 * D), (FAMILIES[1], D, 4 * D), (FAMILIES[2], D, 4 * D)]
 )  # fmt: skip
-def test_output_region_encoding_and_head_shapes(data, family, region_dim, head_width):
+def test_output_region_encoding_and_head_shapes(region_pairs, family, region_dim, head_width):
     # Flattened: [h_i, h_j]; pooled: [h_i, h_j, h_i * h_j, |h_i - h_j|].
-    expression, coords, pair_i, pair_j = data
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(family)
     assert model(expression, coords, pair_i, pair_j).shape == (len(pair_i),)
     assert model.encode_regions(expression[:5]).shape == (5, region_dim)
@@ -75,8 +64,8 @@ def test_gene_chunks_are_consecutive_and_the_last_is_zero_padded():
     assert seen["chunks"][0, 3].tolist() == pytest.approx([0.16, 0, 0, 0, 0])
 
 
-def test_gene2vec_tokens_are_the_cross_attention_models_tokens(data):
-    expression = data[0]
+def test_gene2vec_tokens_are_the_cross_attention_models_tokens(region_pairs):
+    expression = region_pairs[0]
     model = make_model("shared_self_attention_gene2vec", expression_bins=4)
     cross = CrossAttentionGene2VecModel(
         CrossAttentionConfig(
@@ -91,8 +80,8 @@ def test_gene2vec_tokens_are_the_cross_attention_models_tokens(data):
 
 
 @pytest.mark.parametrize("family,learn", [(f, False) for f in FAMILIES] + [(FAMILIES[2], True)])
-def test_forward_backward_reaches_every_parameter(data, family, learn):
-    expression, coords, pair_i, pair_j = data
+def test_forward_backward_reaches_every_parameter(region_pairs, family, learn):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(family, learn=learn)
     out = model(expression, coords, pair_i, pair_j)
     out.square().mean().backward()
@@ -104,7 +93,7 @@ def test_forward_backward_reaches_every_parameter(data, family, learn):
     assert set(missing) <= exempt, missing
 
 
-def test_gene_vectors_are_a_buffer_when_fixed_and_a_parameter_when_learned(data):
+def test_gene_vectors_are_a_buffer_when_fixed_and_a_parameter_when_learned(region_pairs):
     fixed = make_model("shared_self_attention_gene2vec", learn=False)
     learned = make_model("shared_self_attention_gene2vec", learn=True)
     key = "gene_tokens.gene_vectors"
@@ -118,8 +107,8 @@ def test_gene_vectors_are_a_buffer_when_fixed_and_a_parameter_when_learned(data)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_deduplicated_forward_equals_per_pair_forward(data, family):
-    expression, coords, pair_i, pair_j = data
+def test_deduplicated_forward_equals_per_pair_forward(region_pairs, family):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(family).eval()
     with torch.no_grad():
         fast = model(expression, coords, pair_i, pair_j)
@@ -128,8 +117,8 @@ def test_deduplicated_forward_equals_per_pair_forward(data, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_each_unique_region_is_encoded_once(data, family):
-    expression, coords, pair_i, pair_j = data
+def test_each_unique_region_is_encoded_once(region_pairs, family):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(family)
     rows = []
     model.encoder.register_forward_hook(lambda m, inp, out: rows.append(inp[0].shape[0]))
@@ -138,8 +127,8 @@ def test_each_unique_region_is_encoded_once(data, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_pair_order_matters(data, family):
-    expression, coords, _, _ = data
+def test_pair_order_matters(region_pairs, family):
+    expression, coords, _, _ = region_pairs
     model = make_model(family).eval()
     a = model(expression, coords, torch.tensor([0]), torch.tensor([1]))
     b = model(expression, coords, torch.tensor([1]), torch.tensor([0]))
@@ -147,8 +136,8 @@ def test_pair_order_matters(data, family):
 
 
 @pytest.mark.parametrize("family,learn", [(f, False) for f in FAMILIES] + [(FAMILIES[2], True)])
-def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path, data, family, learn):
-    expression, coords, pair_i, pair_j = data
+def test_safetensors_round_trip_rebuilds_an_identical_model(tmp_path, region_pairs, family, learn):
+    expression, coords, pair_i, pair_j = region_pairs
     model = make_model(family, learn=learn).eval()
     save_file(model.state_dict(), tmp_path / "model.safetensors")
     (tmp_path / "model.json").write_text(json.dumps(model_to_dict(model)))
@@ -193,8 +182,8 @@ def test_config_defaults_mirror_the_cross_attention_model():
 
 @pytest.fixture(scope="module")
 def experiment():
-    from xattn.experiment import prepare_experiment
     from xattn.data.spec import DataSpec, SplitSpec, SyntheticSpec
+    from xattn.experiment import prepare_experiment
 
     # 64 regions, 30% of the non-test ones for validation: ~200 validation pairs, enough
     # that the validation loss is not dominated by which few regions were drawn.
@@ -205,7 +194,7 @@ def experiment():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_learns_the_synthetic_target(experiment, family):
     from xattn.experiment import build_trial_model
-    from xattn.training.trainer import TrainConfig, fit
+    from xattn.training import TrainConfig, fit
 
     params = dict(d_model=16, nhead=2, num_layers=1, deep_hidden_dims=(32,), token_encoder_dim=4, dropout_rate=0.0)
     model = build_trial_model(experiment, family, params, seed=0)
@@ -278,8 +267,8 @@ def test_new_option_fields_default_to_todays_model(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_deduplicated_forward_equals_per_pair_forward_with_every_option(data, family):
-    expression, coords, pair_i, pair_j = data
+def test_deduplicated_forward_equals_per_pair_forward_with_every_option(region_pairs, family):
+    expression, coords, pair_i, pair_j = region_pairs
     model = warm_up_batchnorm(make_model(family, **ALL_OPTIONS[family]), expression, coords)
     with torch.no_grad():
         spread_outputs(model, expression, coords, pair_i, pair_j)  # the clamp acts on some pairs
@@ -295,10 +284,10 @@ def test_deduplicated_forward_equals_per_pair_forward_with_every_option(data, fa
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_alibi_changes_the_output_and_its_slopes_are_not_saved(data, family):
+def test_alibi_changes_the_output_and_its_slopes_are_not_saved(region_pairs, family):
     from xattn.models.attention import alibi_slopes
 
-    expression, coords, pair_i, pair_j = data
+    expression, coords, pair_i, pair_j = region_pairs
     plain = make_model(family).eval()
     alibi = make_model(family, use_alibi=True).eval()
     assert alibi.state_dict().keys() == plain.state_dict().keys()  # slopes: a non-persistent buffer
@@ -313,11 +302,11 @@ def test_alibi_changes_the_output_and_its_slopes_are_not_saved(data, family):
     assert (a - b).abs().max() > 1e-6
 
 
-def test_no_positional_embedding_leaves_only_alibi_to_tell_chunks_apart(data):
+def test_no_positional_embedding_leaves_only_alibi_to_tell_chunks_apart(region_pairs):
     """Without a positional embedding, self-attention is permutation-equivariant over tokens
     and attention pooling is invariant: permuting whole gene chunks leaves the pooled model's
     output unchanged. ALiBi (or the positional embedding) makes it change."""
-    expression, coords, pair_i, pair_j = data
+    expression, coords, pair_i, pair_j = region_pairs
     chunk = 4  # divides the 16 genes: 4 whole chunks, no padding
     permuted = expression.view(N_REGIONS, N_GENES // chunk, chunk)[:, [2, 0, 3, 1]].reshape(N_REGIONS, N_GENES)
     assert not torch.equal(permuted, expression)
@@ -336,8 +325,8 @@ def test_no_positional_embedding_leaves_only_alibi_to_tell_chunks_apart(data):
     assert change()[1] > 1e-4  # the learned positional embedding, today's default
 
 
-def test_token_output_dim_projects_each_token_before_flattening(data):
-    expression = data[0]
+def test_token_output_dim_projects_each_token_before_flattening(region_pairs):
+    expression = region_pairs[0]
     n_tokens = math.ceil(N_GENES / 5)
     default = make_model("shared_self_attention")
     projected = make_model("shared_self_attention", token_output_dim=3)
@@ -348,8 +337,8 @@ def test_token_output_dim_projects_each_token_before_flattening(data):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_output_clamp_keeps_predictions_in_minus_one_one(data, family):
-    expression, coords, pair_i, pair_j = data
+def test_output_clamp_keeps_predictions_in_minus_one_one(region_pairs, family):
+    expression, coords, pair_i, pair_j = region_pairs
     free = make_model(family).eval()
     clamped = make_model(family, output_clamp=True).eval()
     with torch.no_grad():
@@ -366,8 +355,8 @@ def test_output_clamp_keeps_predictions_in_minus_one_one(data, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_head_batchnorm_modules_and_eval_independence_of_the_batch(data, family):
-    expression, coords, _, _ = data
+def test_head_batchnorm_modules_and_eval_independence_of_the_batch(region_pairs, family):
+    expression, coords, _, _ = region_pairs
     count = lambda m: sum(isinstance(x, torch.nn.BatchNorm1d) for x in m.modules())  # noqa: E731
     assert count(make_model(family)) == 0
     model = make_model(family, head_batchnorm=True, **NO_DROPOUT)

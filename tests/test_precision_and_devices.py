@@ -7,11 +7,11 @@ hand (see README, "GPU checks").
 import pytest
 import torch
 
+from xattn.data.spec import DataSpec
 from xattn.experiment import build_trial_model, prepare_experiment
 from xattn.models import CrossAttentionConfig, CrossAttentionGene2VecModel
 from xattn.models.attention import alibi_bias, alibi_slopes, attention, explicit_attention
 from xattn.training import TrainConfig, evaluate, fit
-from xattn.data.spec import DataSpec
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]

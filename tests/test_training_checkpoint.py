@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import safetensors
 import torch
+from data_fixtures import ordered_pairs
 from torch import nn
 
 from xattn.errors import DataError
@@ -60,13 +61,10 @@ def save(directory, model, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def data() -> PairData:
-    rng = np.random.default_rng(1)
-    pairs = np.array([(i, j) for i in range(N_REGIONS) for j in range(N_REGIONS) if i != j])
-    return PairData.from_numpy(
-        rng.random((N_REGIONS, N_GENES)), rng.normal(size=(N_REGIONS, 3)), rng.normal(size=(N_REGIONS, N_REGIONS)),
-        pairs[:80], pairs[80:110], pairs[110:],
-    )  # fmt: skip
+def data(random_pair_data) -> PairData:
+    pairs = ordered_pairs(range(N_REGIONS))
+    splits = (pairs[:80], pairs[80:110], pairs[110:])
+    return random_pair_data(seed=1, n_regions=N_REGIONS, n_genes=N_GENES, splits=splits)
 
 
 @pytest.fixture

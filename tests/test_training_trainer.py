@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from data_fixtures import ordered_pairs
 from torch import nn
 
 from xattn.errors import DataError, SpecError
@@ -52,10 +53,6 @@ class PairMLP(nn.Module):
 class NaNModel(PairMLP):
     def forward(self, expression, coords, pair_i, pair_j):
         return super().forward(expression, coords, pair_i, pair_j) * float("nan")
-
-
-def ordered_pairs(regions: np.ndarray) -> np.ndarray:
-    return np.array([(i, j) for i in regions for j in regions if i != j], dtype=np.int64)
 
 
 @pytest.fixture(scope="module")
@@ -170,25 +167,21 @@ def test_same_seed_same_history(data):
     assert other[0]["train_loss"] != history_a[0]["train_loss"]  # seed drives the shuffle
 
 
-def test_a_last_batch_of_one_pair_joins_the_batch_before_it():
-    from xattn.training.trainer import _batch_sizes
+def test_a_last_batch_of_one_pair_joins_the_batch_before_it(random_pair_data):
+    from xattn.training.trainer import batch_sizes
 
-    assert _batch_sizes(129, 64) == [64, 65]
-    assert _batch_sizes(130, 64) == [64, 64, 2]
-    assert _batch_sizes(128, 64) == [64, 64]
-    assert _batch_sizes(1, 64) == [1]
+    assert batch_sizes(129, 64) == [64, 65]
+    assert batch_sizes(130, 64) == [64, 64, 2]
+    assert batch_sizes(128, 64) == [64, 64]
+    assert batch_sizes(1, 64) == [1]
     # so a BatchNorm head trains on any number of pairs (306 pairs = 5 x 61 + 1)
     bn = new_model()
     bn.net.insert(2, nn.BatchNorm1d(32))
-    result = fit(bn, data_with_pairs(306), TrainConfig(**{**FAST, "max_epochs": 1, "batch_size": 61}))
+    pairs = ordered_pairs(np.arange(18))
+    data = random_pair_data(seed=3, n_regions=N_REGIONS, n_genes=N_GENES, splits=(pairs, pairs[:10], pairs[:10]),
+                            connectivity="uniform")  # fmt: skip
+    result = fit(bn, data, TrainConfig(**{**FAST, "max_epochs": 1, "batch_size": 61}))
     assert result.steps_run == 5
-
-
-def data_with_pairs(n: int) -> PairData:
-    rng = np.random.default_rng(3)
-    pairs = ordered_pairs(np.arange(18))[:n]
-    return PairData.from_numpy(rng.random((N_REGIONS, N_GENES)), rng.normal(size=(N_REGIONS, 3)),
-                               rng.random((N_REGIONS, N_REGIONS)), pairs, pairs[:10], pairs[:10])  # fmt: skip
 
 
 def test_passes_of_at_most_max_pairs_make_the_same_steps_as_whole_batches(data):

@@ -26,7 +26,7 @@ from xattn.data.gene_selection import select_genes
 from xattn.data.nulls import null_data
 from xattn.data.splits import inner_folds
 from xattn.models.registry import build_model, fit_to_training_regions
-from xattn.training.trainer import PairData
+from xattn.training.pair_data import PairData
 from xattn.data.spec import DataSpec
 
 
@@ -144,7 +144,7 @@ def rebuild_from_checkpoint(directory, mirror: str | None = None) -> tuple[torch
     precision it trained in: a bf16 model evaluated in fp32 would not reproduce its metrics."""
     from xattn.data import data_mirror
     from xattn.training.checkpoint import load_checkpoint
-    from xattn.training.trainer import TrainConfig
+    from xattn.training.config import TrainConfig
 
     model, config = load_checkpoint(directory)
     mirror_path = data_mirror(mirror)

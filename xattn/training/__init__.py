@@ -13,17 +13,17 @@ from xattn.training.checkpoint import (
     read_checkpoint_config,
     save_checkpoint,
 )
+from xattn.training.config import TrainConfig, learning_rate_at
 from xattn.training.metrics import regression_metrics
+from xattn.training.pair_data import PairData
 from xattn.training.trainer import (
     EpochReport,
     FitResult,
-    PairData,
-    TrainConfig,
     TrainingDiverged,
     evaluate,
     fit,
-    learning_rate_at,
     predict,
+    train_epoch,
 )
 
 __all__ = [
@@ -43,4 +43,5 @@ __all__ = [
     "predict",
     "regression_metrics",
     "save_checkpoint",
+    "train_epoch",
 ]

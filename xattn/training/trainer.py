@@ -14,6 +14,10 @@ Design choices (see design/NOTES.md):
   run is not stopped after 70 steps because its epochs are short.
 - The caller owns reporting. `fit` calls `on_epoch(report)` after every epoch; a Ray Tune
   trainable reports the metrics there and writes a checkpoint when `report.improved`.
+
+`TrainConfig` and its learning-rate schedule live in training/config.py, `PairData` in
+training/pair_data.py; this module is the loop: `fit` over epochs, `train_epoch` over the
+batches of one (the benchmarks time it on its own), `predict` and `evaluate`.
 """
 
 from __future__ import annotations
@@ -21,22 +25,25 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xattn.errors import DataError, SpecError
+from xattn.errors import DataError
+from xattn.training.config import (
+    TrainConfig,
+    learning_rate_at,
+    plateau_scale_of,
+    plateau_steps,
+    reduce_plateau_scale,
+)
 from xattn.training.metrics import regression_metrics
-
-PRECISIONS = ("fp32", "bf16")
-LR_SCHEDULES = ("constant", "cosine", "plateau")
-MONITORS = ("val_loss", "val_pearson")  # the validation metric that picks the best epoch
-PLATEAU_FACTOR = 0.5  # the learning rate is halved on a plateau...
-PLATEAU_MIN_SCALE = 1 / 64  # ...down to this fraction of learning_rate
+from xattn.training.pair_data import PairData
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,176 +52,6 @@ class TrainingDiverged(RuntimeError):
     Raised at once, before the optimizer step, so no further compute is spent on a
     trial whose weights are garbage; a tuner should record the trial as failed.
     """
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings of one trial (the model's own settings live elsewhere).
-
-    The defaults were measured on hcp-s100 spatial folds (README, "Training recipe").
-    """
-
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    max_epochs: int = 100
-    # "plateau": halve the rate after patience_steps // 3 steps without a better validation
-    # metric (down to 1/64 of it); "cosine": anneal to 0 over max_epochs; "constant".
-    lr_schedule: str = "plateau"
-    cosine_lr: bool = False  # the reference's switch: true means lr_schedule "cosine"
-    warmup_steps: int = 100  # linear warm-up of the learning rate over the first steps
-    grad_clip: float = 1.0  # largest gradient norm (clipped before each step); 0: no clipping
-    weight_decay: float = 0.01
-    patience_steps: int = 1500  # stop after this many steps without a better validation metric...
-    min_steps: int = 0  # ...but never before this many steps
-    monitor: str = "val_loss"  # what "better" means: lower val_loss or higher val_pearson
-    seed: int = 0
-    eval_batch_size: int = 4096
-    device: str = "cpu"
-    precision: str = "fp32"
-    # The most pairs in one forward/backward pass; a larger batch is split into near-equal
-    # passes whose gradients are summed before the step: the same gradient (up to rounding) in
-    # bounded memory, except that a BatchNorm head normalises each pass on its own. 0: no limit.
-    max_pairs_per_pass: int = 0
-
-    def __post_init__(self) -> None:
-        at_least = {
-            "learning_rate": (0, math.isfinite(self.learning_rate) and self.learning_rate >= 0),
-            "batch_size": (1, self.batch_size >= 1),
-            "max_epochs": (1, self.max_epochs >= 1),
-            "warmup_steps": (0, self.warmup_steps >= 0),
-            "grad_clip": (0, math.isfinite(self.grad_clip) and self.grad_clip >= 0),
-            "weight_decay": (0, math.isfinite(self.weight_decay) and self.weight_decay >= 0),
-            "patience_steps": (1, self.patience_steps >= 1),
-            "min_steps": (0, self.min_steps >= 0),
-            "seed": (0, self.seed >= 0),
-            "eval_batch_size": (1, self.eval_batch_size >= 1),
-            "max_pairs_per_pass": (0, self.max_pairs_per_pass >= 0),
-        }
-        for name, (bound, ok) in at_least.items():
-            if not ok:
-                raise SpecError(f"training config: {name} must be >= {bound}, got {getattr(self, name)!r}")
-        for name, choices in (("precision", PRECISIONS), ("lr_schedule", LR_SCHEDULES), ("monitor", MONITORS)):
-            if getattr(self, name) not in choices:
-                raise SpecError(
-                    f"training config: {name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
-                )
-        if self.cosine_lr:
-            self.lr_schedule = "cosine"
-        try:
-            torch.device(self.device)
-        except RuntimeError as error:
-            raise SpecError(f"training config: device {self.device!r} is not a torch device ({error})") from None
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any], **overrides: Any) -> TrainConfig:
-        """Build from a trial's flat parameter dict, ignoring keys that are not ours.
-
-        A trial's params mix model and optimiser settings (d_model next to
-        learning_rate), so unknown keys are skipped, not errors. Values are coerced to
-        the field's type because samplers hand back numpy scalars or floats for ints.
-        `overrides` win over `params` (e.g. device chosen by the runner).
-        """
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        merged = {**params, **overrides}
-        return cls(**{k: _coerce(k, kinds[k], v) for k, v in merged.items() if k in kinds})
-
-
-def _coerce(name: str, kind: str, value: Any) -> Any:
-    """Coerce a sampled value to a TrainConfig field type, refusing lossy conversions."""
-    try:
-        if kind == "int" and not isinstance(value, (bool, np.bool_)) and float(value) == int(value):
-            return int(value)
-        if kind == "float":
-            return float(value)
-    except (TypeError, ValueError, OverflowError):
-        pass
-    if kind in ("int", "float"):
-        expected = "an integer" if kind == "int" else "a number"
-        raise SpecError(f"training config: {name} must be {expected}, got {value!r}")
-    if kind == "bool":
-        if value not in (True, False):  # also accepts 0/1 and numpy bools
-            raise SpecError(f"training config: {name} must be true or false, got {value!r}")
-        return bool(value)
-    return str(value)
-
-
-@dataclass
-class PairData:
-    """Everything one fit needs, as tensors on one device.
-
-    Pairs are (P, 2) int64 tensors of region indices into the rows of `expression`;
-    the target of pair (i, j) is `connectivity[i, j]`. Coords are expected already
-    normalised with training-region statistics (the data layer's job).
-    """
-
-    expression: Tensor  # (R, G) float32
-    coords: Tensor  # (R, 3) float32
-    connectivity: Tensor  # (R, R) float32
-    train_pairs: Tensor  # (P_train, 2) int64
-    val_pairs: Tensor  # (P_val, 2) int64
-    test_pairs: Tensor  # (P_test, 2) int64
-
-    def __post_init__(self) -> None:
-        n_regions = self.expression.shape[0] if self.expression.ndim == 2 else -1
-        checks = [
-            (self.expression.ndim == 2, f"expression must be 2-D, got shape {tuple(self.expression.shape)}"),
-            (
-                tuple(self.coords.shape) == (n_regions, 3),
-                f"coords are {tuple(self.coords.shape)}, expected ({n_regions}, 3)",
-            ),
-            (
-                tuple(self.connectivity.shape) == (n_regions, n_regions),
-                f"connectivity is {tuple(self.connectivity.shape)}, expected ({n_regions}, {n_regions})",
-            ),
-        ]
-        for name in ("expression", "coords", "connectivity"):
-            checks.append((getattr(self, name).is_floating_point(), f"{name} must be a float tensor"))
-        for name in ("train_pairs", "val_pairs", "test_pairs"):
-            pairs = getattr(self, name)
-            checks.append((pairs.dtype == torch.int64, f"{name} must be int64, got {pairs.dtype}"))
-            shape_ok = pairs.ndim == 2 and pairs.shape[1] == 2
-            checks.append((shape_ok, f"{name} must have shape (P, 2), got {tuple(pairs.shape)}"))
-            in_range = pairs.numel() == 0 or (int(pairs.min()) >= 0 and int(pairs.max()) < n_regions)
-            checks.append((in_range, f"{name} index regions outside 0..{n_regions - 1}"))
-        for ok, message in checks:
-            if not ok:
-                raise DataError(f"pair data: {message}")
-
-    @classmethod
-    def from_numpy(
-        cls,
-        expression: np.ndarray,
-        coords: np.ndarray,
-        connectivity: np.ndarray,
-        train_pairs: np.ndarray,
-        val_pairs: np.ndarray,
-        test_pairs: np.ndarray,
-        device: str | torch.device = "cpu",
-    ) -> PairData:
-        """Convert arrays (floats to float32, pairs to int64) and place them on `device`."""
-
-        def floats(a: np.ndarray) -> Tensor:
-            return torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
-
-        def pairs(a: np.ndarray) -> Tensor:
-            return torch.as_tensor(np.asarray(a, dtype=np.int64).reshape(-1, 2), device=device)
-
-        return cls(
-            floats(expression), floats(coords), floats(connectivity),
-            pairs(train_pairs), pairs(val_pairs), pairs(test_pairs),
-        )  # fmt: skip
-
-    @property
-    def device(self) -> torch.device:
-        return self.expression.device
-
-    def to(self, device: str | torch.device) -> PairData:
-        """A copy on `device` (tensors already there are shared, not copied)."""
-        return PairData(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
-
-    def targets(self, pairs: Tensor) -> Tensor:
-        """Connectivity values of `pairs`, gathered on the device."""
-        return self.connectivity[pairs[:, 0], pairs[:, 1]]
 
 
 @dataclass
@@ -330,7 +167,7 @@ def fit(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
-    steps_per_epoch = len(_batch_sizes(len(data.train_pairs), config.batch_size))
+    steps_per_epoch = len(batch_sizes(len(data.train_pairs), config.batch_size))
 
     best = _Best()
     if start_epoch > 0:
@@ -342,9 +179,9 @@ def fit(
     epoch = start_epoch
     stop = False
     for epoch in range(start_epoch + 1, config.max_epochs + 1):
-        train_loss = _train_epoch(model, data, optimizer, config, epoch)
+        train_loss = train_epoch(model, data, optimizer, config, epoch)
         step = epoch * steps_per_epoch
-        lr = learning_rate_at(config, step, steps_per_epoch, _plateau_scale(optimizer))
+        lr = learning_rate_at(config, step, steps_per_epoch, plateau_scale_of(optimizer))
         val = evaluate(model, data, data.val_pairs, prefix="val_", **_eval_kwargs(config))
         if not math.isfinite(val["val_mse"]):
             raise TrainingDiverged(f"training diverged at epoch {epoch}: validation loss is {val['val_mse']}")
@@ -355,8 +192,8 @@ def fit(
         else:
             since_best += steps_per_epoch
             since_plateau += steps_per_epoch
-        if config.lr_schedule == "plateau" and since_plateau >= _plateau_steps(config) and step > config.warmup_steps:
-            _reduce_plateau_scale(optimizer)
+        if config.lr_schedule == "plateau" and since_plateau >= plateau_steps(config) and step > config.warmup_steps:
+            reduce_plateau_scale(optimizer)
             since_plateau = 0
         stop = since_best >= config.patience_steps and step >= config.min_steps
         report = EpochReport(
@@ -379,44 +216,10 @@ def fit(
     )  # fmt: skip
 
 
-def _better(monitor: str, val: dict[str, float], best: "_Best") -> bool:
+def _better(monitor: str, val: dict[str, float], best: _Best) -> bool:
     if monitor == "val_pearson":
         return val["val_pearson"] > best.val_pearson
     return val["val_mse"] < best.val_loss
-
-
-def _plateau_steps(config: TrainConfig) -> int:
-    """Steps without a better validation metric before the plateau schedule halves the rate:
-    a third of the patience, so a run gets two reductions before it is stopped."""
-    return max(1, config.patience_steps // 3)
-
-
-def _plateau_scale(optimizer: torch.optim.Optimizer) -> float:
-    return optimizer.param_groups[0].get("plateau_scale", 1.0)
-
-
-def _reduce_plateau_scale(optimizer: torch.optim.Optimizer) -> None:
-    # Kept in the param groups, so the optimizer's state_dict (the checkpoint) carries it.
-    scale = max(PLATEAU_MIN_SCALE, _plateau_scale(optimizer) * PLATEAU_FACTOR)
-    for group in optimizer.param_groups:
-        group["plateau_scale"] = scale
-
-
-def learning_rate_at(config: TrainConfig, step: int, steps_per_epoch: int, plateau_scale: float = 1.0) -> float:
-    """Learning rate of 1-based optimizer `step`: linear warm-up over `warmup_steps`, then the
-    schedule. A pure function of the step (and of the plateau scale the optimizer state
-    carries), so resuming needs no scheduler object and cannot drift from the uninterrupted run.
-
-    "cosine" is the closed form of torch's CosineAnnealingLR stepped once per optimizer step
-    with T_max = max_epochs * steps_per_epoch and eta_min = 0.
-    """
-    warmup = min(1.0, step / config.warmup_steps) if config.warmup_steps else 1.0
-    if config.lr_schedule == "cosine":
-        total = config.max_epochs * steps_per_epoch
-        return warmup * config.learning_rate * (1 + math.cos(math.pi * (step - 1) / total)) / 2
-    if config.lr_schedule == "plateau":
-        return warmup * config.learning_rate * plateau_scale
-    return warmup * config.learning_rate
 
 
 def _cpu_has_fast_bf16() -> bool:
@@ -442,7 +245,7 @@ def _eval_kwargs(config: TrainConfig) -> dict[str, Any]:
     return {"batch_size": config.eval_batch_size, "precision": config.precision}
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module, data: PairData, optimizer: torch.optim.Optimizer, config: TrainConfig, epoch: int
 ) -> float:
     """One pass over the shuffled training pairs; returns the pair-weighted mean loss.
@@ -455,18 +258,18 @@ def _train_epoch(
     torch.manual_seed(seed)
     order = torch.randperm(len(data.train_pairs), generator=torch.Generator().manual_seed(seed))
     total = 0.0
-    sizes = _batch_sizes(len(data.train_pairs), config.batch_size)
+    sizes = batch_sizes(len(data.train_pairs), config.batch_size)
     step = (epoch - 1) * len(sizes)
     for batch in data.train_pairs[order.to(data.device)].split(sizes):
         step += 1
-        lr = learning_rate_at(config, step, len(sizes), _plateau_scale(optimizer))
+        lr = learning_rate_at(config, step, len(sizes), plateau_scale_of(optimizer))
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         loss = torch.zeros((), device=data.device)
         n_passes = math.ceil(len(batch) / (config.max_pairs_per_pass or len(batch)))
         for part in batch.tensor_split(n_passes):  # near-equal passes: none of a single pair
-            part_loss = _batch_loss(model, data, part, config.precision) * (len(part) / len(batch))
+            part_loss = batch_loss(model, data, part, config.precision) * (len(part) / len(batch))
             part_loss.backward()
             loss = loss + part_loss.detach()
         value = loss.item()  # one sync per batch, after backward is queued
@@ -481,7 +284,7 @@ def _train_epoch(
     return total / len(data.train_pairs)
 
 
-def _batch_sizes(n_pairs: int, batch_size: int) -> list[int]:
+def batch_sizes(n_pairs: int, batch_size: int) -> list[int]:
     """Batches of `batch_size` pairs; a last batch of a single pair joins the one before it,
     because BatchNorm (in some models' heads) cannot normalise a batch of one."""
     sizes = [batch_size] * (n_pairs // batch_size) + ([n_pairs % batch_size] if n_pairs % batch_size else [])
@@ -490,7 +293,7 @@ def _batch_sizes(n_pairs: int, batch_size: int) -> list[int]:
     return sizes
 
 
-def _batch_loss(model: nn.Module, data: PairData, batch: Tensor, precision: str) -> Tensor:
+def batch_loss(model: nn.Module, data: PairData, batch: Tensor, precision: str) -> Tensor:
     """MSE of one batch; the forward may run in bf16, the loss is always fp32."""
     target = data.targets(batch)
     with _autocast(data.device, precision):
