@@ -8,7 +8,7 @@ STAMP := $(VENV)/.xattn-installed
 # The data mirror the tests and real-data studies read (a folder laid out like ../shared/data).
 export XATTN_DATA_MIRROR ?= $(abspath ../shared/data)
 
-.PHONY: demo test install clean postgres chromium
+.PHONY: demo test lint format install clean postgres chromium
 
 install: $(STAMP) chromium
 
@@ -36,8 +36,19 @@ demo: install
 # module's shared study runs once: 10 min instead of 20 on 2 cores. TEST_WORKERS=0 runs them in one.
 TEST_WORKERS ?= 2
 
-test: install postgres
+test: install postgres lint
 	$(PY) -m pytest -q --durations=25 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
+# The code's shape, before any test runs: ruff's format and lint, and the layers contract
+# (import-linter, [tool.importlinter] in pyproject.toml: a module imports only from layers below it).
+lint: install
+	$(VENV)/bin/ruff format --check --quiet xattn benchmarks tests
+	$(VENV)/bin/ruff check --quiet xattn benchmarks tests
+	$(VENV)/bin/lint-imports --no-cache
+
+format: install
+	$(VENV)/bin/ruff format --quiet xattn benchmarks tests
+	$(VENV)/bin/ruff check --fix --quiet xattn benchmarks tests
 
 # The service tests need PostgreSQL on 127.0.0.1:5432; start the machine's cluster if it is
 # installed but stopped (best effort: without one those tests skip, or fail in CI).
