@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import DEFAULT_MIRROR, data_mirror  # noqa: F401 - a fixture for every test
+from data_fixtures import DEFAULT_MIRROR, mirror_path
 
 # Tests read real data from the mirror beside the repository unless told otherwise.
 os.environ.setdefault("XATTN_DATA_MIRROR", str(DEFAULT_MIRROR))
@@ -20,7 +20,25 @@ os.environ.setdefault("XATTN_FIGURES", "0")
 
 
 @pytest.fixture(scope="session")
-def mirror(data_mirror) -> Path:  # noqa: F811 - the fixture, imported above for every test
+def data_mirror() -> Path:
+    """The folder holding the published files in their upstream layout."""
+    path = mirror_path()
+    if not (path / "enigma-extra").is_dir():
+        message = f"data mirror not found at {path} (set XATTN_DATA_MIRROR)"
+        if os.environ.get("XATTN_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+@pytest.fixture(scope="session")
+def hcp_s100(data_mirror):
+    from xattn.data import load_dataset
+
+    return load_dataset("hcp-s100", mirror=data_mirror)
+
+
+@pytest.fixture(scope="session")
+def mirror(data_mirror) -> Path:
     """The real-data mirror; a missing one skips locally and fails in CI (XATTN_REQUIRE_DATA=1)."""
     return data_mirror
 

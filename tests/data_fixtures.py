@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 DEFAULT_MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -22,23 +21,6 @@ def mirror_path() -> Path:
     return Path(os.environ.get("XATTN_DATA_MIRROR") or DEFAULT_MIRROR)
 
 
-@pytest.fixture(scope="session")
-def data_mirror() -> Path:
-    """The folder holding the published files in their upstream layout."""
-    path = mirror_path()
-    if not (path / "enigma-extra").is_dir():
-        message = f"data mirror not found at {path} (set XATTN_DATA_MIRROR)"
-        if os.environ.get("XATTN_REQUIRE_DATA") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="session")
-def hcp_s100(data_mirror):
-    from xattn.data import load_dataset
-
-    return load_dataset("hcp-s100", mirror=data_mirror)
 
 
 def write_csv(path: Path, rows: list[list], header: list | None = None) -> Path:

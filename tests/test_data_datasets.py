@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pooch
 import pytest
-from data_fixtures import data_mirror, hcp_s100, upper_triangle  # noqa: F401  (fixtures)
+from data_fixtures import upper_triangle
 from scipy.spatial.distance import pdist
 
 from xattn.data import DATASETS, data_mirror as resolve_mirror, fetch, load_dataset
