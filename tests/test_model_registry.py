@@ -15,6 +15,7 @@ from test_cli import REPO, xattn
 from xattn.errors import ModelNotFound
 from xattn.export import export_best, export_manifest
 from xattn.tracking.model_registry import BEST_ALIAS, register_best
+from xattn.tracking.runs import CheckpointCache
 from xattn.tracking.tags import SHA256_PREFIX
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import load_spec
@@ -53,7 +54,8 @@ def test_the_best_trial_is_registered_under_the_study_name(studies):
 
     # the version carries what an export of the run records, and the trial's metrics
     parent, run = client.get_run(second.parent_run_id), client.get_run(second.best["run_id"])
-    manifest = export_manifest(client, NAME, parent, run)
+    with CheckpointCache(client) as checkpoints:
+        manifest = export_manifest(client, NAME, parent, run, checkpoints)
     assert {k[len(SHA256_PREFIX):]: v for k, v in best.tags.items() if k.startswith(SHA256_PREFIX)} == manifest["files"]
     assert set(manifest["files"]) == {"weights.safetensors", "config.json", "metrics.json"}
     assert best.tags["xattn.parent_run_id"] == second.parent_run_id
@@ -71,7 +73,8 @@ def test_registering_a_run_again_reuses_its_version_and_moves_the_alias(studies)
     try:
         for result, expected in ((first, "1"), (second, "2"), (second, "2")):
             parent, run = client.get_run(result.parent_run_id), client.get_run(result.best["run_id"])
-            version = register_best(client, NAME, parent, run, export_manifest(client, NAME, parent, run))
+            with CheckpointCache(client) as checkpoints:
+                version = register_best(client, NAME, parent, run, export_manifest(client, NAME, parent, run, checkpoints))
             assert str(version.version) == expected
             assert str(client.get_model_version_by_alias(NAME, BEST_ALIAS).version) == expected
         assert len(client.search_model_versions(f"name = '{NAME}'")) == 2

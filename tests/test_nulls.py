@@ -9,12 +9,10 @@ import pytest
 from scipy.spatial.distance import cdist
 from scipy.special import expit
 
-from data_fixtures import hcp_s100  # noqa: F401 - a fixture
-
 from xattn.data.nulls import morans_i, null_data, null_seed, region_distances, sphere_coordinates
 from xattn.errors import DataError, SpecError
 from xattn.training.trainer import fit
-from xattn.tuning.nulls import null_test
+from xattn.tuning.comparison import null_test
 from xattn.tuning.spec import parse_spec
 from xattn.tuning.trial import prepare_trial
 

@@ -8,7 +8,6 @@ best trial's attention maps are logged and written again by `xattn attention`.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -23,7 +22,7 @@ from xattn.export import evaluate_export, export_best, verify_export
 from xattn.errors import DataError
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import parse_spec
-from xattn.studies import run_study
+from xattn.studies import FIGURES_ENV, run_study
 
 pytestmark = pytest.mark.e2e
 
@@ -58,13 +57,34 @@ def study(tmp_path_factory, mirror, ray_local):
         }
     )
     workspace = Workspace.open(tmp_path_factory.mktemp("ws"))
-    figures = os.environ.get("XATTN_FIGURES")
-    os.environ["XATTN_FIGURES"] = "1"  # the suite turns figures off; the attention maps are among them
-    try:
+    download = MlflowClient.download_artifacts
+
+    def counted(self, run_id, path, dst_path=None):
+        if path.strip("/") == "checkpoint":
+            CHECKPOINT_DOWNLOADS.append(run_id)
+        return download(self, run_id, path, dst_path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FIGURES_ENV, "1")  # the suite turns figures off; the attention maps are among them
+        patch.setattr(MlflowClient, "download_artifacts", counted)
         result = run_study(spec, workspace, mirror=str(mirror))
-    finally:
-        os.environ["XATTN_FIGURES"] = figures if figures is not None else "0"
     return spec, workspace, result
+
+
+CHECKPOINT_DOWNLOADS: list[str] = []  # the run of every checkpoint the study downloaded
+
+
+def test_the_study_downloads_the_best_checkpoint_once_for_manifest_figures_and_attention(study):
+    spec, workspace, result = study
+    client = MlflowClient(workspace.tracking_uri)
+    # all three were made from it: the registered version's manifest, a figure of the best
+    # model's predictions, and the attention maps
+    assert client.get_model_version(spec.name, result.best["model_version"]).tags
+    assert {a.path for a in client.list_artifacts(result.parent_run_id, "figures")} >= {
+        "figures/predicted_vs_observed.html"
+    }
+    assert client.list_artifacts(result.best["run_id"], "attention")
+    assert CHECKPOINT_DOWNLOADS == [result.best["run_id"]]
 
 
 def test_every_trial_is_a_nested_child_run(study):

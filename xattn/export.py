@@ -18,7 +18,7 @@ from typing import Any
 from xattn.errors import DataError, StoreError
 from xattn.paths import ensure_can_create
 from xattn.tracking.store import Workspace, connect
-from xattn.tracking.runs import best_child, find_parent_run
+from xattn.tracking.runs import CheckpointCache, best_child, find_parent_run
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
 from xattn.tracking import tags
 
@@ -68,23 +68,31 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
     return {"out": str(out.resolve()), **metrics, **registered}
 
 
-def export_manifest(client, study: str, parent, best) -> dict[str, Any]:
-    """The manifest `xattn export` would write for trial run `best` of study run `parent`."""
-    staging, _ = _stage(client, study, parent, best, None)
+def export_manifest(client, study: str, parent, best, checkpoint: str | Path | CheckpointCache) -> dict[str, Any]:
+    """The manifest `xattn export` would write for trial run `best` of study run `parent`, from
+    its checkpoint already at hand: a local folder, or an open cache of checkpoints."""
+    if isinstance(checkpoint, CheckpointCache):
+        checkpoint = checkpoint.path(best.info.run_id)
+    staging, _ = _stage(client, study, parent, best, None, checkpoint=Path(checkpoint))
     try:
         return json.loads((staging / MANIFEST).read_text())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _stage(client, study: str, parent, best, where: Path | None) -> tuple[Path, dict[str, Any]]:
-    """A complete export of `best` in a new folder under `where`; the caller moves or removes it."""
+def _stage(client, study: str, parent, best, where: Path | None, *, checkpoint: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """A complete export of `best` in a new folder under `where`; the caller moves or removes it.
+    Its checkpoint is downloaded, or copied from local folder `checkpoint` (left as it is)."""
     staging = Path(tempfile.mkdtemp(prefix=".xattn-export-", dir=where))
     try:
-        downloaded = Path(client.download_artifacts(best.info.run_id, "checkpoint", str(staging)))
-        for item in downloaded.iterdir():
-            shutil.move(str(item), staging / item.name)
-        downloaded.rmdir()
+        if checkpoint is None:
+            downloaded = Path(client.download_artifacts(best.info.run_id, "checkpoint", str(staging)))
+            for item in downloaded.iterdir():
+                shutil.move(str(item), staging / item.name)
+            downloaded.rmdir()
+        else:
+            for item in checkpoint.iterdir():
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, staging / item.name)
         metrics = {
             "study": study,
             "parent_run_id": parent.info.run_id,

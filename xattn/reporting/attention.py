@@ -117,11 +117,15 @@ def heatmap(matrix: np.ndarray, genes: list[str], path: Path, *, title: str) -> 
     plt.close(figure)
 
 
-def log_run_attention(client, run_id: str, *, mirror: str | None = None) -> None:
-    """The three files for the checkpoint of MLflow run `run_id`, logged to it under attention/."""
+def log_run_attention(client, run_id: str, *, mirror: str | None = None, checkpoints=None) -> None:
+    """The three files for the checkpoint of MLflow run `run_id`, logged to it under attention/.
+    `checkpoints` (an open tracking.runs.CheckpointCache) saves downloading it again."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="xattn-attention-") as folder:
-        directory = client.download_artifacts(run_id, "checkpoint", folder)
+        if checkpoints is not None:
+            directory = checkpoints.path(run_id)
+        else:
+            directory = client.download_artifacts(run_id, "checkpoint", folder)
         written = Path(folder) / ARTIFACT_DIR
         write_attention(directory, written, mirror=mirror)
         client.log_artifacts(run_id, str(written), ARTIFACT_DIR)

@@ -46,8 +46,11 @@ def checkpoint_test_predictions(directory: str | Path, *, mirror: str | None = N
     )
 
 
-def run_test_predictions(client: MlflowClient, run_id: str, *, mirror: str | None = None) -> pd.DataFrame:
-    """`checkpoint_test_predictions` of the best checkpoint logged to MLflow run `run_id`."""
+def run_test_predictions(client: MlflowClient, run_id: str, *, mirror: str | None = None, checkpoints=None) -> pd.DataFrame:
+    """`checkpoint_test_predictions` of the best checkpoint logged to MLflow run `run_id`;
+    `checkpoints` (an open tracking.runs.CheckpointCache) saves downloading it again."""
+    if checkpoints is not None:
+        return checkpoint_test_predictions(checkpoints.path(run_id), mirror=mirror)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as `xattn export` does
     with tempfile.TemporaryDirectory(prefix="xattn-predictions-") as folder:
         directory = client.download_artifacts(run_id, "checkpoint", folder)

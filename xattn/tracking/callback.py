@@ -15,9 +15,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.search.repeater import TRIAL_INDEX
-from xattn.training.checkpoint import CHECKPOINT_FILES
-from xattn.tuning.nulls import NULL_INDEX, NULL_METHOD
 from xattn.tracking import tags
+from xattn.training.checkpoint import CHECKPOINT_FILES
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_pearson")
 FINAL_METRICS = (
@@ -45,9 +44,16 @@ class MlflowTrialLogger(Callback):
         seed: int | None = None,
         fixed: dict[str, Any] | None = None,
         arm: str | None = None,
+        configuration: Callable[[dict[str, Any], str], str] | None = None,
+        null_of: Callable[[dict[str, Any]], tuple[str, int] | None] | None = None,
     ) -> None:
         """`fixed`: the hyperparameters every trial shares (the spec's model.fixed), logged with
-        each trial's own, so a run's params are its whole configuration."""
+        each trial's own, so a run's params are its whole configuration.
+
+        The phase that runs the trials says what their configs mean (tracking knows no phase):
+        `configuration(config, trial_id)` is the search configuration a trial belongs to,
+        recorded as tags.CONFIGURATION (xattn.tuning.selection); `null_of(config)` the
+        (method, index) of the null a null run trains on."""
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -58,6 +64,8 @@ class MlflowTrialLogger(Callback):
         self.seed = seed
         self.fixed = dict(fixed or {})
         self.arm = arm or family  # the comparison arm of final runs: the family or "family:variant"
+        self.configuration = configuration
+        self.null_of = null_of
         self.run_ids: dict[str, str] = {}
         self.workers: dict[str, str] = {}
 
@@ -81,11 +89,11 @@ class MlflowTrialLogger(Callback):
             seed = trial.config.get("_seed", self.seed)
             inner = trial.config.get(TRIAL_INDEX)
             # The name says what the run is, so the runs table reads without extra columns.
-            null_index = trial.config.get(NULL_INDEX)
+            null = self.null_of(trial.config) if self.null_of is not None else None
             if self.role == "final":
                 name = f"{self.arm}-final-fold{fold}-seed{seed}"
-            elif null_index is not None:
-                name = f"{self.family}-null-{trial.config.get(NULL_METHOD)}{null_index}-fold{fold}-seed{seed}"
+            elif null is not None:
+                name = f"{self.family}-null-{null[0]}{null[1]}-fold{fold}-seed{seed}"
             else:
                 name = f"{self.family}-trial-{number if number is not None else trial.trial_id}-fold{fold}-seed{seed}"
                 name += f"-inner{inner}" if inner is not None else ""
@@ -103,8 +111,10 @@ class MlflowTrialLogger(Callback):
                 run_tags[tags.OPTUNA_TRIAL_NUMBER] = str(number)
             if inner is not None:
                 run_tags[tags.INNER_FOLD] = str(inner)
-            if null_index is not None:
-                run_tags[tags.NULL_METHOD], run_tags[tags.NULL_INDEX] = str(trial.config.get(NULL_METHOD)), str(null_index)
+            if null is not None:
+                run_tags[tags.NULL_METHOD], run_tags[tags.NULL_INDEX] = str(null[0]), str(null[1])
+            if self.configuration is not None:
+                run_tags[tags.CONFIGURATION] = self.configuration(trial.config, trial.trial_id)
             run = self.client.create_run(self.experiment_id, tags=run_tags)
             run_id = run.info.run_id
             config = {**self.fixed, **trial.config}

@@ -7,6 +7,7 @@ through here, so a study run, its best trial and its checkpoint are found the sa
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import tempfile
@@ -97,6 +98,30 @@ def child_runs(client: MlflowClient, parent: Run) -> list[Run]:
     )
 
 
+def configuration_of(run: Run) -> str:
+    """The search configuration run `run` belongs to: the key the search phase recorded
+    (xattn.tuning.selection); runs from before it was recorded keep their old grouping, by
+    Optuna trial with inner folds, else each run alone."""
+    run_tags = run.data.tags
+    if tags.CONFIGURATION in run_tags:
+        return run_tags[tags.CONFIGURATION]
+    if tags.INNER_FOLD in run_tags:
+        return f"optuna-{run_tags.get(tags.OPTUNA_TRIAL_NUMBER, run.info.run_id)}"
+    return run.info.run_id
+
+
+def best_group(scores: dict[str, list[float]], mode: str) -> str | None:
+    """The key whose values have the best mean (`mode` "min" or "max"); a tie goes to the smaller
+    key, and NaN ranks last, so whoever groups the same trials picks the same group.
+
+    It lives here, below tuning, because best_child (which picks the registered model) needs it;
+    xattn.tuning.selection ranks the search summary and the progress view with it too."""
+    sign = 1.0 if mode == "min" else -1.0
+    # fsum: a mean that does not depend on the order the trials were read in
+    ranked = [(math.isnan(mean := math.fsum(values) / len(values)), sign * mean, key) for key, values in scores.items() if values]
+    return min(ranked)[2] if ranked else None
+
+
 def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> Run:
     """The finished search trial (of the study's own family unless `family` is given) with the
     best selection metric, as the study's spec defined it."""
@@ -113,16 +138,13 @@ def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> 
     ]
     if not finished:
         raise StudyNotFound(f"study run {parent.info.run_id} has no finished trial with metric {metric!r}")
-    pick = min if mode == "min" else max
     # With inner folds a configuration is several runs: the best mean wins, and its first
     # inner fold stands for it.
     groups: dict[str, list[Run]] = {}
     for run in finished:
-        key = run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER, run.info.run_id) if tags.INNER_FOLD in run.data.tags else run.info.run_id
-        groups.setdefault(key, []).append(run)
-    best = pick(groups.values(), key=lambda runs: sum(r.data.metrics[metric] for r in runs) / len(runs))
-    return min(best, key=lambda run: int(run.data.tags.get(tags.INNER_FOLD, 0)))
-
+        groups.setdefault(configuration_of(run), []).append(run)
+    best = best_group({key: [run.data.metrics[metric] for run in runs] for key, runs in groups.items()}, mode)
+    return min(groups[best], key=lambda run: int(run.data.tags.get(tags.INNER_FOLD, 0)))
 
 
 def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:

@@ -1,4 +1,4 @@
-"""The Ray cluster a study runs on: a local instance of its own, or the one --address names.
+"""The Ray cluster a study runs on: a local instance of its own, or the one --address names, started or joined once per process.
 
 A cluster that is not there is refused in one line before anything is written: ray.init would
 otherwise retry a refused address for minutes, or fail after the study run had started.
@@ -6,10 +6,13 @@ otherwise retry a refused address for minutes, or fail after the study run had s
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import socket
+import threading
 
-from xattn.errors import StoreError
-from xattn.errors import first_line
+from xattn.errors import StoreError, first_line
 
 FIX = "start its head with `ray start --head`, or check --address / $RAY_ADDRESS"
 
@@ -52,3 +55,40 @@ def check_trial_fits(cpus: float, gpus: float, cluster: dict[str, float], addres
         has = cluster.get(key, 0.0)
         if asked > has:
             raise StoreError(f"resources.{key.lower()}s {asked:g} per trial, but {where} has {has:g} {key}s: {fix}")
+
+
+def init_ray(address: str | None):
+    """Ray, joined or started once per process; a study calls this before it writes anything."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Save the experiment state every second (not every 10 s or more): a driver killed with
+    # SIGKILL then loses at most a second of bookkeeping, so a resume repeats almost nothing.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # Ctrl-C raises KeyboardInterrupt here at once (the study run is then marked KILLED)
+    # instead of Tune swallowing it and returning a partial result as if the phase were done.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    import ray
+
+    from xattn import logs
+
+    logs.adopt_library_loggers()
+    if not ray.is_initialized():
+        # Ray's core installs a C handler for SIGTERM that prints a stack and kills the driver;
+        # the caller's (the CLI marks the study run KILLED and says how to resume) comes back.
+        on_sigterm = signal.getsignal(signal.SIGTERM)
+        try:
+            with logs.native_stderr_to_log("ray"):
+                ray.init(
+                    # "local": a new instance of our own, even where a `ray start` cluster (or a
+                    # stale record of one in /tmp/ray) would make ray.init() try to join it.
+                    address=address or "local",
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    configure_logging=not logs.configured(),  # the CLI sends Ray's logs to the workspace's log
+                )
+        except ConnectionError as error:
+            raise ray_init_error(address, error) from None
+        finally:
+            if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_sigterm)
+    return ray

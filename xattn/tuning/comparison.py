@@ -3,6 +3,14 @@
 Each family's best configuration was retrained on every outer region fold for every seed;
 a baseline is compared with the study's own family on the runs that share (fold, seed),
 so the difference is paired, with a t confidence interval and a Wilcoxon signed-rank test.
+
+With nulls (xattn.tuning.phases.nulls), each family's real mean test r is also set against the
+mean r of each null dataset it was retrained on:
+
+    p = (1 + #{nulls with r >= real r}) / (1 + N)
+
+(the +1 counts the real data as one draw of the null distribution, so p is never 0 and its
+smallest value is 1 / (N + 1)).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+
 from xattn.tracking import tags
 
 METRICS = ("test_pearson", "test_mse", "test_r2")
@@ -112,6 +121,35 @@ def validation_test_agreement(trials: list[dict[str, float]], metric: str, mode:
         rho, p_value = stats.spearmanr(sign * values[:, 0], values[:, 1])
         result.update(spearman=float(rho), p_value=float(p_value))
     return result
+
+
+def null_test(real: list[float], nulls: dict[int, list[float]], runs_per_null: int, method: str) -> dict[str, Any]:
+    """Real mean r against the mean r of every null that has all its runs (`runs_per_null`)."""
+    real_r = float(np.mean(real)) if real else math.nan
+    complete = {index: float(np.mean(values)) for index, values in sorted(nulls.items()) if len(values) == runs_per_null}
+    values = np.array(list(complete.values()))
+    result: dict[str, Any] = {"method": method, "n": len(values), "real_r": real_r, "r": [float(v) for v in values]}
+    result["mean"] = float(values.mean()) if values.size else math.nan
+    result["sd"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
+    if values.size and math.isfinite(real_r):
+        result["p"] = float((1 + np.sum(values >= real_r)) / (1 + values.size))
+    else:
+        result["p"] = math.nan
+    return result
+
+
+def null_comparison(finals, nulls, method: str, runs_per_null: int, metric: str = "test_pearson") -> dict[str, dict[str, Any]]:
+    """`null_test` per family from FINISHED MLflow final and null runs."""
+    real: dict[str, list[float]] = defaultdict(list)
+    drawn: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in finals:
+        if run.info.status == "FINISHED" and metric in run.data.metrics:
+            real[run.data.tags[tags.FAMILY]].append(run.data.metrics[metric])
+    for run in nulls:
+        run_tags = run.data.tags
+        if run.info.status == "FINISHED" and metric in run.data.metrics and run_tags.get(tags.NULL_METHOD) == method:
+            drawn[run_tags[tags.FAMILY]][int(run_tags[tags.NULL_INDEX])].append(run.data.metrics[metric])
+    return {family: null_test(real[family], drawn.get(family, {}), runs_per_null, method) for family in real}
 
 
 def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:

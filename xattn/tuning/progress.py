@@ -1,7 +1,8 @@
 """What a user watching a study sees: a live progress bar in a terminal, one line per event elsewhere.
 
-Both views read a trial's result the way the study summary and Optuna do (`result_key`), so
-the "best so far" shown while the study runs is the best trial it reports at the end.
+Both views read a trial's result the way the study summary and Optuna do (`result_key`), and
+group and rank trials by configuration as the summary does (xattn.tuning.selection), so the
+"best so far" shown while the study runs is the best configuration it reports at the end.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ray.tune import Callback
-from ray.tune.search.repeater import TRIAL_INDEX
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from xattn.tuning import selection
 
 # Ray Tune trial statuses (ray.tune.experiment.Trial) of a trial that will not run again.
 FINISHED_STATUSES = ("TERMINATED", "ERROR")
@@ -78,6 +80,7 @@ class TrialProgress(Callback):
         self.title = title
         self.done = 0
         self.best: float | None = None
+        self.best_configuration: str | None = None  # its key (selection.configuration_key)
         self.stopped_early = 0
         self.failed = 0
         self.phase_started: float | None = None
@@ -281,12 +284,10 @@ class TrialProgress(Callback):
         value = (trial.last_result or {}).get(result_key(self.metric))
         if value is None:
             return
-        config = trial.config or {}
-        # Inner-fold repeats of one suggestion share a configuration but for the fold index.
-        group = repr(sorted((k, v) for k, v in config.items() if k != TRIAL_INDEX)) if TRIAL_INDEX in config else trial.trial_id
-        self._results.setdefault(group, []).append(float(value))
-        means = [sum(values) / len(values) for values in self._results.values()]
-        self.best = min(means) if self.mode == "min" else max(means)
+        key = selection.configuration_key(trial.config or {}, trial.trial_id)
+        self._results.setdefault(key, []).append(float(value))
+        self.best_configuration = selection.best_key(self._results, self.mode)
+        self.best = selection.mean(self._results[self.best_configuration])
 
     def _print(self, line: str) -> None:
         # The live display redraws its last frame under every printed line: bring it up to date first.

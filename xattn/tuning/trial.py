@@ -13,17 +13,16 @@ import torch
 
 from xattn.data import build_gene_vectors
 from xattn.data.gene_selection import select_genes
-from xattn.data.nulls import null_data
+from xattn.data.nulls import null_data, null_seed
 from xattn.data.splits import inner_folds, region_folds
 from xattn.errors import DataError
 from xattn.experiment import Experiment, build_trial_model, load_data, prepare_experiment, split_regions
-from xattn.training.trainer import TrainConfig
-from xattn.tuning.nulls import null_of_trial
+from xattn.training.config import TrainConfig
+from xattn.tuning.selection import INNER_FOLD
 from xattn.tuning.spec import StudySpec
 
-# The key Ray Tune's Repeater sets in each repeat's config (ray.tune.search.repeater.TRIAL_INDEX):
-# a search trial's inner fold when the spec asks for inner folds.
-INNER_FOLD = "__trial_index__"
+NULL_METHOD = "_null_method"  # trial config keys of a null run, beside the final runs' _fold and _seed
+NULL_INDEX = "_null_index"
 
 
 @dataclass
@@ -44,7 +43,7 @@ def prepare_trial(
 
     Final (comparison) runs name their outer fold and seed as `_fold` and `_seed`; the split
     itself is always drawn with the study's seed, and so is a null run's null (named as
-    `_null_method` and `_null_index`, drawn per outer fold: `xattn.tuning.nulls`), so every family and seed sees the same
+    `_null_method` and `_null_index`, drawn per outer fold: `xattn.tuning.phases.nulls`), so every family and seed sees the same
     regions in fold k. A search trial of a spec with `split.inner_folds` names its inner fold
     as Ray's repeat index (`INNER_FOLD`). `device` defaults to CUDA when the spec asks for GPUs and one is there.
     """
@@ -73,6 +72,21 @@ def prepare_trial(
     if null is not None:
         extra["null"] = null
     return PreparedTrial(params, seed, spec.data.split.fold, experiment, model, train_config, extra)
+
+
+def null_drawn(config: dict[str, Any]) -> tuple[str, int] | None:
+    """The (method, index) of the null a null run's config names, or None for real data."""
+    method = config.get(NULL_METHOD)
+    return (method, int(config[NULL_INDEX])) if method is not None else None
+
+
+def null_of_trial(config: dict[str, Any], seed: int, fold: int) -> dict[str, Any] | None:
+    """Pop a null run's keys from its trial config; the null it trains on, or None for real data."""
+    method = config.pop(NULL_METHOD, None)
+    index = config.pop(NULL_INDEX, None)
+    if method is None:
+        return None
+    return {"method": method, "index": int(index), "fold": int(fold), "seed": null_seed(seed, method, int(index), int(fold))}
 
 
 def _naming_field(field: str, check):

@@ -1,0 +1,304 @@
+"""The phases of a study, each one Ray Tune experiment per family or arm: search, finals, the comparison, nulls.
+
+Every phase resumes where a killed driver left it: its Tune experiment is restored, finished
+trials are kept, unfinished ones continue from their last checkpoint and log to the same
+MLflow child runs (MlflowTrialLogger, the driver's only writer of trial runs).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xattn.tracking import parent_run, tags
+from xattn.tracking.callback import MlflowTrialLogger
+from xattn.tracking.runs import child_runs
+from xattn.tracking.store import Workspace, masked
+from xattn.tuning import selection
+from xattn.tuning.cluster import init_ray
+from xattn.tuning.spec import StudySpec
+
+
+@dataclass
+class Context:
+    """What every phase of one study invocation shares."""
+
+    workspace: Workspace
+    client: Any
+    experiment_id: str
+    parent_run_id: str
+    optuna_study: str
+    address: str | None
+    mirror: str | None
+    progress: Any
+    spec: StudySpec
+    agreement: selection.Agreement
+
+
+def search(spec: StudySpec, context: Context, optuna_study: str | None = None):
+    """Tune `spec.model.family` over `spec.search.space`: Optuna TPE suggests, ASHA stops early."""
+    init_ray(context.address)
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import Repeater
+
+    from xattn.tuning.searcher import ResumableOptunaSearch, optuna_space
+    from xattn.tuning.trainable import trainable
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A resumed trial re-reports the epochs after its checkpoint; Optuna keeps the first value.
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", category=UserWarning)
+    study_name = optuna_study or context.optuna_study
+    inner = spec.data.split.inner_folds
+    searcher = ResumableOptunaSearch(
+        space=optuna_space(spec.searched),
+        metric=f"best_{spec.search.metric}",
+        mode=spec.search.mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        study_name=study_name,
+        storage=optuna.storages.RDBStorage(context.workspace.optuna_storage),
+        # What an optuna-dashboard reader needs to find the same trials in MLflow.
+        user_attrs={
+            "xattn_study": context.spec.name,
+            "xattn_family": spec.model.family,
+            "mlflow_experiment_id": context.experiment_id,
+            "mlflow_parent_run_id": context.parent_run_id,
+            "mlflow_tracking_uri": masked(context.workspace.tracking_uri),
+        },
+    )
+    if inner:
+        # Each suggestion runs once per inner fold; Optuna is told the mean of their results.
+        searcher = Repeater(searcher, repeat=inner, set_index=True)
+    if spec.search.scheduler == "asha" and not inner:
+        scheduler = ASHAScheduler(
+            # The best epoch so far, as Optuna and the summary rank trials: a noisy last epoch
+            # at a rung must not stop a trial that already did well.
+            metric=f"best_{spec.search.metric}",
+            mode=spec.search.mode,
+            max_t=spec.budget.max_epochs,
+            grace_period=min(spec.search.grace_period, spec.budget.max_epochs),
+            reduction_factor=spec.search.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+
+    def make_logger(searcher) -> MlflowTrialLogger:
+        def optuna_number(trial_id: str) -> int | None:
+            optuna_search = searcher
+            if isinstance(searcher, Repeater):  # a repeat belongs to its group's first trial
+                group = searcher._trial_id_to_group.get(trial_id)
+                trial_id = group.primary_trial_id if group is not None else trial_id
+                optuna_search = searcher.searcher
+            trial = optuna_search._ot_trials.get(trial_id)  # Ray keeps no public map from trial to Optuna trial
+            return trial.number if trial is not None else None
+
+        return MlflowTrialLogger(
+            context.client, context.experiment_id, context.parent_run_id, optuna_number, spec.model.family,
+            role="search", fold=spec.data.split.fold, seed=spec.seed, fixed=spec.trial_params({}),
+            configuration=selection.configuration_key,
+        )  # fmt: skip
+
+    if context.progress is not None and context.spec.compares:
+        context.progress.start_phase(f"search {spec.model.family}", spec.search_trials, spec.search.metric, spec.search.mode)
+    tune_config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=spec.search_trials,
+        max_concurrent_trials=spec.budget.max_concurrent,
+        reuse_actors=True,  # a new trial in a warm worker: no process start, no torch import
+    )
+    results = _fit_phase(spec, context, "search", trainable(spec, context.mirror), make_logger, tune_config=tune_config)
+    _fail_orphaned_optuna_trials(context.workspace.optuna_storage, study_name)
+    _log_agreement(spec, context, results)
+    return results
+
+
+def _log_agreement(spec: StudySpec, context: Context, results) -> None:
+    """Log to the study run how well the search's validation metric ranked its trials by test r."""
+    own = spec.model.family == context.spec.model.family
+    prefix = "search." if own else f"search.{spec.model.family}."
+    logged = context.agreement.add(spec.model.family, results, prefix=prefix, pooled=bool(context.spec.compare_with))
+    for prefix, agreement in logged.items():
+        for name in ("spearman", "p_value", "n_trials"):
+            value = float(agreement[name])
+            if math.isfinite(value):
+                context.client.log_metric(context.parent_run_id, f"{prefix}val_test_{name}", value)
+
+
+def finals(
+    spec: StudySpec, config: dict[str, Any], comparison, context: Context, arm: str | None = None, *,
+    role: str = "final", extra_space: dict[str, Any] | None = None, runs_per_cell: int = 1, title: str | None = None,
+    null_of=None,
+) -> None:
+    """Retrain one configuration on every outer fold for every seed (identical across arms).
+
+    The null phase (`nulls`) runs the same grid with `role` "null" and the null draws in
+    `extra_space` (`runs_per_cell` of them per fold and seed)."""
+    init_ray(context.address)
+    from ray import tune
+
+    from xattn.tuning.trainable import trainable
+
+    arm = arm or spec.model.family
+    final = spec.model_copy(deep=True)
+    final.data.split = final.data.split.model_copy(update={"folds": comparison.folds, "fold": 0})
+    seeds = [spec.seed + offset for offset in range(comparison.seeds)]
+
+    def make_logger(_searcher) -> MlflowTrialLogger:
+        return MlflowTrialLogger(
+            context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
+            role=role, fold=None, seed=None, fixed=spec.trial_params({}), arm=arm, null_of=null_of,
+        )  # fmt: skip
+
+    if context.progress is not None:
+        total = comparison.folds * comparison.seeds * runs_per_cell
+        title = title or f"final {arm} ({comparison.folds} folds x {comparison.seeds} seeds)"
+        context.progress.start_phase(title, total, "test_pearson", "max")
+    grid = {"_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)}
+    _fit_phase(
+        spec, context, role, trainable(final, context.mirror), make_logger, arm=arm,
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent, reuse_actors=True),
+        param_space={**config, **grid, **(extra_space or {})},
+    )  # fmt: skip
+
+
+def compare(spec: StudySpec, context: Context, main_results) -> dict[str, Any]:
+    """Tune the compared families, then retrain every arm (each family's best configuration,
+    and each variant: the study's best with the variant's overrides) on the same folds and seeds."""
+    from xattn.tuning.comparison import compare_runs, log_comparison, variant_arm
+
+    metric, mode = spec.search.metric, spec.search.mode
+    configs = {spec.model.family: selection.best_configuration(main_results, metric, mode)}
+    for family in spec.compare_with:
+        family_spec = spec.for_family(family)
+        if spec.comparison.tune:
+            results = search(family_spec, context, optuna_study=f"{context.optuna_study}-{family}")
+            configs[family] = selection.best_configuration(results, family_spec.search.metric, family_spec.search.mode)
+        else:
+            configs[family] = {}
+    for family, config in configs.items():
+        finals(spec.for_family(family), config, spec.comparison, context)
+    best = configs[spec.model.family]
+    for variant, overrides in spec.comparison.variants.items():
+        config = {k: v for k, v in best.items() if k not in overrides}  # the spec's fixed overrides now hold them
+        finals(spec.for_variant(variant), config, spec.comparison, context, arm=variant_arm(spec.model.family, variant))
+    runs = child_runs(context.client, context.client.get_run(context.parent_run_id))
+    comparison = compare_runs([run for run in runs if run.data.tags.get(tags.ROLE) == "final"], reference=spec.comparison_reference)
+    for entry in comparison["families"]:
+        agreement = context.agreement.get(entry["family"], {})
+        entry["search_val_test_spearman"] = agreement.get("spearman", math.nan)
+        entry["search_trials"] = agreement.get("n_trials", 0)
+    comparison["search_agreement"] = context.agreement.get(selection.ALL_FAMILIES)
+    if spec.comparison.nulls is not None:
+        nulls(spec, context, configs, comparison)
+    log_comparison(context.client, context.parent_run_id, comparison)
+    return comparison
+
+
+def nulls(spec: StudySpec, context: Context, configs: dict[str, dict[str, Any]], comparison: dict[str, Any]) -> None:
+    """Is a family's test r more than space? Retrain every family's configuration on the spec's
+    nulls and add each family's null test (comparison.null_test) to its entry of `comparison`.
+
+    With `comparison.nulls: {method, n}`, every compared family's best configuration is
+    retrained on `n` null datasets (`xattn.data.nulls`) of each outer fold, with the final runs'
+    splits, seeds and budget. Null i of fold k is the same draw for every family and seed, so
+    the families face the same nulls. Null runs are MLflow child runs tagged `xattn.role = null`,
+    `xattn.null_method` and `xattn.null_index`; the phase resumes like the others.
+    """
+    from ray import tune
+
+    from xattn.tuning.comparison import null_comparison
+    from xattn.tuning.trial import NULL_INDEX, NULL_METHOD, null_drawn
+
+    drawn = spec.comparison.nulls
+    folds, seeds = spec.comparison.folds, spec.comparison.seeds
+    for family, config in configs.items():
+        family_spec = spec.for_family(family)
+        total = drawn.n * folds * seeds
+        title = f"null {family} ({drawn.n} {drawn.method} nulls x {folds} folds x {seeds} seeds = {total} runs)"
+        extra = {NULL_METHOD: drawn.method, NULL_INDEX: tune.grid_search(list(range(drawn.n)))}
+        finals(family_spec, config, spec.comparison, context, role="null", extra_space=extra, runs_per_cell=drawn.n,
+               title=title, null_of=null_drawn)  # fmt: skip
+    children = child_runs(context.client, context.client.get_run(context.parent_run_id))
+    finished = [run for run in children if run.data.tags.get(tags.ROLE) == "final"]
+    null_runs = [run for run in children if run.data.tags.get(tags.ROLE) == "null"]
+    tests = null_comparison(finished, null_runs, drawn.method, folds * seeds)
+    for entry in comparison["families"]:
+        if entry["family"] in tests:
+            entry["nulls"] = tests[entry["family"]]
+
+
+def _run_config(spec: StudySpec, context: Context, name: str, logger):
+    from ray import tune
+
+    return tune.RunConfig(
+        name=name,
+        storage_path=str(context.workspace.ray_storage),
+        callbacks=_callbacks(context, logger),
+        verbose=0,
+        # Every checkpoint is kept while the phase runs: with num_to_keep, Tune deletes a trial's
+        # older checkpoint before it saves the experiment state that stops pointing at it, so a
+        # SIGKILL in between leaves a resume restoring a deleted checkpoint. A finished phase
+        # prunes them (_prune_superseded_checkpoints).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        failure_config=tune.FailureConfig(max_failures=spec.budget.max_failures),
+    )
+
+
+def _callbacks(context: Context, logger) -> list:
+    return [logger] + ([context.progress] if context.progress is not None else [])
+
+
+def _fit_phase(spec: StudySpec, context: Context, role: str, trainable, make_logger, *, tune_config, param_space=None, arm=None):
+    """Run one phase's Ray Tune experiment, or resume it where an earlier driver left it.
+
+    `make_logger(searcher)` builds the MLflow callback for the phase's (possibly restored)
+    searcher. Returns the ResultGrid; raises KeyboardInterrupt when Tune caught Ctrl-C.
+    """
+    from ray import tune
+
+    arm = arm or spec.model.family
+    name = f"{spec.name}-{context.parent_run_id[:8]}-{role}-{arm.replace(':', '-')}"
+    path = context.workspace.ray_storage / name
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, resume_errored=False, param_space=param_space
+        )
+        # Tune restores its callbacks from a pickle of the old driver's; give it live ones,
+        # tied to the restored searcher (no public API: ray-project/ray#41364).
+        internal = tuner._local_tuner
+        searcher = internal._tune_config.search_alg
+        internal.get_run_config().callbacks = _callbacks(context, make_logger(searcher))
+    else:
+        run_config = _run_config(spec, context, name, make_logger(tune_config.search_alg))
+        tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results):
+        raise KeyboardInterrupt  # Tune caught a stop signal (SIGUSR1), saved its state and returned early
+    parent_run.close_orphaned_runs(context.client, context.parent_run_id, role, spec.model.family, arm)
+    _prune_superseded_checkpoints(path)
+    return results
+
+
+def _prune_superseded_checkpoints(experiment: Path) -> None:
+    """Keep each trial's latest checkpoint only, once its phase has finished: no trial of it
+    runs again, and the latest is the one its MLflow run logged and Tune's state names."""
+    for trial in (d for d in experiment.iterdir() if d.is_dir()):
+        numbered = {d: d.name.removeprefix("checkpoint_") for d in trial.glob("checkpoint_*")}
+        checkpoints = sorted((d for d, index in numbered.items() if index.isdigit()), key=lambda d: int(numbered[d]))
+        for superseded in checkpoints[:-1]:
+            shutil.rmtree(superseded, ignore_errors=True)
+
+
+def _fail_orphaned_optuna_trials(storage: str, study_name: str) -> None:
+    """Optuna trials asked for by a killed driver's searcher but never told a result."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
