@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import logging
-import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,29 +24,21 @@ from scipy import stats
 from xattn.data import load_dataset
 from xattn.reporting import FIGURE_NAMES, log_study_figures, study_figures
 from xattn.reporting.figures import NULL_FIGURES
+from xattn.reporting.plots import network_of
+from xattn.reporting.study_data import epoch_curve
+from xattn.studies import FIGURES_ENV, run_study
+from xattn.tracking.runs import best_child
+from xattn.tracking.store import Workspace
+from xattn.tuning.spec import parse_spec
 
 WITHOUT_NULLS = tuple(name for name in FIGURE_NAMES if name not in NULL_FIGURES)  # these studies have no nulls
-from xattn.reporting.figures import (
-    CannotDraw,
-    TrialCurve,
-    binned_mean,
-    comparison_forest_figure,
-    epoch_curve,
-    learning_curves_figure,
-    network_of,
-    network_order,
-)
-from xattn.tracking.store import Workspace
-from xattn.tracking.runs import best_child
-from xattn.tuning.spec import parse_spec
-from xattn.studies import FIGURES_ENV, run_study
 
 TRIALS, EPOCHS = 3, 3
 FOLDS, SEEDS = 2, 2
 FAMILIES = ["cross_attention", "cge"]
 
 
-# -- pure functions ----------------------------------------------------------------------------
+# -- reading a study back (the plot builders are tested from hand-made data in test_plots.py) ---
 
 
 def test_a_relogged_epoch_keeps_its_later_value():
@@ -61,57 +52,6 @@ def test_a_relogged_epoch_keeps_its_later_value():
     ]
     assert epoch_curve(reversed(history)) == ([1, 2, 3], [0.1, 0.25, 0.35])
     assert epoch_curve([]) == ([], [])
-
-
-def test_regions_are_grouped_by_the_network_of_schaefer_labels():
-    labels = ["7Networks_LH_Vis_1", "7Networks_LH_Default_1", "7Networks_LH_Vis_2",
-              "7Networks_RH_Default_2", "7Networks_RH_Vis_3", "17Networks_LH_SomMotA_1"]  # fmt: skip
-    assert [network_of(label) for label in labels] == ["Vis", "Default", "Vis", "Default", "Vis", "SomMotA"]
-    # networks in order of first appearance, regions in their given order within a network
-    assert network_order(labels) == [0, 2, 4, 1, 3, 5]
-    # labels without a network part (synthetic, Desikan-Killiany) keep their order
-    assert network_order(["syn_001", "syn_000"]) == [0, 1]
-    assert network_order(["7Networks_LH_Vis_1", "L_bankssts"]) == [0, 1]
-    assert network_of("lh_bankssts") is None
-
-
-def test_learning_curves_mark_trials_that_stopped_before_the_budget():
-    curves = [
-        TrialCurve("full", [1, 2, 3], [0.1, 0.2, 0.3], "FINISHED", 3),
-        TrialCurve("asha", [1], [0.05], "FINISHED", 1),
-        TrialCurve("failed", [1, 2], [0.1, 0.0], "FAILED", 2),
-    ]
-    figure = learning_curves_figure(curves, "val_pearson", max_epochs=3)
-    assert [trace.meta["stopped_early"] for trace in figure.data] == [False, True, False]
-    assert [trace.line.dash for trace in figure.data] == ["solid", "dot", "dash"]
-    assert list(figure.data[1].marker.symbol) == ["x"]
-    assert "1 stopped early" in figure.layout.title.text
-    # without a known budget nothing can be called early
-    assert not any(t.meta["stopped_early"] for t in learning_curves_figure(curves, "val_pearson", None).data)
-    with pytest.raises(CannotDraw):
-        learning_curves_figure([], "val_pearson", 3)
-
-
-def test_forest_plot_draws_a_baseline_without_an_interval():
-    comparison = {
-        "reference": "cross_attention", "metric": "test_pearson",
-        "families": [
-            {"family": "cross_attention"},
-            {"family": "cge", "vs_reference": {"n_pairs": 4, "mean_difference": -0.2, "ci95_low": -0.3, "ci95_high": -0.1, "p_wilcoxon": 0.125}},
-            {"family": "mlp", "vs_reference": {"n_pairs": 1, "mean_difference": 0.1, "ci95_low": math.nan, "ci95_high": math.nan, "p_wilcoxon": math.nan}},
-        ],
-    }  # fmt: skip
-    (trace,) = comparison_forest_figure(comparison).data
-    assert list(trace.y) == ["cge", "mlp"] and list(trace.x) == [-0.2, 0.1]
-    assert trace.error_x.array[0] == pytest.approx(0.1) and trace.error_x.array[1] is None
-    assert trace.text[0].startswith("p = 0.125") and trace.text[1].startswith("p = -")
-
-
-def test_binned_mean_uses_equal_count_bins():
-    x = np.array([5.0, 1.0, 2.0, 3.0, 4.0, 6.0])
-    centres, means = binned_mean(x, x * 10, bins=3)
-    assert centres.tolist() == [1.5, 3.5, 5.5] and means.tolist() == [15.0, 35.0, 55.0]
-    assert len(binned_mean(x[:2], x[:2], bins=10)[0]) == 2
 
 
 # -- a real comparison study ---------------------------------------------------------------------
@@ -170,7 +110,7 @@ def test_every_figure_of_a_comparison_study_is_logged_as_html_and_png(compared):
 
 @pytest.mark.e2e
 def test_optuna_figures_show_the_studys_trials(compared):
-    client, result = compared.client, compared.result
+    result = compared.result
     study = optuna.load_study(study_name=result.optuna_study, storage=compared.workspace.optuna_storage)
     values = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
     data, layout = figure_in(compared.folder / "optimization_history.html")
@@ -288,7 +228,7 @@ def test_a_one_trial_study_without_a_browser_still_logs_its_html_figures(tmp_pat
     result = run_study(spec, workspace, mirror=str(mirror))
     client = MlflowClient(workspace.tracking_uri)
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))  # where kaleido looks first
-    with caplog.at_level(logging.WARNING, logger="xattn.reporting.figures"):
+    with caplog.at_level(logging.WARNING, logger="xattn.reporting"):  # figures.py and render.py say why
         names = log_study_figures(client, result.parent_run_id, workspace.optuna_storage, mirror=str(mirror))
     # one trial: no importances (said why); no comparison in the spec: no comparison figures
     assert names == [n for n in WITHOUT_NULLS if n not in ("param_importances", "comparison_runs", "comparison_forest")]

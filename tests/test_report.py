@@ -177,13 +177,14 @@ def interrupted_study(tmp_path_factory):
     from mlflow.entities import Metric
 
     from xattn.tuning.spec import parse_spec
-    from xattn.studies import open_experiment, open_stores, start_parent_run
+    from xattn.studies import open_stores, study_run
+    from xattn.tracking import parent_run
 
     spec = parse_spec({"name": "report-killed", "search": {"space": {"d_model": [8, 16]}}, "budget": {"trials": 4, "max_epochs": 5}})
     workspace = Workspace.open(tmp_path_factory.mktemp("ws"))
     client = open_stores(workspace)
-    experiment_id = open_experiment(client, workspace, spec)
-    parent_run_id, _ = start_parent_run(client, experiment_id, spec)
+    experiment_id = parent_run.open_experiment(client, workspace, study_run(spec))
+    parent_run_id, _ = parent_run.start(client, experiment_id, study_run(spec))
     for number, epochs, status in ((0, 5, "FINISHED"), (1, 2, "RUNNING")):
         run = client.create_run(
             experiment_id,

@@ -8,12 +8,10 @@ note, never an exception.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import socket
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,9 +22,9 @@ from mlflow.tracking import MlflowClient
 
 from xattn.errors import StudyNotFound, XattnError, first_line
 from xattn.paths import ensure_can_create
-from xattn.tracking.store import Workspace, connect, masked
-from xattn.tracking.runs import best_child, child_runs, find_parent_run
 from xattn.tracking import tags
+from xattn.tracking.runs import best_child, child_runs, find_parent_run, read_artifact_json, read_artifact_text, trial_row
+from xattn.tracking.store import Workspace, connect, masked
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"
 REPORTS_FOLDER = "reports"
@@ -49,7 +47,6 @@ FIGURE_TITLES = {
     "connectivity_matrices": "Best trial: connectivity matrices",
     "error_vs_distance": "Best trial: error vs distance",
 }
-DEFAULT_FIGURE_HEIGHT = 460  # px, for a figure that sets none: a div of height 100% inside a page has none
 
 
 def default_report_path(workspace: Workspace, name: str) -> Path:
@@ -105,6 +102,7 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
     import jinja2
     import plotly.offline
 
+    from xattn.reporting.data_context import data_context
     from xattn.reporting.provenance import package_versions, xattn_commit
     from xattn.reporting.state import study_state
 
@@ -148,7 +146,7 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
         "comparison": _comparison(client, parent),
         "spec_text": spec_text,
         "spec_note": spec_note,
-        "data": _data_context(spec) if spec else None,
+        "data": data_context(spec) if spec else None,
         "checkpoint": _checkpoint_context(client, best) if best else None,
         "provenance": {
             "xattn_commit": xattn_commit(),
@@ -184,8 +182,7 @@ def _stored_spec(client: MlflowClient, parent: Run):
     from xattn.tuning.spec import spec_from_yaml
 
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            text = Path(client.download_artifacts(parent.info.run_id, "study.yaml", folder)).read_text()
+        text = read_artifact_text(client, parent.info.run_id, "study.yaml")
     except (MlflowException, OSError) as error:
         return None, None, f"the study run has no readable study.yaml ({first_line(error)})"
     try:
@@ -239,25 +236,26 @@ def _trial_rows(client: MlflowClient, runs: list[Run], spec, own_family: str | N
     searched: dict[str | None, list[str] | None] = {}
     rows = []
     for run in runs:
-        run_tags = run.data.tags
-        family = run_tags.get(tags.FAMILY, own_family)
+        row = trial_row(run)
+        family = row["family"] if row["family"] is not None else own_family
         if family not in searched:
             searched[family] = _searched(spec, family)
-        names = searched[family] if searched[family] is not None else sorted(run.data.params)
-        number = run_tags.get(tags.OPTUNA_TRIAL_NUMBER)
+        params = row["params"]
+        names = searched[family] if searched[family] is not None else sorted(params)
+        number = row["optuna_trial_number"]
         rows.append(
             {
-                "run_id": run.info.run_id,
-                "run_name": run_tags.get(tags.RUN_NAME, ""),
+                "run_id": row["run_id"],
+                "run_name": row["run_name"] if row["run_name"] is not None else "",
                 "family": family,
                 "trial": int(number) if number is not None and number.isdigit() else None,
-                "inner_fold": run_tags.get(tags.INNER_FOLD),
-                "params": [(key, format_value(run.data.params[key])) for key in names if key in run.data.params],
-                "metric": run.data.metrics.get(metric),
-                "test_pearson": run.data.metrics.get("test_pearson"),
-                "epochs": _epochs(client, run),
-                "status": run.info.status,
-                "failure": run_tags.get(tags.FAILURE),
+                "inner_fold": row["inner_fold"],
+                "params": [(key, format_value(params[key])) for key in names if key in params],
+                "metric": row["metrics"].get(metric),
+                "test_pearson": row["metrics"].get("test_pearson"),
+                "epochs": row["epochs"] if row["epochs"] is not None else _epochs_so_far(client, run),
+                "status": row["status"],
+                "failure": row["failure"],
             }
         )
     own_first = {own_family: 0}
@@ -265,10 +263,8 @@ def _trial_rows(client: MlflowClient, runs: list[Run], spec, own_family: str | N
     return rows
 
 
-def _epochs(client: MlflowClient, run: Run) -> int | None:
-    """Epochs a trial ran: tagged when it ends; for one still running, its last logged step."""
-    if tags.EPOCHS_RUN in run.data.tags:
-        return int(run.data.tags[tags.EPOCHS_RUN])
+def _epochs_so_far(client: MlflowClient, run: Run) -> int | None:
+    """The last logged step of a trial still running (one that ended is tagged with its epochs)."""
     if run.info.status != "RUNNING":
         return None
     try:
@@ -294,12 +290,12 @@ def _best_context(run: Run, metric: str) -> dict[str, Any]:
 
 
 def _comparison(client: MlflowClient, parent: Run) -> dict[str, Any] | None:
+    from xattn.reporting.study_data import COMPARISON_ARTIFACT, has_comparison
+
     try:
-        names = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
-        if "comparison.json" not in names:
+        if not has_comparison(client, parent):
             return None
-        with tempfile.TemporaryDirectory() as folder:
-            return json.loads(Path(client.download_artifacts(parent.info.run_id, "comparison.json", folder)).read_text())
+        return read_artifact_json(client, parent.info.run_id, COMPARISON_ARTIFACT)
     except (MlflowException, OSError, ValueError):
         return None
 
@@ -307,6 +303,7 @@ def _comparison(client: MlflowClient, parent: Run) -> dict[str, Any] | None:
 def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: str | None) -> tuple[list[dict[str, str]], list[str]]:
     """Each figure as an HTML div for the inlined plotly.js; notes for what could not be drawn."""
     from xattn.data import data_mirror
+    from xattn.reporting.render import figure_div
 
     try:
         from xattn.reporting.figures import study_figures
@@ -326,14 +323,7 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
     figures, notes = [], list(skipped.notes)
     for name, figure in drawn.items():
         try:
-            height = figure.layout.height or DEFAULT_FIGURE_HEIGHT
-            div = figure.to_html(
-                full_html=False,
-                include_plotlyjs=False,
-                div_id=f"figure-{name}",
-                default_height=f"{height}px",
-                config={"displaylogo": False, "responsive": True},
-            )
+            div = figure_div(name, figure)
         except Exception as error:  # noqa: BLE001 - one bad figure must not cost the others
             notes.append(f"{name}: not drawn ({type(error).__name__}: {first_line(error)})")
             continue
@@ -344,8 +334,7 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
 def _checkpoint_context(client: MlflowClient, run: Run) -> dict[str, Any] | None:
     """What the best trial's checkpoint pins: its genes, its regions per split, its weights' hash."""
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            config = json.loads(Path(client.download_artifacts(run.info.run_id, "checkpoint/config.json", folder)).read_text())
+        config = read_artifact_json(client, run.info.run_id, "checkpoint/config.json")
     except (MlflowException, OSError, ValueError):
         return None  # a trial still running has logged no checkpoint yet
     split = config.get("split") or {}
@@ -364,50 +353,6 @@ class _LogNotes(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.notes.append(record.getMessage())
-
-
-def _data_context(spec) -> dict[str, Any]:
-    """What the trials trained on: the dataset and its pinned files, genes, split, gene vectors."""
-    from xattn.data.datasets import DATASETS, REGISTRY, UPSTREAM
-
-    data = spec.data
-    split = data.split
-    genes = data.genes
-    if genes == "all":
-        gene_text = "all genes of the dataset"
-    elif hasattr(genes, "top_variance"):
-        gene_text = f"the {genes.top_variance} genes that vary most across the training regions"
-    else:
-        gene_text = f"the genes listed in {genes.file}"
-    rows = [("dataset", data.dataset or "user files")]
-    files = []
-    info = DATASETS.get(data.dataset or "")
-    if info is not None:
-        rows.append(("description", info.description))
-        rows.append(("regions x genes", f"{info.regions} x {info.genes}" if data.dataset != "synthetic" else f"{data.synthetic.regions} x {data.synthetic.genes}"))
-        for relative in info.files:
-            folder, _, inside = relative.partition("/")
-            repository, commit = UPSTREAM.get(folder, ("", ""))
-            files.append({"path": relative, "sha256": REGISTRY.get(relative, ""), "source": f"{repository}@{commit[:12]}" if repository else ""})
-    if data.dataset == "synthetic":
-        synthetic = data.synthetic
-        rows.append(("generator", f"regions {synthetic.regions}, genes {synthetic.genes}, noise {synthetic.noise}, seed {synthetic.seed}"))
-    if data.files is not None:
-        for part in ("expression", "connectivity", "coords"):
-            path = getattr(data.files, part)
-            if path is not None:
-                files.append({"path": f"{part}: {path}", "sha256": "", "source": "user file"})
-    rows += [
-        ("genes", gene_text),
-        (
-            "split",
-            f"{split.method}, {split.folds} region folds, test fold {split.fold}, validation {split.val_fraction:g} of the training regions"
-            + (f", {split.inner_folds} inner folds per trial" if split.inner_folds else ""),
-        ),
-        ("gene vectors", data.genevec + (f" ({data.gene2vec_file})" if data.gene2vec_file else "")),
-        ("seed", str(spec.seed)),
-    ]
-    return {"rows": rows, "files": files}
 
 
 # ---------------------------------------------------------------- formatting
