@@ -158,3 +158,16 @@ def test_ray_address_comes_from_the_environment_when_not_passed(tmp_path, monkey
     checks = {check["name"]: check for check in json.loads(process.stdout.strip().splitlines()[-1])["checks"]}
     assert checks["Ray"]["target"] == "127.0.0.1:9" and not checks["Ray"]["ok"]
     assert "not reachable" in checks["Ray"]["detail"]
+
+
+def test_help_lists_the_commands_in_their_order():
+    """Each module of xattn/cli/ registers its commands when xattn/cli/__init__.py imports it: that order is the help's."""
+    from xattn.cli import app
+    from xattn.cli.common import data_app, study_app
+
+    assert [command.name for command in app.registered_commands] == [
+        "compare", "compare-local", "report", "doctor", "ui", "dashboard", "export", "evaluate", "attention",
+    ]  # fmt: skip
+    assert [group.name for group in app.registered_groups] == ["study", "data"]
+    assert [command.name for command in study_app.registered_commands] == ["run", "resume", "list", "show"]
+    assert [command.name for command in data_app.registered_commands] == ["list", "fetch", "info"]

@@ -444,23 +444,23 @@ def test_optuna_in_the_database_behind_the_tracking_server_is_refused(tmp_path):
 
 def test_printed_commands_name_the_stores_they_need_and_paste_whole(tmp_path, monkeypatch):
     """What `study run` prints after a study (xattn ui, show, export, report, resume ...)."""
-    from xattn.cli import _store_flags
+    from xattn.cli.common import store_flags
     from xattn.tracking.store import Workspace
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("XATTN_WORKSPACE", raising=False)
-    assert _store_flags(Workspace.open(None, create=False), optuna=True) == ""
+    assert store_flags(Workspace.open(None, create=False), optuna=True) == ""
     spaced = tmp_path / "my studies"
-    assert _store_flags(Workspace.open(spaced, create=False)) == f" --workspace '{spaced}'"
+    assert store_flags(Workspace.open(spaced, create=False)) == f" --workspace '{spaced}'"
     other = Workspace.open(None, f"sqlite:///{tmp_path / 'lab.db'}", "postgresql://me:secret@db/optuna", create=False)
-    assert _store_flags(other, optuna=True) == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage 'postgresql://me:***@db/optuna'"
+    assert store_flags(other, optuna=True) == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage 'postgresql://me:***@db/optuna'"
 
 
 def test_an_os_error_no_check_foresaw_is_one_line_too(capsys):
     """The CLI's last net (a disk that fills, a permission that changes mid-command)."""
     import typer
 
-    from xattn.cli import friendly
+    from xattn.cli.common import friendly
 
     @friendly
     def command() -> None:
@@ -475,7 +475,7 @@ def test_an_os_error_no_check_foresaw_is_one_line_too(capsys):
 def test_ctrl_c_in_a_command_other_than_a_study_is_one_line_and_exit_130(capsys):
     import typer
 
-    from xattn.cli import friendly
+    from xattn.cli.common import friendly
 
     @friendly
     def command() -> None:

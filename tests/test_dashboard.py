@@ -13,9 +13,9 @@ import urllib.request
 import pytest
 from test_cli import REPO, xattn
 
+from xattn.studies import run_study
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import load_spec
-from xattn.studies import run_study
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,15 @@ def test_a_port_in_use_is_one_line_and_exit_2(tmp_path):
     assert process.returncode == 2, process.stderr
     (line,) = [line for line in process.stderr.splitlines() if line.strip()]
     assert f"port {port} on 127.0.0.1 is in use" in line
+
+
+def test_the_mlflow_ui_on_a_port_in_use_stops_before_announcing_or_starting_anything(tmp_path):
+    from xattn.dashboard import serve_mlflow_ui
+    from xattn.errors import StoreError
+
+    announced = []
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(StoreError, match=f"port {port} on 127.0.0.1 is in use \\(another MLflow UI\\?\\)"):
+            serve_mlflow_ui(f"sqlite:///{tmp_path / 'mlflow.db'}", "127.0.0.1", port, announce=announced.append)
+    assert announced == [] and list(tmp_path.iterdir()) == []

@@ -1,16 +1,19 @@
-"""`xattn dashboard`: optuna-dashboard on a workspace's Optuna storage.
+"""The two browsers on a workspace: optuna-dashboard on its Optuna storage, the MLflow UI on its tracking store.
 
-Every check that can fail on the user's input (a storage that is not there, a port already
-taken) ends in one line before the server starts; from then on it serves until stopped.
+`xattn dashboard` and `xattn ui` serve them. Every check that can fail on the user's input (a
+storage that is not there, a port already taken) ends in one line before the server starts; from
+then on it serves until stopped, and ends with every process it started.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from xattn.errors import StoreError, first_line
-from xattn.processes import check_port
+from xattn.processes import check_port, run_server
+from xattn.tracking.store import masked
 
 
 def open_storage(url: str):
@@ -18,8 +21,6 @@ def open_storage(url: str):
     would only show that the path was mistyped."""
     import optuna
     import sqlalchemy
-
-    from xattn.tracking.store import masked
 
     try:
         parsed = sqlalchemy.engine.make_url(url)
@@ -47,3 +48,13 @@ def serve(url: str, host: str, port: int, *, announce: Callable[[str, list[str]]
         optuna_dashboard.run_server(storage, host=host, port=port)
     except OSError as error:  # another process took the port since the check
         raise StoreError(f"cannot serve on {host}:{port} ({error.strerror or error}): pass another --port") from None
+
+
+def serve_mlflow_ui(tracking_uri: str, host: str, port: int, *, workers: int = 1, announce: Callable[[str], None]) -> int:
+    """Serve the MLflow UI on the tracking store `tracking_uri` (a database, not a server) on
+    http://host:port until stopped, ending with every process it started; `announce(url)` is
+    called once the port is free. Returns the server's exit code (0 when stopped by a signal)."""
+    check_port(host, port, "another MLflow UI?")
+    announce(f"http://{host}:{port}")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", str(workers)]
+    return run_server(command)

@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xattn.errors import XattnError
+from xattn.errors import StoreError, XattnError, first_line
 from xattn.tracking.store import Workspace, check_optuna_storage, connect, masked
 from xattn.tuning.cluster import tcp_unreachable
 
@@ -67,8 +67,6 @@ def check_tracking_store(workspace: Workspace):
     uri = workspace.tracking_uri
     import mlflow
 
-    from xattn.errors import StoreError
-
     try:
         client = connect(workspace)
     except StoreError as error:
@@ -108,8 +106,6 @@ def check_artifacts(client, workspace: Workspace) -> Check:
 
 
 def check_optuna(url: str) -> Check:
-    from xattn.errors import StoreError
-
     try:
         check_optuna_storage(url)
         import optuna
@@ -119,7 +115,7 @@ def check_optuna(url: str) -> Check:
     except StoreError as error:
         return Check("Optuna storage", masked(url), False, str(error))
     except Exception as error:  # noqa: BLE001
-        return Check("Optuna storage", masked(url), False, f"{type(error).__name__}: {str(error)[:200]}")
+        return Check("Optuna storage", masked(url), False, f"{type(error).__name__}: {first_line(error)}")
     if current != head:
         return Check("Optuna storage", masked(url), False, f"schema {current}, Optuna {optuna.__version__} needs {head}: run `optuna storage upgrade --storage URL`")
     return Check("Optuna storage", masked(url), True, f"reachable; schema current (Optuna {optuna.__version__})")
@@ -143,8 +139,7 @@ def check_ray(address: str | None) -> Check:
         resources = ray.cluster_resources()
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     except Exception as error:  # noqa: BLE001 - unreachable, version mismatch, auth
-        text = str(error).strip().splitlines()
-        return Check("Ray", address, False, (text[0] if text else type(error).__name__)[:300])
+        return Check("Ray", address, False, first_line(error, 300))
     finally:
         if ray.is_initialized():
             ray.shutdown()
