@@ -7,10 +7,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
+from xattn.studies import run_study
 from xattn.tracking.store import Workspace
 from xattn.tuning.comparison import compare_runs, load_comparison
 from xattn.tuning.spec import parse_spec
-from xattn.studies import run_study
 
 
 def fake_run(family, fold, seed, pearson, status="FINISHED"):

@@ -15,8 +15,8 @@ import pytest
 from data_fixtures import upper_triangle
 from scipy.spatial.distance import pdist
 
-from xattn.data import DATASETS, data_mirror as resolve_mirror, fetch, load_dataset
-from xattn.data import datasets
+from xattn.data import DATASETS, datasets, fetch, load_dataset
+from xattn.data import data_mirror as resolve_mirror
 from xattn.errors import DataError
 
 SMALL = "hcp-s100-r08"  # the smallest file dataset, for tests that copy or serve files

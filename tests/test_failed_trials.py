@@ -9,9 +9,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from xattn.studies import run_study
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import parse_spec
-from xattn.studies import run_study
 
 pytestmark = pytest.mark.e2e
 

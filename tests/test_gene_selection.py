@@ -7,9 +7,9 @@ import pytest
 
 from xattn.data import load_dataset, region_folds
 from xattn.data.gene_selection import select_genes
+from xattn.data.spec import DataSpec
 from xattn.errors import DataError, SpecError
 from xattn.experiment import prepare_experiment
-from xattn.data.spec import DataSpec
 from xattn.tuning.spec import parse_spec
 
 

@@ -9,9 +9,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from xattn.export import evaluate_export, export_best
+from xattn.studies import run_study
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import parse_spec
-from xattn.studies import run_study
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def test_each_configuration_trains_once_per_inner_fold(study, tmp_path):
     for run in runs:
         by_number.setdefault(run.data.tags["xattn.optuna_trial_number"], []).append(run)
     assert sorted(by_number) == [str(n) for n in range(CONFIGS)]
-    for number, group in by_number.items():
+    for group in by_number.values():
         assert sorted(int(r.data.tags["xattn.inner_fold"]) for r in group) == list(range(INNER))
         assert len({r.data.params["learning_rate"] for r in group}) == 1  # one configuration
         assert all(r.data.tags["mlflow.runName"].endswith(f"-inner{r.data.tags['xattn.inner_fold']}") for r in group)

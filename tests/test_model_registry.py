@@ -14,12 +14,12 @@ from test_cli import REPO, xattn
 
 from xattn.errors import ModelNotFound
 from xattn.export import export_best, export_manifest
+from xattn.studies import run_study
 from xattn.tracking.model_registry import BEST_ALIAS, register_best
 from xattn.tracking.runs import CheckpointCache
-from xattn.tracking.tags import SHA256_PREFIX
 from xattn.tracking.store import Workspace
+from xattn.tracking.tags import SHA256_PREFIX
 from xattn.tuning.spec import load_spec
-from xattn.studies import run_study
 
 pytestmark = pytest.mark.e2e
 

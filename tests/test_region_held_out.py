@@ -6,10 +6,10 @@ import dataclasses
 import pytest
 import torch
 
+from xattn.data.spec import DataSpec
 from xattn.experiment import build_trial_model, prepare_experiment
 from xattn.models.registry import MODEL_FAMILIES
 from xattn.training.trainer import TrainConfig, fit
-from xattn.data.spec import DataSpec
 
 TINY = {
     "d_model": 8, "nhead": 2, "num_layers": 1, "deep_hidden_dims": [8], "token_encoder_dim": 8, "rank": 4,

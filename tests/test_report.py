@@ -117,8 +117,8 @@ def assert_rendered(page: SimpleNamespace) -> None:
 
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory, ray_local):
-    from xattn.tuning.spec import parse_spec
     from xattn.studies import run_study
+    from xattn.tuning.spec import parse_spec
 
     spec = parse_spec(
         {
@@ -176,9 +176,9 @@ def interrupted_study(tmp_path_factory):
     and one cut off mid-way, no checkpoint, and no Optuna study in the storage."""
     from mlflow.entities import Metric
 
-    from xattn.tuning.spec import parse_spec
     from xattn.studies import open_stores, study_run
     from xattn.tracking import parent_run
+    from xattn.tuning.spec import parse_spec
 
     spec = parse_spec({"name": "report-killed", "search": {"space": {"d_model": [8, 16]}}, "budget": {"trials": 4, "max_epochs": 5}})
     workspace = Workspace.open(tmp_path_factory.mktemp("ws"))

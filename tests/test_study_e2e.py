@@ -12,17 +12,16 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
-
 import optuna
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from xattn.export import evaluate_export, export_best, verify_export
 from xattn.errors import DataError
+from xattn.export import evaluate_export, export_best, verify_export
+from xattn.studies import FIGURES_ENV, run_study
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec import parse_spec
-from xattn.studies import FIGURES_ENV, run_study
 
 pytestmark = pytest.mark.e2e
 

@@ -24,10 +24,10 @@ from xattn.data import (
 )
 from xattn.data.gene_selection import select_genes
 from xattn.data.nulls import null_data
+from xattn.data.spec import DataSpec
 from xattn.data.splits import inner_folds
 from xattn.models.registry import build_model, fit_to_training_regions
 from xattn.training.pair_data import PairData
-from xattn.data.spec import DataSpec
 
 
 @dataclass

@@ -17,10 +17,10 @@ from typing import Any
 
 from xattn.errors import DataError, StoreError
 from xattn.paths import ensure_can_create
-from xattn.tracking.store import Workspace, connect
-from xattn.tracking.runs import CheckpointCache, best_child, find_parent_run
-from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
 from xattn.tracking import tags
+from xattn.tracking.runs import CheckpointCache, best_child, find_parent_run
+from xattn.tracking.store import Workspace, connect
+from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
 
 MANIFEST = "manifest.json"
 

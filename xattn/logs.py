@@ -14,8 +14,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LOG_FILE = "xattn.log"
 # Loggers that come with their own stderr handler (Ray) or that the CLI wants at INFO.

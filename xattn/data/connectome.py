@@ -71,7 +71,7 @@ class ConnectomeData:
             "expression_max": float(self.expression.max()),
         }
 
-    def select_genes(self, keep: np.ndarray) -> "ConnectomeData":
+    def select_genes(self, keep: np.ndarray) -> ConnectomeData:
         """A copy restricted to the gene columns `keep` (indices, in the new order)."""
         keep = np.asarray(keep, dtype=np.int64)
         return ConnectomeData(

@@ -7,8 +7,9 @@ preprocessing step like any other). A file is a plain gene list, one symbol a li
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

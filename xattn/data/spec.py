@@ -44,7 +44,7 @@ class SplitSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _fold_in_range(self) -> "SplitSpec":
+    def _fold_in_range(self) -> SplitSpec:
         if self.fold >= self.folds:
             raise ValueError(f"fold={self.fold} but there are only {self.folds} folds (0..{self.folds - 1})")
         if self.inner_folds == 1:
@@ -102,7 +102,7 @@ class DataSpec(Strict):
         raise ValueError(f"{value!r} is not a gene selection: {usage}")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataSpec":
+    def _one_source(self) -> DataSpec:
         if self.files is not None and self.dataset not in (None, "synthetic"):
             raise ValueError("give either `dataset` or `files`, not both")
         if self.files is not None:

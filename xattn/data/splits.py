@@ -64,7 +64,7 @@ class RegionSplit:
         }
 
     @classmethod
-    def from_dict(cls, payload: dict) -> "RegionSplit":
+    def from_dict(cls, payload: dict) -> RegionSplit:
         return cls(**{key: payload[key] for key in (*PARTS, "fold", "method", "seed")})
 
     def __eq__(self, other: object) -> bool:

@@ -10,11 +10,6 @@ from xattn.models.attention import (
 )
 from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
 from xattn.models.mlp import MLPConfig, MLPModel
-from xattn.models.self_attention import (
-    SharedSelfAttentionGene2VecModel,
-    SharedSelfAttentionModel,
-    SharedSelfAttentionPoolingModel,
-)
 from xattn.models.registry import (
     MODEL_FAMILIES,
     ModelFamily,
@@ -26,6 +21,11 @@ from xattn.models.registry import (
     model_from_dict,
     model_param_names,
     model_to_dict,
+)
+from xattn.models.self_attention import (
+    SharedSelfAttentionGene2VecModel,
+    SharedSelfAttentionModel,
+    SharedSelfAttentionPoolingModel,
 )
 
 __all__ = [

@@ -50,11 +50,19 @@ from torch import Tensor
 
 from xattn.errors import SpecError
 from xattn.models.attention import alibi_bias, alibi_slopes, attention
+from xattn.models.baselines import standardise_rows
 from xattn.models.gene_tokens import GeneTokenFields, gene_tokens_of
 from xattn.models.layers import (
-    AttentionPooling, FeedForward, MLPHead, SelfAttention, boolean, choice, layer_widths, positive_int, probability,
+    AttentionPooling,
+    FeedForward,
+    MLPHead,
+    SelfAttention,
+    boolean,
+    choice,
+    layer_widths,
+    positive_int,
+    probability,
 )  # fmt: skip
-from xattn.models.baselines import standardise_rows
 
 CLS_FEATURES = {"random": 6, "spatial": 6, "expression": 2}  # the input width of each kind of CLS token
 POOLING_MODES = ("mean", "attention", "cls")

@@ -81,7 +81,7 @@ class GeneTokenFields:
         self.bin_temperature = float(temperature)
 
 
-def gene_tokens_of(config, gene_vectors: Tensor | None) -> "GeneTokens":
+def gene_tokens_of(config, gene_vectors: Tensor | None) -> GeneTokens:
     """The gene tokens of a config with GeneTokenFields, n_genes, gene_vector_dim, d_model and
     learn_gene_vectors: the one place every family builds them."""
     return GeneTokens(

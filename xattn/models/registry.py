@@ -10,15 +10,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
 from xattn.errors import SpecError
-from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
-from xattn.models.cross_attention import blind_spot as cross_attention_blind_spot
-from xattn.models.mlp import MLPConfig, MLPModel
 from xattn.models.baselines import (
     BilinearLowRankConfig,
     BilinearLowRankModel,
@@ -27,6 +25,9 @@ from xattn.models.baselines import (
     DistanceDecayConfig,
     DistanceDecayModel,
 )
+from xattn.models.cross_attention import CrossAttentionConfig, CrossAttentionGene2VecModel
+from xattn.models.cross_attention import blind_spot as cross_attention_blind_spot
+from xattn.models.mlp import MLPConfig, MLPModel
 from xattn.models.self_attention import (
     SharedSelfAttentionConfig,
     SharedSelfAttentionGene2VecConfig,

@@ -87,7 +87,15 @@ from torch import Tensor
 
 from xattn.models.cross_attention import CrossAttentionConfig
 from xattn.models.gene_tokens import GeneTokenFields, gene_tokens_of
-from xattn.models.layers import AttentionPooling, FeedForward, MLPHead, SelfAttention, boolean, non_negative_int, positive_int
+from xattn.models.layers import (
+    AttentionPooling,
+    FeedForward,
+    MLPHead,
+    SelfAttention,
+    boolean,
+    non_negative_int,
+    positive_int,
+)
 
 _CROSS_FIELDS = frozenset(f.name for f in dataclasses.fields(CrossAttentionConfig))
 

@@ -23,7 +23,14 @@ from mlflow.tracking import MlflowClient
 from xattn.errors import StudyNotFound, XattnError, first_line
 from xattn.paths import ensure_can_create
 from xattn.tracking import tags
-from xattn.tracking.runs import best_child, child_runs, find_parent_run, read_artifact_json, read_artifact_text, trial_row
+from xattn.tracking.runs import (
+    best_child,
+    child_runs,
+    find_parent_run,
+    read_artifact_json,
+    read_artifact_text,
+    trial_row,
+)
 from xattn.tracking.store import Workspace, connect, masked
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"

@@ -11,8 +11,8 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from xattn.tracking.runs import driver_alive
 from xattn.tracking import tags
+from xattn.tracking.runs import driver_alive
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

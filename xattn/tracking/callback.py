@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.search.repeater import TRIAL_INDEX
+
 from xattn.tracking import tags
 from xattn.training.checkpoint import CHECKPOINT_FILES
 

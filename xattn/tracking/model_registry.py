@@ -17,9 +17,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from xattn.tracking.store import masked
 from xattn.errors import ModelNotFound, StoreError
 from xattn.tracking import tags
+from xattn.tracking.store import masked
 
 BEST_ALIAS = "best"
 CHECKPOINT = "checkpoint"

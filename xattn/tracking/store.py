@@ -38,7 +38,7 @@ class Workspace:
         tracking_uri: str | None = None,
         optuna_storage: str | None = None,
         create: bool = True,
-    ) -> "Workspace":
+    ) -> Workspace:
         root = Path(root or os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
         ensure_not_a_file(root, "workspace", "pass --workspace DIR")
         # Checked before the workspace is created: a bad URI must leave nothing behind.

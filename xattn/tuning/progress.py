@@ -11,8 +11,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ray.tune import Callback
 from rich.console import Console, Group, RenderableType

@@ -45,7 +45,7 @@ class ParamSpec(Strict):
     step: float | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ParamSpec":
+    def _consistent(self) -> ParamSpec:
         if self.type == "choice":
             if not self.values:
                 raise ValueError("a choice needs a non-empty `values` list")
@@ -84,7 +84,7 @@ class SearchSpec(Strict):
         return space
 
     @model_validator(mode="after")
-    def _default_mode(self) -> "SearchSpec":
+    def _default_mode(self) -> SearchSpec:
         if self.mode is None:
             self.__dict__["mode"] = "min" if self.metric == "val_loss" else "max"
         return self
@@ -170,7 +170,7 @@ class StudySpec(Strict):
             return list(BASELINES)
         return value
 
-    def for_family(self, family: str) -> "StudySpec":
+    def for_family(self, family: str) -> StudySpec:
         """The same study (data, split, budget, seed) for another model family."""
         from xattn.tuning.search_space import DEFAULT_FIXED, DEFAULT_SPACES
 
@@ -188,7 +188,7 @@ class StudySpec(Strict):
         raw["search"]["space"] = {k: (v.model_dump(exclude_none=True) if isinstance(v, ParamSpec) else v) for k, v in space.items()}
         return StudySpec.model_validate(raw)
 
-    def for_variant(self, variant: str) -> "StudySpec":
+    def for_variant(self, variant: str) -> StudySpec:
         """The study's own family with variant `variant`'s hyperparameters fixed (and no longer searched)."""
         overrides = self.comparison.variants[variant]
         raw = self.model_dump(mode="json", exclude={"compare_with", "comparison"})

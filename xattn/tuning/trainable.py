@@ -18,7 +18,6 @@ from xattn.training.trainer import EpochReport, TrainingDiverged, fit
 from xattn.tuning.spec import StudySpec
 from xattn.tuning.trial import prepare_trial
 
-
 DIVERGED_MARKER = "diverged.txt"
 
 
