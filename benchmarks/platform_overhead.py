@@ -99,7 +99,9 @@ def plain_trials(spec_path: str, mirror: str) -> None:
     print(PLAIN_TAG + json.dumps({"trial_seconds": seconds, "epoch_ends": epoch_ends}), flush=True)
 
 
-def _plain_child(spec: dict[str, Any], folder: Path, mirror: str, env: dict[str, str]) -> tuple[float, dict[str, Any] | str]:
+def _plain_child(
+    spec: dict[str, Any], folder: Path, mirror: str, env: dict[str, str]
+) -> tuple[float, dict[str, Any] | str]:
     """`plain_trials` in a fresh process: its wall time from launch to exit, and its payload
     (or the error it printed)."""
     import yaml
@@ -118,7 +120,9 @@ def _plain_child(spec: dict[str, Any], folder: Path, mirror: str, env: dict[str,
     return wall, payload
 
 
-def epochs_for(trial_s: float, *, cpus: int, cuda: bool, mirror: str, folder: Path, env: dict[str, str]) -> dict[str, Any] | str:
+def epochs_for(
+    trial_s: float, *, cpus: int, cuda: bool, mirror: str, folder: Path, env: dict[str, str]
+) -> dict[str, Any] | str:
     """The epoch count that makes a trial of the full-mode config last about `trial_s`, from
     a 2-epoch trial in a fresh process (its second epoch, so one-off set-up counts once)."""
     spec = platform_spec(quick=False, cpus=cpus, cuda=cuda, epochs=2)
@@ -157,7 +161,9 @@ def measure_platform(*, quick: bool, cpus: int, cuda: bool, mirror: str, trial_s
             if isinstance(calibration, str):
                 return {"error": calibration}
             epochs = calibration["epochs"]
-            log(f"platform: one epoch takes {calibration['epoch_s']:.1f}s, so {epochs} epochs make a trial of about {trial_s:.0f}s")
+            log(
+                f"platform: one epoch takes {calibration['epoch_s']:.1f}s, so {epochs} epochs make a trial of about {trial_s:.0f}s"
+            )
         spec = platform_spec(quick=quick, cpus=cpus, cuda=cuda, epochs=epochs)
         spec_path = Path(tmp) / "bench-platform.yaml"
         spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -191,7 +197,9 @@ def measure_platform(*, quick: bool, cpus: int, cuda: bool, mirror: str, trial_s
     sd_trial = statistics.stdev(trial_s_measured) if len(trial_s_measured) > 1 else None
     stat = summary([overhead])
     stat["sd"] = None if sd_trial is None else sd_trial * math.sqrt(len(trial_s_measured)) / study_wall
-    stat["sd_basis"] = "one run each; sd estimated from the plain loop's trial-to-trial sd, sqrt(trials) * sd / study wall"
+    stat["sd_basis"] = (
+        "one run each; sd estimated from the plain loop's trial-to-trial sd, sqrt(trials) * sd / study wall"
+    )
     return {
         "overhead_fraction": stat,
         "study_wall_s": study_wall,
@@ -211,7 +219,9 @@ def measure_platform(*, quick: bool, cpus: int, cuda: bool, mirror: str, trial_s
     }
 
 
-def overhead_parts(study_wall: float, plain_wall: float, plain_trials: list[float], timeline: dict[str, Any]) -> dict[str, Any]:
+def overhead_parts(
+    study_wall: float, plain_wall: float, plain_trials: list[float], timeline: dict[str, Any]
+) -> dict[str, Any]:
     """The study's extra seconds split into a per-trial part (its trials as the driver saw them,
     and the gaps between them, against the plain loop's trials) and a once-per-study part (the
     rest), and the overhead those two parts give a study of n trials of the measured length:

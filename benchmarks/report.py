@@ -82,7 +82,9 @@ def platform_lines(plat: dict[str, Any] | None) -> list[str]:
     if "fixed_s" in parts:
         projected = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in parts["projected_overhead_fraction"].items())
         needed = parts["trials_for_goal"]
-        goal = f"under 0.05 from {needed} trials" if needed else "never under 0.05 (the per-trial part alone is over it)"
+        goal = (
+            f"under 0.05 from {needed} trials" if needed else "never under 0.05 (the per-trial part alone is over it)"
+        )
         lines.append(f"  once per study {parts['fixed_s']:.1f}s, per trial {parts['per_trial_s']:.2f}s "
                      f"({parts['per_trial_fraction']:.3f} of a trial); studies of such trials: {projected}; {goal}")  # fmt: skip
     return lines
@@ -115,8 +117,14 @@ def print_report(report: dict[str, Any]) -> None:
     options = report.get("options", {}).get("options", {})
     for name, entry in options.items():
         memory = entry.get("memory", {})
-        ratio = f", memory 810/405 genes {fmt(memory['peak_ratio_810_over_405'], 2)}" if "peak_ratio_810_over_405" in memory else ""
-        lines.append(f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, {fmt(entry['ratio_to_reference'], 2)} x the reference{ratio}")
+        ratio = (
+            f", memory 810/405 genes {fmt(memory['peak_ratio_810_over_405'], 2)}"
+            if "peak_ratio_810_over_405" in memory
+            else ""
+        )
+        lines.append(
+            f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, {fmt(entry['ratio_to_reference'], 2)} x the reference{ratio}"
+        )
     lines += platform_lines(report.get("platform"))
     title = (f"xattn training throughput on {report['dataset']} - {report['device']} ({report['device_name']}), "
              f"torch {report['torch_version']}, {report['threads']} threads, {report['mode']}")  # fmt: skip

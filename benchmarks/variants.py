@@ -47,7 +47,9 @@ def bench_options(experiment, s: Settings, *, memory: bool) -> dict[str, Any]:
         if memory:
             entry["memory"] = measure_memory(experiment, s, option=name, reps=1)
         result["options"][name] = entry
-        log(f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, {fmt(entry['ratio_to_reference'], 2)} x the reference")
+        log(
+            f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, {fmt(entry['ratio_to_reference'], 2)} x the reference"
+        )
     return result
 
 

@@ -30,6 +30,7 @@ def data_mirror() -> Path:
         pytest.skip(message)
     return path
 
+
 @pytest.fixture(scope="session")
 def hcp_s100(data_mirror):
     from xattn.data import load_dataset

@@ -21,8 +21,6 @@ def mirror_path() -> Path:
     return Path(os.environ.get("XATTN_DATA_MIRROR") or DEFAULT_MIRROR)
 
 
-
-
 def write_csv(path: Path, rows: list[list], header: list | None = None) -> Path:
     """Write rows (and an optional header) as CSV without an index; returns the path."""
     pd.DataFrame(rows, columns=header).to_csv(path, index=False, header=header is not None)

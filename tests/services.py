@@ -36,7 +36,9 @@ def wait_until(ready, what: str, process: subprocess.Popen | None = None, timeou
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"{what} exited with {process.returncode}:\n{process.stdout.read() if process.stdout else ''}")
+            raise AssertionError(
+                f"{what} exited with {process.returncode}:\n{process.stdout.read() if process.stdout else ''}"
+            )
         with contextlib.suppress(Exception):
             if ready():
                 return
@@ -46,7 +48,9 @@ def wait_until(ready, what: str, process: subprocess.Popen | None = None, timeou
 
 def start(args: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     handle = log.open("w")
-    return subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        args, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+    )
 
 
 def stop(process: subprocess.Popen) -> None:

@@ -14,13 +14,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 def xattn(*args, cwd, check=False, timeout=600, env=None):
     """The CLI in a subprocess; `env` entries set to None are removed from its environment."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # output to a pipe at rich's default width: wrapping shows
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }  # output to a pipe at rich's default width: wrapping shows
     env = {name: value for name, value in env.items() if value is not None}
     process = subprocess.run(
-        [sys.executable, "-m", "xattn.cli", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "xattn.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and process.returncode != 0:
-        raise AssertionError(f"xattn {' '.join(map(str, args))} exited {process.returncode}:\n{process.stdout}\n{process.stderr}")
+        raise AssertionError(
+            f"xattn {' '.join(map(str, args))} exited {process.returncode}:\n{process.stdout}\n{process.stderr}"
+        )
     return process
 
 
@@ -81,7 +92,9 @@ def test_malformed_yaml_exits_2(tmp_path):
     ],
 )
 def test_unusable_stores_stop_the_study_with_one_line(tmp_path, store_flags, expected):
-    process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *store_flags, cwd=tmp_path, timeout=120)
+    process = xattn(
+        "study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *store_flags, cwd=tmp_path, timeout=120
+    )
     assert process.returncode == 2, process.stderr
     (line,) = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert expected in line and "secret" not in process.stderr
@@ -106,7 +119,9 @@ def test_a_workspace_without_a_store_exits_2_and_stays_empty(tmp_path):
 def test_data_list_and_info(tmp_path, mirror):
     listed = json.loads(xattn("data", "list", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
     assert {"hcp-s100", "hcp-s100-sc", "hcp-s100-r08", "hcp-s400", "synthetic"} <= {row["name"] for row in listed}
-    info = json.loads(xattn("data", "info", "hcp-s100-r08", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
+    info = json.loads(
+        xattn("data", "info", "hcp-s100-r08", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
+    )
     assert info["regions"] == 100 and info["genes"] == 34
 
 
@@ -114,13 +129,24 @@ def test_data_list_and_info(tmp_path, mirror):
 def test_quickstart_from_the_cli(tmp_path):
     """The demo's path, shortened: run, show, export, evaluate, all as a user types them."""
     process = xattn(
-        "study", "run", REPO / "studies" / "quickstart.yaml", "--trials", 2, "--max-epochs", 2, "--json", cwd=tmp_path, check=True
+        "study",
+        "run",
+        REPO / "studies" / "quickstart.yaml",
+        "--trials",
+        2,
+        "--max-epochs",
+        2,
+        "--json",
+        cwd=tmp_path,
+        check=True,
     )
     result = json.loads(process.stdout.strip().splitlines()[-1])
     assert result["name"] == "quickstart" and result["trial_counts"] == {"finished": 2}
     assert "xattn ui" in process.stdout and "xattn export quickstart" in process.stdout
 
-    shown = json.loads(xattn("study", "show", "quickstart", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
+    shown = json.loads(
+        xattn("study", "show", "quickstart", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
+    )
     assert shown["parent_run_id"] == result["parent_run_id"]
     assert len(shown["trials"]) == 2
     assert {t["parent_run_id"] for t in shown["trials"]} == {result["parent_run_id"]}
@@ -131,21 +157,31 @@ def test_quickstart_from_the_cli(tmp_path):
     for command in (["study", "show", "quickstart"], ["export", "quickstart", "--out", tmp_path / "other"]):
         process = xattn(*command, "--run-id", trial_run, cwd=tmp_path)
         assert process.returncode == 2 and len(process.stderr.strip().splitlines()) == 1, process.stderr
-        assert f"is not a study run of 'quickstart'; its study runs, newest first: {result['parent_run_id']}" in process.stderr
+        assert (
+            f"is not a study run of 'quickstart'; its study runs, newest first: {result['parent_run_id']}"
+            in process.stderr
+        )
     resumed = xattn("study", "resume", "quickstart", cwd=tmp_path)
     assert resumed.returncode == 2 and resumed.stdout == ""
-    assert f"the newest run of study 'quickstart' ({result['parent_run_id']}) finished: nothing to resume" in resumed.stderr
+    assert (
+        f"the newest run of study 'quickstart' ({result['parent_run_id']}) finished: nothing to resume"
+        in resumed.stderr
+    )
 
     xattn("export", "quickstart", "--out", tmp_path / "best", cwd=tmp_path, check=True)
     (tmp_path / "best" / "stale.txt").write_text("from an earlier export")
     xattn("export", "quickstart", "--out", tmp_path / "best", "--force", cwd=tmp_path, check=True)  # replaces an export
     assert not (tmp_path / "best" / "stale.txt").exists()
-    evaluated = json.loads(xattn("evaluate", tmp_path / "best", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
+    evaluated = json.loads(
+        xattn("evaluate", tmp_path / "best", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
+    )
     assert evaluated["metrics"]["test_pearson"] == pytest.approx(result["best"]["metrics"]["test_pearson"], abs=1e-4)
 
 
 def test_doctor_names_a_tracking_server_that_is_down(tmp_path):
-    process = xattn("doctor", "--workspace", tmp_path / "ws", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path, timeout=120)
+    process = xattn(
+        "doctor", "--workspace", tmp_path / "ws", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path, timeout=120
+    )
     assert process.returncode == 1
     (line,) = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert "tracking store" in line and "http://127.0.0.1:9" in line

@@ -34,7 +34,9 @@ def test_a_cluster_with_too_few_gpus_is_named():
 
 def test_an_address_nothing_listens_at_is_refused_and_local_ray_is_not_probed():
     port = free_port()
-    with pytest.raises(StoreError, match=rf"cannot reach the Ray cluster at ray://127.0.0.1:{port} \(Connection refused\)"):
+    with pytest.raises(
+        StoreError, match=rf"cannot reach the Ray cluster at ray://127.0.0.1:{port} \(Connection refused\)"
+    ):
         check_ray_address(f"ray://127.0.0.1:{port}")
     for address in (None, "auto", "local"):
         check_ray_address(address)

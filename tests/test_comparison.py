@@ -28,7 +28,9 @@ def test_differences_are_paired_on_fold_and_seed():
     keys = [(fold, seed) for fold in range(4) for seed in range(3)]
     reference = {key: 0.3 + 0.1 * key[0] + rng.normal(0, 0.01) for key in keys}
     baseline = {key: value - 0.05 + rng.normal(0, 0.01) for key, value in reference.items()}
-    runs = [fake_run("cross", *k, v) for k, v in reference.items()] + [fake_run("base", *k, v) for k, v in baseline.items()]
+    runs = [fake_run("cross", *k, v) for k, v in reference.items()] + [
+        fake_run("base", *k, v) for k, v in baseline.items()
+    ]
     runs.append(fake_run("base", 9, 9, 0.99))  # no partner: must not enter the paired difference
     runs.append(fake_run("cross", 0, 0, -5.0, status="FAILED"))  # failed runs are not counted
     result = compare_runs(runs, reference="cross")
@@ -53,13 +55,23 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
             "name": "compare-e2e",
             "data": {"dataset": "hcp-s100-r08"},
             "model": {"fixed": {"num_layers": 1, "deep_hidden_dims": [16], "batch_size": 512}},
-            "search": {"space": {"d_model": [8], "nhead": [2], "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+            "search": {
+                "space": {
+                    "d_model": [8],
+                    "nhead": [2],
+                    "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+                }
+            },
             "budget": {"trials": trials, "max_epochs": 2},
             "compare_with": ["shared_self_attention_pooling"],
             "comparison": {
                 "folds": folds,
                 "seeds": seeds,
-                "baselines": {"shared_self_attention_pooling": {"space": {"d_model": [8], "nhead": [2], "num_layers": [1], "token_encoder_dim": [8]}}},
+                "baselines": {
+                    "shared_self_attention_pooling": {
+                        "space": {"d_model": [8], "nhead": [2], "num_layers": [1], "token_encoder_dim": [8]}
+                    }
+                },
                 # a variant of the study's family, and the arm the differences are taken from
                 "variants": {"both-ways": {"bidirectional": True, "direction_combine": "product"}},
                 "reference": "cross_attention:both-ways",
@@ -83,7 +95,9 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
     }
     finals = [r for r in runs if r.data.tags["xattn.role"] == "final"]
     for arm in ("cross_attention", "shared_self_attention_pooling", "cross_attention:both-ways"):
-        keys = {(r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]) for r in finals if r.data.tags["xattn.arm"] == arm}
+        keys = {
+            (r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]) for r in finals if r.data.tags["xattn.arm"] == arm
+        }
         assert keys == {(str(f), str(s)) for f in range(folds) for s in range(seeds)}
     # the variant is the study's best configuration with its overrides, and says so in its params
     best = client.get_run(result.best["run_id"]).data.params
@@ -96,7 +110,11 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
 
     comparison = load_comparison(client, spec.name)
     assert comparison["reference"] == "cross_attention:both-ways"
-    assert [e["family"] for e in comparison["families"]] == ["cross_attention:both-ways", "cross_attention", "shared_self_attention_pooling"]
+    assert [e["family"] for e in comparison["families"]] == [
+        "cross_attention:both-ways",
+        "cross_attention",
+        "shared_self_attention_pooling",
+    ]
     # the search's agreement with test r, per family and over both families' trials (a variant has no search)
     assert [e["search_trials"] for e in comparison["families"]] == [0, trials, trials]
     assert comparison["search_agreement"]["n_trials"] == 2 * trials
@@ -131,7 +149,9 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
 def test_validation_test_agreement_is_the_rank_correlation_of_selection_metric_and_test_r():
     from xattn.tuning.comparison import validation_test_agreement
 
-    trials = [{"best_val_loss": loss, "test_pearson": r} for loss, r in [(0.1, 0.5), (0.2, 0.4), (0.3, 0.1), (0.4, 0.2)]]
+    trials = [
+        {"best_val_loss": loss, "test_pearson": r} for loss, r in [(0.1, 0.5), (0.2, 0.4), (0.3, 0.1), (0.4, 0.2)]
+    ]
     agreement = validation_test_agreement(trials, "val_loss", "min")
     # lower loss is better: loss ranks 1-4 against test r ranks 1, 2, 4, 3
     assert agreement["spearman"] == pytest.approx(stats.spearmanr([1, 2, 3, 4], [1, 2, 4, 3])[0])
@@ -142,4 +162,9 @@ def test_validation_test_agreement_is_the_rank_correlation_of_selection_metric_a
     assert np.isnan(validation_test_agreement(trials[:2], "val_loss", "min")["spearman"])
     same = [{"best_val_loss": 0.1, "test_pearson": r} for r in (0.1, 0.2, 0.3)]
     assert np.isnan(validation_test_agreement(same, "val_loss", "min")["spearman"])
-    assert validation_test_agreement(trials + [{"best_val_loss": float("nan"), "test_pearson": 0.9}], "val_loss", "min")["n_trials"] == 4
+    assert (
+        validation_test_agreement(trials + [{"best_val_loss": float("nan"), "test_pearson": 0.9}], "val_loss", "min")[
+            "n_trials"
+        ]
+        == 4
+    )

@@ -41,12 +41,20 @@ STATE = {
     ("ray-head", "/data"),
     ("ray-worker", "/data"),
 }
-SECRETS = {"POSTGRES_PASSWORD", "MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "RAY_AUTH_TOKEN"}
+SECRETS = {
+    "POSTGRES_PASSWORD",
+    "MLFLOW_ADMIN_USERNAME",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "RAY_AUTH_TOKEN",
+}
 DATABASES = {"mlflow", "mlflow_auth", "optuna"}
 
 # Compose interpolation: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error},
 # ${NAME:+alt}, ${NAME+alt}, $NAME; $$ is a literal dollar.
-VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)")
+VARIABLE = re.compile(
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_][A-Za-z0-9_]*)"
+)
 
 
 class MissingVariable(Exception):
@@ -208,7 +216,12 @@ def test_every_service_has_a_healthcheck(compose, name):
 
 
 def test_services_wait_for_what_they_need_to_be_healthy(compose):
-    needs = {"mlflow": {"postgres"}, "optuna-dashboard": {"postgres"}, "ray-head": {"mlflow"}, "ray-worker": {"ray-head"}}
+    needs = {
+        "mlflow": {"postgres"},
+        "optuna-dashboard": {"postgres"},
+        "ray-head": {"mlflow"},
+        "ray-worker": {"ray-head"},
+    }
     for name, wanted in needs.items():
         depends = compose["services"][name].get("depends_on", {})
         assert isinstance(depends, dict), f"{name}: depends_on without conditions starts before its dependencies are up"
@@ -277,12 +290,14 @@ def test_every_published_port_binds_to_loopback_by_default(raw, compose):
         for host_ip, published, target in published_ports(service):
             assert host_ip == "127.0.0.1", f"{name}: {host_ip}:{published}:{target}"
             seen.append((name, published, target))
-    assert sorted(seen) == sorted([
-        ("postgres", "5432", "5432"),
-        ("mlflow", "5000", "5000"),
-        ("ray-head", "8265", "8265"),
-        ("optuna-dashboard", "8080", "8080"),
-    ])
+    assert sorted(seen) == sorted(
+        [
+            ("postgres", "5432", "5432"),
+            ("mlflow", "5000", "5000"),
+            ("ray-head", "8265", "8265"),
+            ("optuna-dashboard", "8080", "8080"),
+        ]
+    )
     # XATTN_BIND moves every one of them, and nothing else does
     shared = resolve(raw, fake_env() | {"XATTN_BIND": "0.0.0.0"})
     for name, service in shared["services"].items():
@@ -305,7 +320,9 @@ def test_the_mlflow_server_accepts_the_host_names_its_clients_use(compose):
 def test_the_ray_worker_reserves_the_gpus(compose):
     devices = compose["services"]["ray-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(
-        device.get("driver") == "nvidia" and "gpu" in device.get("capabilities", []) and device.get("count") in ("all", 1)
+        device.get("driver") == "nvidia"
+        and "gpu" in device.get("capabilities", [])
+        and device.get("count") in ("all", 1)
         for device in devices
     ), devices
     for name in SERVICES - {"ray-worker"}:
@@ -344,7 +361,11 @@ def test_the_dockerfile_has_cpu_and_gpu_targets(raw):
 
 def test_the_image_gets_what_the_services_read(compose):
     text = DOCKERFILE.read_text()
-    ignored = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     for source in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.MULTILINE):
         for path in source.split():
             assert (ROOT / path).exists(), path
@@ -449,7 +470,9 @@ def test_mlflow_server_knows_every_flag_of_the_service(compose):
     assert words[:2] == ["mlflow", "server"]
     help_text = run_help("mlflow", "server")
     for flag in long_flags(words):
-        assert re.search(rf"(^|[\s,/]){re.escape(flag)}(?![\w-])", help_text, re.MULTILINE), f"mlflow server has no {flag}"
+        assert re.search(rf"(^|[\s,/]){re.escape(flag)}(?![\w-])", help_text, re.MULTILINE), (
+            f"mlflow server has no {flag}"
+        )
     assert words[words.index("--app-name") + 1] == "basic-auth" and "[basic-auth]" in help_text
     assert words[words.index("--backend-store-uri") + 1].startswith(("postgresql+psycopg2://", "postgresql+psycopg://"))
 
@@ -460,7 +483,9 @@ def test_ray_start_knows_every_flag_of_the_ray_services(compose):
         words = command_words(compose["services"][name])
         assert words[:2] == ["ray", "start"] and "--block" in words
         for flag in long_flags(words):
-            assert re.search(rf"(^|\s){re.escape(flag)}(?![\w-])", help_text, re.MULTILINE), f"{name}: ray start has no {flag}"
+            assert re.search(rf"(^|\s){re.escape(flag)}(?![\w-])", help_text, re.MULTILINE), (
+                f"{name}: ray start has no {flag}"
+            )
     assert "--head" in command_words(compose["services"]["ray-head"])
     assert "--address=ray-head:6379" in command_words(compose["services"]["ray-worker"])
     assert "--port=6379" in command_words(compose["services"]["ray-head"])
@@ -485,7 +510,11 @@ def test_the_mlflow_auth_config_reads_with_the_installed_mlflow(compose):
         "print(json.dumps(read_auth_config()._asdict()))"
     )
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
-    env |= {"MLFLOW_AUTH_CONFIG_PATH": str(path), "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-enough-password"}
+    env |= {
+        "MLFLOW_AUTH_CONFIG_PATH": str(path),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "a-long-enough-password",
+    }
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     auth = json.loads(done.stdout.strip().splitlines()[-1])

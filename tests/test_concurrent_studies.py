@@ -30,7 +30,10 @@ def test_two_studies_at_once_on_one_workspace(tmp_path):
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "xattn.cli", "study", "run", spec(tmp_path, name), "--workspace", workspace],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for name in ("left", "right")
     ]
@@ -49,5 +52,7 @@ def test_two_studies_at_once_on_one_workspace(tmp_path):
         assert len(children) == 3 == len(runs) - 1
         assert all(run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "val_loss")) == 3
                    for run in children)  # fmt: skip
-        optuna_study = optuna.load_study(study_name=parent.data.tags["xattn.optuna_study"], storage=f"sqlite:///{workspace / 'optuna.db'}")
+        optuna_study = optuna.load_study(
+            study_name=parent.data.tags["xattn.optuna_study"], storage=f"sqlite:///{workspace / 'optuna.db'}"
+        )
         assert [t.state.name for t in optuna_study.trials] == ["COMPLETE"] * 3

@@ -53,9 +53,13 @@ def test_a_tracking_uri_mlflow_cannot_open_is_one_line_and_writes_nothing(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 
-@pytest.mark.parametrize("command", [["study", "list"], ["study", "show", "quickstart"], ["export", "quickstart", "--out", "exported"]])
+@pytest.mark.parametrize(
+    "command", [["study", "list"], ["study", "show", "quickstart"], ["export", "quickstart", "--out", "exported"]]
+)
 def test_a_tracking_server_that_is_down_is_one_line_within_seconds(tmp_path, command):
-    process = xattn(*command, "--workspace", tmp_path / "ws", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path, timeout=60)
+    process = xattn(
+        *command, "--workspace", tmp_path / "ws", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path, timeout=60
+    )
     assert "cannot use the tracking store http://127.0.0.1:9" in one_error_line(process)
     assert list(tmp_path.iterdir()) == []
 
@@ -86,7 +90,9 @@ def test_export_to_a_file_is_called_a_file(tmp_path):
     (tmp_path / "ws" / "mlflow.db").touch()
     blocked = tmp_path / "notes.txt"
     blocked.write_text("mine")
-    line = one_error_line(xattn("export", "quickstart", "--out", blocked / "best", "--workspace", tmp_path / "ws", cwd=tmp_path))
+    line = one_error_line(
+        xattn("export", "quickstart", "--out", blocked / "best", "--workspace", tmp_path / "ws", cwd=tmp_path)
+    )
     assert f"{blocked} is a file, not a folder" in line and blocked.read_text() == "mine"
 
 
@@ -111,16 +117,43 @@ def an_empty_export(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "command, expected",
     [
-        (["export", "quickstart", "--out", f"{UNWRITABLE}/best"], f"--out {UNWRITABLE}/best cannot be written in /proc"),
+        (
+            ["export", "quickstart", "--out", f"{UNWRITABLE}/best"],
+            f"--out {UNWRITABLE}/best cannot be written in /proc",
+        ),
         (["report", "quickstart", "--out", f"{UNWRITABLE}.html"], "--out /proc cannot be written"),
-        (["report", "quickstart", "--out", "SPEC"], "is a file, not a folder: give a folder, or a file name ending in .html"),
+        (
+            ["report", "quickstart", "--out", "SPEC"],
+            "is a file, not a folder: give a folder, or a file name ending in .html",
+        ),
         (["attention", "EXPORT", "--out", UNWRITABLE], f"--out {UNWRITABLE} cannot be written"),
-        (["data", "fetch", "hcp-s100-r08", "--cache-dir", UNWRITABLE], f"download cache {UNWRITABLE} cannot be written"),
-        (["study", "run", "SPEC", "--optuna-storage", f"sqlite:///{UNWRITABLE}/optuna.db"], f"Optuna storage sqlite:///{UNWRITABLE}/optuna.db: its folder {UNWRITABLE} cannot be written in /proc"),
-        (["study", "run", "SPEC", "--tracking-uri", f"sqlite:///{UNWRITABLE}/mlflow.db"], f"tracking store sqlite:///{UNWRITABLE}/mlflow.db: its folder {UNWRITABLE} cannot be written in /proc"),
-        (["compare-local", "SPEC", "--set", "compare_with=[distance_decay]", "--json-out", f"{UNWRITABLE}.json"], "--json-out /proc cannot be written"),
+        (
+            ["data", "fetch", "hcp-s100-r08", "--cache-dir", UNWRITABLE],
+            f"download cache {UNWRITABLE} cannot be written",
+        ),
+        (
+            ["study", "run", "SPEC", "--optuna-storage", f"sqlite:///{UNWRITABLE}/optuna.db"],
+            f"Optuna storage sqlite:///{UNWRITABLE}/optuna.db: its folder {UNWRITABLE} cannot be written in /proc",
+        ),
+        (
+            ["study", "run", "SPEC", "--tracking-uri", f"sqlite:///{UNWRITABLE}/mlflow.db"],
+            f"tracking store sqlite:///{UNWRITABLE}/mlflow.db: its folder {UNWRITABLE} cannot be written in /proc",
+        ),
+        (
+            ["compare-local", "SPEC", "--set", "compare_with=[distance_decay]", "--json-out", f"{UNWRITABLE}.json"],
+            "--json-out /proc cannot be written",
+        ),
     ],
-    ids=["export", "report", "report-to-a-file", "attention", "data-cache", "optuna-sqlite", "tracking-sqlite", "compare-local"],
+    ids=[
+        "export",
+        "report",
+        "report-to-a-file",
+        "attention",
+        "data-cache",
+        "optuna-sqlite",
+        "tracking-sqlite",
+        "compare-local",
+    ],
 )
 def test_an_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, command, expected):
     """Checked before a study, a render or a download starts: nothing is left anywhere."""
@@ -136,26 +169,44 @@ def test_an_output_that_cannot_be_written_is_one_line_before_any_work(tmp_path, 
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--tracking-uri", "file:///tmp/mlruns"], "MLflow 3 no longer opens folder (file) stores; use sqlite:///PATH.db"),
+        (
+            ["--tracking-uri", "file:///tmp/mlruns"],
+            "MLflow 3 no longer opens folder (file) stores; use sqlite:///PATH.db",
+        ),
         (["--tracking-uri", "mlruns"], "MLflow 3 no longer opens folder (file) stores"),
         (["--tracking-uri", "sqlite://mlflow.db"], "three or four slashes"),
         (["--optuna-storage", "sqlite://"], "is in memory: the study would vanish with this process"),
         # MLflow's own engine retried this refused port for minutes
-        (["--tracking-uri", "postgresql://127.0.0.1:PORT/x"], "cannot use the tracking store postgresql://127.0.0.1:PORT/x"),
+        (
+            ["--tracking-uri", "postgresql://127.0.0.1:PORT/x"],
+            "cannot use the tracking store postgresql://127.0.0.1:PORT/x",
+        ),
     ],
     ids=["file-store", "bare-path", "sqlite-two-slashes", "optuna-in-memory", "database-refused"],
 )
 def test_store_uris_a_study_cannot_use_are_one_line_within_seconds(tmp_path, flags, expected):
     port = str(free_port())
     flags, expected = [flag.replace("PORT", port) for flag in flags], expected.replace("PORT", port)
-    process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *flags, cwd=tmp_path, timeout=60)
+    process = xattn(
+        "study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *flags, cwd=tmp_path, timeout=60
+    )
     assert expected in one_error_line(process)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
 
 
 def test_a_ray_cluster_that_is_not_there_is_one_line_and_writes_nothing(tmp_path):
     address = f"127.0.0.1:{free_port()}"
-    process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", "--address", address, cwd=tmp_path, timeout=120)
+    process = xattn(
+        "study",
+        "run",
+        write_spec(tmp_path),
+        "--workspace",
+        tmp_path / "ws",
+        "--address",
+        address,
+        cwd=tmp_path,
+        timeout=120,
+    )
     line = one_error_line(process)
     assert f"cannot reach the Ray cluster at {address} (Connection refused)" in line and "ray start --head" in line
     assert not (tmp_path / "ws").exists()
@@ -190,7 +241,9 @@ def test_sigterm_leaves_the_study_killed_and_resumable(tmp_path):
     assert stderr.strip().splitlines() == [
         f"interrupted: the study run is marked KILLED; continue it with `xattn study resume quickstart --workspace {tmp_path / 'ws'}`"
     ]
-    (listed,) = json.loads(xattn("study", "list", "--workspace", tmp_path / "ws", "--json", cwd=tmp_path, check=True).stdout)
+    (listed,) = json.loads(
+        xattn("study", "list", "--workspace", tmp_path / "ws", "--json", cwd=tmp_path, check=True).stdout
+    )
     assert listed["latest_status"] == "KILLED"
 
 
@@ -218,7 +271,9 @@ def mlflow_database(tmp_path_factory) -> Path:
 def test_an_optuna_storage_in_mlflow_s_database_is_refused_by_run_and_doctor(tmp_path, mlflow_database):
     storage = ["--optuna-storage", f"sqlite:///{mlflow_database}"]
     before = mlflow_database.read_bytes()
-    process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *storage, cwd=tmp_path, timeout=120)
+    process = xattn(
+        "study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", *storage, cwd=tmp_path, timeout=120
+    )
     line = one_error_line(process)
     assert "already holds MLflow's schema" in line and "Optuna needs one of its own" in line
     assert not (tmp_path / "ws").exists() and mlflow_database.read_bytes() == before
@@ -231,7 +286,9 @@ def test_an_optuna_storage_in_mlflow_s_database_is_refused_by_run_and_doctor(tmp
 
 
 def test_flags_read_as_flags_in_help():
-    process = subprocess.run([sys.executable, "-m", "xattn.cli", "study", "run", "--help"], capture_output=True, text=True, timeout=60)
+    process = subprocess.run(
+        [sys.executable, "-m", "xattn.cli", "study", "run", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert process.returncode == 0
     assert "<bool>" not in process.stdout
     (json_line,) = [line for line in process.stdout.splitlines() if "--json" in line]
@@ -264,14 +321,30 @@ def test_max_epochs_in_scientific_notation(tmp_path):
     assert "budget.max_epochs" in line and "less than or equal to 100000" in line
     assert not (tmp_path / "ws").exists()
     # Whole numbers in that notation pass; the study then stops on the next mistake.
-    line = one_error_line(xattn("study", "run", spec, "--max-epochs", "2e1", "--trials", "1e0", "--set", "budget.min_steps=1e9x", cwd=tmp_path))
+    line = one_error_line(
+        xattn(
+            "study",
+            "run",
+            spec,
+            "--max-epochs",
+            "2e1",
+            "--trials",
+            "1e0",
+            "--set",
+            "budget.min_steps=1e9x",
+            cwd=tmp_path,
+        )
+    )
     assert "budget.min_steps" in line and "budget.max_epochs" not in line
 
 
 def write_matrix(path: Path, labels: list[str], genes: list[str] | None = None) -> Path:
     columns = genes or labels
     rows = [",".join(["label", *columns])]
-    rows += [",".join([label, *(f"{(i * 7 + j) % 5 / 10:.1f}" for j in range(len(columns)))]) for i, label in enumerate(labels)]
+    rows += [
+        ",".join([label, *(f"{(i * 7 + j) % 5 / 10:.1f}" for j in range(len(columns)))])
+        for i, label in enumerate(labels)
+    ]
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -281,7 +354,8 @@ def test_labelled_files_of_different_sizes_name_the_labels_that_differ(tmp_path)
     write_matrix(tmp_path / "expression.csv", regions[:10], genes=["G1", "G2", "G3"])
     write_matrix(tmp_path / "connectivity.csv", regions)
     spec = write_spec(
-        tmp_path, **{"data.dataset": None, "data.files": {"expression": "expression.csv", "connectivity": "connectivity.csv"}}
+        tmp_path,
+        **{"data.dataset": None, "data.files": {"expression": "expression.csv", "connectivity": "connectivity.csv"}},
     )
     line = one_error_line(xattn("study", "run", spec, "--workspace", tmp_path / "ws", cwd=tmp_path))
     assert "R10" in line and "R11" in line and "add labels" not in line
@@ -298,13 +372,19 @@ def exit_and_heavy_imports(args: list, cwd: Path) -> tuple[subprocess.CompletedP
         "    print(','.join(m for m in ('ray', 'torch', 'mlflow', 'optuna') if m in sys.modules), file=sys.stderr)\n"
         "    sys.exit(stop.code)\n"
     )
-    process = subprocess.run([sys.executable, "-c", probe, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120)
+    process = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
     *lines, imported = process.stderr.splitlines()
-    return subprocess.CompletedProcess(args, process.returncode, process.stdout, "\n".join(lines)), [m for m in imported.split(",") if m]
+    return subprocess.CompletedProcess(args, process.returncode, process.stdout, "\n".join(lines)), [
+        m for m in imported.split(",") if m
+    ]
 
 
 def test_a_data_error_comes_before_ray_mlflow_and_optuna_are_imported(tmp_path):
-    spec = write_spec(tmp_path, **{"data.dataset": None, "data.files": {"expression": "gone.csv", "connectivity": "gone.csv"}})
+    spec = write_spec(
+        tmp_path, **{"data.dataset": None, "data.files": {"expression": "gone.csv", "connectivity": "gone.csv"}}
+    )
     process, imported = exit_and_heavy_imports(["study", "run", spec, "--workspace", tmp_path / "ws"], tmp_path)
     assert "gone.csv" in one_error_line(process)
     assert imported == ["torch"]  # the spec's model families are checked with torch
@@ -436,7 +516,17 @@ def test_optuna_in_the_database_behind_the_tracking_server_is_refused(tmp_path):
 
     with postgres_database() as database:
         MlflowClient(database).search_experiments()  # the server's schema, as `mlflow server` makes it
-        process = xattn("study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", "--optuna-storage", database, cwd=tmp_path, timeout=120)
+        process = xattn(
+            "study",
+            "run",
+            write_spec(tmp_path),
+            "--workspace",
+            tmp_path / "ws",
+            "--optuna-storage",
+            database,
+            cwd=tmp_path,
+            timeout=120,
+        )
         line = one_error_line(process)
         assert "already holds MLflow's schema" in line and "create another database" in line
         assert not (tmp_path / "ws").exists()
@@ -453,7 +543,10 @@ def test_printed_commands_name_the_stores_they_need_and_paste_whole(tmp_path, mo
     spaced = tmp_path / "my studies"
     assert store_flags(Workspace.open(spaced, create=False)) == f" --workspace '{spaced}'"
     other = Workspace.open(None, f"sqlite:///{tmp_path / 'lab.db'}", "postgresql://me:secret@db/optuna", create=False)
-    assert store_flags(other, optuna=True) == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage 'postgresql://me:***@db/optuna'"
+    assert (
+        store_flags(other, optuna=True)
+        == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage 'postgresql://me:***@db/optuna'"
+    )
 
 
 def test_an_os_error_no_check_foresaw_is_one_line_too(capsys):
@@ -493,8 +586,12 @@ def test_export_force_replaces_only_an_earlier_export(tmp_path):
     mine = tmp_path / "results"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    line = one_error_line(xattn("export", "quickstart", "--out", mine, "--force", "--workspace", workspace, cwd=tmp_path))
+    line = one_error_line(
+        xattn("export", "quickstart", "--out", mine, "--force", "--workspace", workspace, cwd=tmp_path)
+    )
     assert f"{mine} is not an earlier export (no manifest.json)" in line
     assert (mine / "notes.txt").read_text() == "mine"
-    line = one_error_line(xattn("export", "quickstart", "--out", tmp_path, "--force", "--workspace", workspace, cwd=tmp_path))
+    line = one_error_line(
+        xattn("export", "quickstart", "--out", tmp_path, "--force", "--workspace", workspace, cwd=tmp_path)
+    )
     assert "is not an earlier export" in line and (workspace / "mlflow.db").exists()

@@ -22,7 +22,13 @@ from xattn.tuning.spec import load_spec
 def finished(tmp_path_factory, ray_local):
     spec = load_spec(
         REPO / "studies" / "quickstart.yaml",
-        {"name": "dashboard-e2e", "budget.trials": 2, "budget.max_epochs": 1, "compare_with": ["cge"], "comparison": {"folds": 2, "seeds": 1}},
+        {
+            "name": "dashboard-e2e",
+            "budget.trials": 2,
+            "budget.max_epochs": 1,
+            "compare_with": ["cge"],
+            "comparison": {"folds": 2, "seeds": 1},
+        },
     )
     workspace = Workspace.open(tmp_path_factory.mktemp("ws"))
     return workspace, run_study(spec, workspace)

@@ -84,15 +84,11 @@ def test_coexpression_uses_training_regions_only(data):
     held_out = np.setdiff1d(np.arange(30), train)
     changed = data.expression.copy()
     changed[held_out] = np.random.default_rng(9).random((held_out.size, data.n_genes))
-    after = build_gene_vectors(
-        dataclasses.replace(data, expression=changed), "coexpression", train, dim=16
-    )
+    after = build_gene_vectors(dataclasses.replace(data, expression=changed), "coexpression", train, dim=16)
     np.testing.assert_array_equal(before.vectors, after.vectors)
     moved_training = changed.copy()
     moved_training[train[0]] = 1 - moved_training[train[0]]
-    different = build_gene_vectors(
-        dataclasses.replace(data, expression=moved_training), "coexpression", train, dim=16
-    )
+    different = build_gene_vectors(dataclasses.replace(data, expression=moved_training), "coexpression", train, dim=16)
     assert not np.allclose(before.vectors, different.vectors)
 
 

@@ -146,7 +146,9 @@ def test_spatial_validation_is_a_contiguous_patch_outside_the_test_patch(dataset
             assert np.intersect1d(split.val, split.test).size == 0
             assert split.val.size == round(0.2 * candidates.size)
             assert mst_gap(data.coords, split.val) <= 1.25 * spacing(data.coords, candidates)
-            random_spread = np.mean([pdist(data.coords[rng.choice(candidates, split.val.size, replace=False)]).mean() for _ in range(20)])
+            random_spread = np.mean(
+                [pdist(data.coords[rng.choice(candidates, split.val.size, replace=False)]).mean() for _ in range(20)]
+            )
             assert pdist(data.coords[split.val]).mean() < 0.85 * random_spread  # 0.54-0.82 measured
 
 

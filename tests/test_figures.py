@@ -145,7 +145,12 @@ def test_comparison_figures_pair_each_fold_and_seed_across_families(compared):
     finals = client.search_runs(
         [result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}' and tags.`xattn.role` = 'final'"
     )
-    test_r = {(r.data.tags["xattn.family"], r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]): r.data.metrics["test_pearson"] for r in finals}
+    test_r = {
+        (r.data.tags["xattn.family"], r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]): r.data.metrics[
+            "test_pearson"
+        ]
+        for r in finals
+    }
     data, _ = figure_in(compared.folder / "comparison_runs.html")
     assert len(data) == FOLDS * SEEDS  # one line per (fold, seed)
     for family in FAMILIES:
@@ -205,7 +210,9 @@ def test_best_model_figures_reproduce_its_test_predictions(compared, mirror):
 
 @pytest.mark.e2e
 def test_study_figures_are_the_logged_figures_in_display_order(compared, mirror):
-    figures = study_figures(compared.client, compared.result.parent_run_id, compared.workspace.optuna_storage, mirror=str(mirror))
+    figures = study_figures(
+        compared.client, compared.result.parent_run_id, compared.workspace.optuna_storage, mirror=str(mirror)
+    )
     assert list(figures) == list(WITHOUT_NULLS)
     assert all(len(figure.data) > 0 for figure in figures.values())
 
@@ -214,7 +221,9 @@ def test_study_figures_are_the_logged_figures_in_display_order(compared, mirror)
 
 
 @pytest.mark.e2e
-def test_a_one_trial_study_without_a_browser_still_logs_its_html_figures(tmp_path, mirror, ray_local, monkeypatch, caplog):
+def test_a_one_trial_study_without_a_browser_still_logs_its_html_figures(
+    tmp_path, mirror, ray_local, monkeypatch, caplog
+):
     spec = parse_spec(
         {
             "name": "figures-one-trial",
@@ -232,7 +241,9 @@ def test_a_one_trial_study_without_a_browser_still_logs_its_html_figures(tmp_pat
         names = log_study_figures(client, result.parent_run_id, workspace.optuna_storage, mirror=str(mirror))
     # one trial: no importances (said why); no comparison in the spec: no comparison figures
     assert names == [n for n in WITHOUT_NULLS if n not in ("param_importances", "comparison_runs", "comparison_forest")]
-    assert any("param_importances skipped" in r.getMessage() and "2 completed trials" in r.getMessage() for r in caplog.records)
+    assert any(
+        "param_importances skipped" in r.getMessage() and "2 completed trials" in r.getMessage() for r in caplog.records
+    )
     assert any("no PNGs" in r.getMessage() for r in caplog.records)
     logged = {a.path for a in client.list_artifacts(result.parent_run_id, "figures")}
     assert logged == {f"figures/{name}.html" for name in names}
@@ -300,5 +311,7 @@ def test_attention_maps_that_cannot_be_logged_warn_instead_of_failing_the_study(
         raise RuntimeError("the checkpoint's model has no attention\nsecond line")
 
     monkeypatch.setattr(xattn.reporting.attention, "log_run_attention", broken)
-    with pytest.warns(UserWarning, match=r"^attention maps not logged to run r1: the checkpoint's model has no attention$"):
+    with pytest.warns(
+        UserWarning, match=r"^attention maps not logged to run r1: the checkpoint's model has no attention$"
+    ):
         _log_attention(None, "r1", None)

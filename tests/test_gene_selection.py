@@ -25,11 +25,15 @@ def test_top_variance_never_looks_at_validation_or_test_regions(s100):
     noisy = s100.expression.copy()
     held_out = np.concatenate([split.val, split.test])
     noisy[held_out] = np.random.default_rng(0).random((held_out.size, s100.n_genes))
-    assert np.array_equal(select_genes(dataclasses.replace(s100, expression=noisy), {"top_variance": 100}, split.train), chosen)
+    assert np.array_equal(
+        select_genes(dataclasses.replace(s100, expression=noisy), {"top_variance": 100}, split.train), chosen
+    )
     # ...while the training regions do decide it
     noisy_train = s100.expression.copy()
     noisy_train[split.train] = np.random.default_rng(1).random((split.train.size, s100.n_genes))
-    assert not np.array_equal(select_genes(dataclasses.replace(s100, expression=noisy_train), {"top_variance": 100}, split.train), chosen)
+    assert not np.array_equal(
+        select_genes(dataclasses.replace(s100, expression=noisy_train), {"top_variance": 100}, split.train), chosen
+    )
     variance = s100.expression[split.train].var(axis=0)
     assert variance[chosen].min() >= np.delete(variance, chosen).max()
     assert chosen.size == 100 and np.all(np.diff(chosen) > 0)  # the dataset's gene order is kept
@@ -65,9 +69,13 @@ def test_user_files_take_a_gene_list_relative_to_the_spec(tmp_path):
     data = make_synthetic(n_regions=20, n_genes=6, seed=0)
     import pandas as pd
 
-    pd.DataFrame(data.expression, index=data.labels, columns=data.genes).rename_axis("label").to_csv(tmp_path / "expr.csv")
+    pd.DataFrame(data.expression, index=data.labels, columns=data.genes).rename_axis("label").to_csv(
+        tmp_path / "expr.csv"
+    )
     pd.DataFrame(data.connectivity, index=data.labels, columns=data.labels).to_csv(tmp_path / "fc.csv")
-    pd.DataFrame(data.coords, index=data.labels, columns=["x", "y", "z"]).rename_axis("label").to_csv(tmp_path / "xyz.csv")
+    pd.DataFrame(data.coords, index=data.labels, columns=["x", "y", "z"]).rename_axis("label").to_csv(
+        tmp_path / "xyz.csv"
+    )
     (tmp_path / "genes.txt").write_text(f"{data.genes[4]}\n{data.genes[1]}\n")
     (tmp_path / "spec.yaml").write_text(
         "name: files\ndata:\n  dataset: null\n  files: {expression: expr.csv, connectivity: fc.csv, coords: xyz.csv}\n"

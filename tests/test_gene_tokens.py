@@ -100,7 +100,7 @@ def test_continuous_values_stay_distinct_beyond_the_training_range():
     above = torch.stack([top + 0.05, top + 0.10]).clamp(max=1.0)
     values = tokens.values(above)
     moved = (values[1] - values[0]).norm(dim=-1)
-    distinct = (above[1] > above[0])
+    distinct = above[1] > above[0]
     assert (moved[distinct] > 0).all() and distinct.sum() > N_GENES // 2
     z = (train - tokens.expression_mean) / tokens.expression_std
     assert torch.allclose(z.mean(dim=0), torch.zeros(N_GENES), atol=1e-5)

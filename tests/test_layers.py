@@ -73,7 +73,11 @@ def source_files() -> list[Path]:
 
 
 def test_every_source_file_is_short_enough_to_read():
-    long = {str(path.relative_to(ROOT)): n for path in source_files() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in source_files()
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
     assert long == {}, f"over {MAX_LINES} lines: split by concept"
 
 

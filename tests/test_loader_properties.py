@@ -24,7 +24,11 @@ scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12), st.sampled_from(["cross_attention", "hcp-s100", "spatial", "asha", "1e-3", "-1", "[1, 2]"]),
 )  # fmt: skip
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)), max_leaves=6)
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 def paths(node, prefix=()):
@@ -131,12 +135,17 @@ def test_mutated_data_files_load_or_get_a_one_line_error(tmp_path, mutations):
         elif kind == "truncate":
             lines = lines[:row]
         elif kind == "drop_column":
-            lines = [",".join(c for k, c in enumerate(line.split(",")) if k != column % max(len(line.split(",")), 1)) for line in lines]
+            lines = [
+                ",".join(c for k, c in enumerate(line.split(",")) if k != column % max(len(line.split(",")), 1))
+                for line in lines
+            ]
         if kind == "garbage":
             path.write_bytes(path.read_bytes()[: row * 7] + garbage)
         else:
             path.write_text("\n".join(lines) + "\n")
-    data = assert_loads_or_explains(lambda: load_user_files(files["expression"], files["connectivity"], files["coords"]))
+    data = assert_loads_or_explains(
+        lambda: load_user_files(files["expression"], files["connectivity"], files["coords"])
+    )
     if data is not None:
         assert data.connectivity.shape == (data.n_regions, data.n_regions)
         assert np.isfinite(data.connectivity).all() and np.isfinite(data.expression).all()
@@ -146,7 +155,9 @@ def test_mutated_data_files_load_or_get_a_one_line_error(tmp_path, mutations):
 @given(
     lines=st.lists(
         st.one_of(
-            st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr), min_size=0, max_size=5).map(" ".join),
+            st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr), min_size=0, max_size=5).map(
+                " ".join
+            ),
             st.text(max_size=20),
         ),
         max_size=6,

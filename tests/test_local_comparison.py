@@ -52,7 +52,9 @@ def test_every_family_and_seed_sees_the_same_test_regions_in_a_fold(tmp_path):
     for family in ("cross_attention", "cge"):
         for fold in range(3):
             for seed in (0, 1):
-                trial = prepare_trial(spec.for_family(family), {"_fold": fold, "_seed": seed}, mirror=None, device="cpu")
+                trial = prepare_trial(
+                    spec.for_family(family), {"_fold": fold, "_seed": seed}, mirror=None, device="cpu"
+                )
                 assert isinstance(trial.experiment.split, RegionSplit)
                 test_sets.setdefault(fold, set()).add(tuple(sorted(trial.experiment.split.test)))
     assert all(len(sets) == 1 for sets in test_sets.values())
@@ -75,7 +77,9 @@ def test_the_library_refuses_a_spec_without_baselines_before_any_training(tmp_pa
     from xattn.tuning.local_comparison import run_local_comparison
 
     with pytest.raises(SpecError, match="^my.yaml: the spec has no compare_with"):
-        run_local_comparison(load_spec(write_spec(tmp_path)), source="my.yaml", on_run=lambda *_: pytest.fail("trained"))
+        run_local_comparison(
+            load_spec(write_spec(tmp_path)), source="my.yaml", on_run=lambda *_: pytest.fail("trained")
+        )
 
 
 def test_a_json_out_that_cannot_be_written_stops_before_any_training(tmp_path):
@@ -91,7 +95,10 @@ def test_json_out_must_name_a_file_in_a_folder_that_exists(tmp_path):
     from xattn.errors import PathError
     from xattn.tuning.local_comparison import check_json_out
 
-    with pytest.raises(PathError, match=re.escape(f"--json-out {tmp_path} is a folder: name a file, e.g. {tmp_path / 'comparison.json'}")):
+    with pytest.raises(
+        PathError,
+        match=re.escape(f"--json-out {tmp_path} is a folder: name a file, e.g. {tmp_path / 'comparison.json'}"),
+    ):
         check_json_out(tmp_path)
     with pytest.raises(PathError, match="does not exist"):
         check_json_out(tmp_path / "missing" / "c.json")
@@ -108,7 +115,9 @@ def test_the_json_file_is_replaced_whole_and_lists_every_run(tmp_path):
     write_json_out(out, None, runs)
     assert json.loads(out.read_text()) == {
         "comparison": None,
-        "runs": [{"family": "cge", "fold": "0", "seed": "7", "metrics": {"test_pearson": 0.5}, "epochs": 3, "seconds": 1.5}],
+        "runs": [
+            {"family": "cge", "fold": "0", "seed": "7", "metrics": {"test_pearson": 0.5}, "epochs": 3, "seconds": 1.5}
+        ],
     }
     write_json_out(out, {"reference": "cge"}, runs * 2)
     saved = json.loads(out.read_text())

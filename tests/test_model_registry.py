@@ -56,7 +56,9 @@ def test_the_best_trial_is_registered_under_the_study_name(studies):
     parent, run = client.get_run(second.parent_run_id), client.get_run(second.best["run_id"])
     with CheckpointCache(client) as checkpoints:
         manifest = export_manifest(client, NAME, parent, run, checkpoints)
-    assert {k[len(SHA256_PREFIX):]: v for k, v in best.tags.items() if k.startswith(SHA256_PREFIX)} == manifest["files"]
+    assert {k[len(SHA256_PREFIX) :]: v for k, v in best.tags.items() if k.startswith(SHA256_PREFIX)} == manifest[
+        "files"
+    ]
     assert set(manifest["files"]) == {"weights.safetensors", "config.json", "metrics.json"}
     assert best.tags["xattn.parent_run_id"] == second.parent_run_id
     assert best.tags["xattn.optuna_trial_number"] == second.best["optuna_trial_number"]
@@ -74,7 +76,9 @@ def test_registering_a_run_again_reuses_its_version_and_moves_the_alias(studies)
         for result, expected in ((first, "1"), (second, "2"), (second, "2")):
             parent, run = client.get_run(result.parent_run_id), client.get_run(result.best["run_id"])
             with CheckpointCache(client) as checkpoints:
-                version = register_best(client, NAME, parent, run, export_manifest(client, NAME, parent, run, checkpoints))
+                version = register_best(
+                    client, NAME, parent, run, export_manifest(client, NAME, parent, run, checkpoints)
+                )
             assert str(version.version) == expected
             assert str(client.get_model_version_by_alias(NAME, BEST_ALIAS).version) == expected
         assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
@@ -118,11 +122,23 @@ def test_export_of_the_registered_model_evaluates_to_the_best_trial(studies, tmp
     spec, workspace, first, second = studies
     ws = ["--workspace", workspace.root]
     exported = json.loads(
-        xattn("export", f"models:/{NAME}@{BEST_ALIAS}", "--out", tmp_path / "model", *ws, "--json", cwd=tmp_path, check=True)
-        .stdout.strip().splitlines()[-1]
+        xattn(
+            "export",
+            f"models:/{NAME}@{BEST_ALIAS}",
+            "--out",
+            tmp_path / "model",
+            *ws,
+            "--json",
+            cwd=tmp_path,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
     )
     assert exported["run_id"] == second.best["run_id"] and exported["model_version"] == "2"
-    evaluated = json.loads(xattn("evaluate", tmp_path / "model", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1])
+    evaluated = json.loads(
+        xattn("evaluate", tmp_path / "model", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
+    )
     assert evaluated["metrics"]["test_pearson"] == pytest.approx(second.best["metrics"]["test_pearson"], abs=1e-5)
 
     # exactly what exporting the study by name writes (the newest study run's best trial)
@@ -132,12 +148,16 @@ def test_export_of_the_registered_model_evaluates_to_the_best_trial(studies, tmp
 
     # a version number names the older study run's best trial
     info = export_best(f"models:/{NAME}/1", tmp_path / "v1", workspace)
-    assert info["run_id"] == json.loads((tmp_path / "v1" / "manifest.json").read_text())["run_id"] == first.best["run_id"]
+    assert (
+        info["run_id"] == json.loads((tmp_path / "v1" / "manifest.json").read_text())["run_id"] == first.best["run_id"]
+    )
 
 
 def test_an_unknown_alias_is_one_line_and_exit_2(studies, tmp_path):
     _, workspace, _, _ = studies
-    process = xattn("export", f"models:/{NAME}@nope", "--out", tmp_path / "out", "--workspace", workspace.root, cwd=tmp_path)
+    process = xattn(
+        "export", f"models:/{NAME}@nope", "--out", tmp_path / "out", "--workspace", workspace.root, cwd=tmp_path
+    )
     assert process.returncode == 2, process.stderr
     lines = [line for line in process.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and f"model '{NAME}' has no alias 'nope' (its aliases: best)" in lines[0], process.stderr
@@ -148,7 +168,10 @@ def test_an_unknown_alias_is_one_line_and_exit_2(studies, tmp_path):
     "uri, expected",
     [
         (f"models:/{NAME}/9", f"model '{NAME}' has no version 9 (its versions: 1, 2)"),
-        ("models:/no-such-model@best", f"no registered model 'no-such-model' in this tracking store; registered here: {NAME}"),
+        (
+            "models:/no-such-model@best",
+            f"no registered model 'no-such-model' in this tracking store; registered here: {NAME}",
+        ),
         (f"models:/{NAME}", "is not a model URI: use models:/NAME@best or models:/NAME/VERSION"),
     ],
 )

@@ -35,7 +35,16 @@ PARAMS = {"rank": 4, "learning_rate": 1e-2, "d_model": 32}  # non-fields are ign
 # The trainer settings the real-data tests fit with (see xattn/models/baselines.py for the inits).
 # Measured on hcp-s100 (random folds, seed 0): best validation epoch 5-22 for both families,
 # 0.3-2.3 s a fit on one thread.
-FIT = dict(learning_rate=1e-2, batch_size=256, max_epochs=40, patience_steps=70, seed=0, warmup_steps=0, lr_schedule="constant", grad_clip=0.0)  # 5 epochs
+FIT = dict(
+    learning_rate=1e-2,
+    batch_size=256,
+    max_epochs=40,
+    patience_steps=70,
+    seed=0,
+    warmup_steps=0,
+    lr_schedule="constant",
+    grad_clip=0.0,
+)  # 5 epochs
 
 
 def make_model(family, seed=0, **overrides):

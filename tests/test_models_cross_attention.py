@@ -19,9 +19,7 @@ N_REGIONS, N_GENES, VEC_DIM = 12, 16, 8  # the shape of conftest.py's `region_pa
 
 
 def small_config(**overrides) -> CrossAttentionConfig:
-    base = dict(
-        n_genes=N_GENES, gene_vector_dim=VEC_DIM, d_model=32, nhead=4, num_layers=2, deep_hidden_dims=(16, 8)
-    )
+    base = dict(n_genes=N_GENES, gene_vector_dim=VEC_DIM, d_model=32, nhead=4, num_layers=2, deep_hidden_dims=(16, 8))
     return CrossAttentionConfig(**{**base, **overrides})
 
 

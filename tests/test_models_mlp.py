@@ -169,7 +169,9 @@ def test_coords_matter_only_when_asked(region_pairs, use_coords, use_distance):
     model = make_model(fit=expression, use_coords=use_coords, use_distance=use_distance).eval()
     with torch.no_grad():
         out = model(expression, coords, pair_i, pair_j)
-        moved = model(expression, coords + torch.randn(coords.shape, generator=torch.Generator().manual_seed(2)), pair_i, pair_j)
+        moved = model(
+            expression, coords + torch.randn(coords.shape, generator=torch.Generator().manual_seed(2)), pair_i, pair_j
+        )
         shifted = model(expression, coords + torch.tensor([1.0, -2.0, 0.5]), pair_i, pair_j)
     assert (not torch.allclose(out, moved)) == (use_coords or use_distance)
     # A common shift keeps every distance: it matters only through the coords themselves.

@@ -49,7 +49,9 @@ def test_sphere_coordinates_are_unit_vectors_per_hemisphere(hcp_s100):
 
 
 def test_p_value_counts_nulls_at_least_as_good_with_the_plus_one_correction():
-    result = null_test([0.5, 0.7], {0: [0.1, 0.2], 1: [0.6, 0.6], 2: [0.7, 0.7], 3: [0.9]}, runs_per_null=2, method="spin")
+    result = null_test(
+        [0.5, 0.7], {0: [0.1, 0.2], 1: [0.6, 0.6], 2: [0.7, 0.7], 3: [0.9]}, runs_per_null=2, method="spin"
+    )
     assert result["n"] == 3  # null 3 lacks a run: left out, not counted as a draw
     assert result["real_r"] == pytest.approx(0.6)
     assert result["p"] == pytest.approx((1 + 2) / (1 + 3))  # nulls 1 (0.6 = real) and 2 (0.7)
@@ -69,14 +71,21 @@ def two_hemisphere_files(folder, *, similarity: float, n_per_hemisphere: int = 6
     folded[:, 0] = -np.abs(coords[:, 0])  # every region at its left-hemisphere position
     centres = left[rng.choice(len(left), size=(genes, 3))]  # three bumps per gene
     weights = rng.standard_normal((genes, 3))
-    fields = np.stack([(weights[g] * np.exp(-cdist(folded, centres[g]) ** 2 / (2 * 60.0**2))).sum(axis=1) for g in range(genes)], axis=1)
+    fields = np.stack(
+        [(weights[g] * np.exp(-(cdist(folded, centres[g]) ** 2) / (2 * 60.0**2))).sum(axis=1) for g in range(genes)],
+        axis=1,
+    )
     expression = expit(1.5 * (fields - fields.mean(0)) / fields.std(0))
     noise = rng.standard_normal((len(coords), len(coords)))
-    connectivity = np.exp(-cdist(coords, coords) / 60.0) + similarity * np.corrcoef(expression) + 0.05 * (noise + noise.T)
+    connectivity = (
+        np.exp(-cdist(coords, coords) / 60.0) + similarity * np.corrcoef(expression) + 0.05 * (noise + noise.T)
+    )
     np.fill_diagonal(connectivity, 0.0)
     labels = [f"{side}_region{k:02d}" for side in ("LH", "RH") for k in range(n_per_hemisphere)]
     paths = {name: folder / f"{name}.csv" for name in ("expression", "connectivity", "coords")}
-    pd.DataFrame(expression, index=pd.Index(labels, name="label"), columns=[f"g{g}" for g in range(genes)]).to_csv(paths["expression"])
+    pd.DataFrame(expression, index=pd.Index(labels, name="label"), columns=[f"g{g}" for g in range(genes)]).to_csv(
+        paths["expression"]
+    )
     pd.DataFrame(connectivity, index=labels, columns=labels).to_csv(paths["connectivity"])
     pd.DataFrame(coords, index=pd.Index(labels, name="label"), columns=["x", "y", "z"]).to_csv(paths["coords"])
     return {name: str(path) for name, path in paths.items()}
@@ -97,7 +106,10 @@ def null_p_value(files: dict[str, str], n_nulls: int, folds: int = 2) -> dict:
         return fit(trial.model, trial.experiment.pairs, trial.train_config).test["test_pearson"]
 
     real = [test_r({"_fold": fold}) for fold in range(folds)]
-    nulls = {i: [test_r({"_fold": f, "_null_method": "spin", "_null_index": i}) for f in range(folds)] for i in range(n_nulls)}
+    nulls = {
+        i: [test_r({"_fold": f, "_null_method": "spin", "_null_index": i}) for f in range(folds)]
+        for i in range(n_nulls)
+    }
     return null_test(real, nulls, runs_per_null=folds, method="spin")
 
 
@@ -121,7 +133,9 @@ def test_an_expression_model_does_not_beat_its_spin_nulls_when_connectivity_depe
 
 def test_nulls_need_a_comparison_and_spatial_nulls_need_coordinates(tmp_path):
     with pytest.raises(SpecError, match="comparison.nulls retrains the compared families"):
-        parse_spec({"name": "x", "search": {"space": {"learning_rate": [0.01]}}, "comparison": {"nulls": {"method": "spin"}}})
+        parse_spec(
+            {"name": "x", "search": {"space": {"learning_rate": [0.01]}}, "comparison": {"nulls": {"method": "spin"}}}
+        )
     with pytest.raises(SpecError, match="comparison.nulls.method"):
         parse_spec({"name": "x", "compare_with": ["cge"], "comparison": {"nulls": {"method": "spun"}}})
     files = two_hemisphere_files(tmp_path, similarity=0.0, n_per_hemisphere=5, genes=3)
@@ -164,7 +178,9 @@ def test_null_runs_are_tagged_child_runs_that_resume_after_a_crash(tmp_path):
     spec.write_text(yaml.safe_dump(NULL_STUDY))
     workspace = tmp_path / "ws"
     command = [sys.executable, "-m", "xattn.cli", "study", "run", str(spec), "--workspace", str(workspace)]
-    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
 
     def null_runs():
@@ -193,13 +209,17 @@ def test_null_runs_are_tagged_child_runs_that_resume_after_a_crash(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     runs = [run for run in null_runs() if "xattn.orphaned" not in run.data.tags]
     assert all(run.info.status == "FINISHED" for run in runs)
-    cells = sorted((r.data.tags["xattn.family"], r.data.tags["xattn.null_index"], r.data.tags["xattn.fold"]) for r in runs)
+    cells = sorted(
+        (r.data.tags["xattn.family"], r.data.tags["xattn.null_index"], r.data.tags["xattn.fold"]) for r in runs
+    )
     assert cells == sorted((f, str(i), str(k)) for f in ("cge", "distance_decay") for i in range(2) for k in range(2))
     assert {r.data.tags["xattn.null_method"] for r in runs} == {"shuffle"}
     assert set(finished_before) <= {run.info.run_id for run in runs}, "a null run that had finished ran again"
 
     comparison = load_comparison(client, NULL_STUDY["name"])
-    finals = client.search_runs([client.get_experiment_by_name(NULL_STUDY["name"]).experiment_id], "tags.`xattn.role` = 'final'")
+    finals = client.search_runs(
+        [client.get_experiment_by_name(NULL_STUDY["name"]).experiment_id], "tags.`xattn.role` = 'final'"
+    )
     for entry in comparison["families"]:
         family, nulls = entry["family"], entry["nulls"]
         real = np.mean([r.data.metrics["test_pearson"] for r in finals if r.data.tags["xattn.family"] == family])

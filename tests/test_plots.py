@@ -119,7 +119,9 @@ def test_optuna_figures_name_the_objective_and_refuse_importances_they_cannot_es
 
 
 def test_comparison_runs_join_each_fold_and_seed_across_families_in_numeric_order():
-    result = lambda family, fold, seed, r: SimpleNamespace(family=family, fold=fold, seed=seed, metrics={"test_pearson": r})  # noqa: E731
+    def result(family, fold, seed, r):
+        return SimpleNamespace(family=family, fold=fold, seed=seed, metrics={"test_pearson": r})
+
     results = [
         result("cge", "10", "0", 0.2), result("cross_attention", "10", "0", 0.5),
         result("cross_attention", "2", "0", 0.4), result("cge", "2", "0", 0.1),
@@ -127,7 +129,11 @@ def test_comparison_runs_join_each_fold_and_seed_across_families_in_numeric_orde
     ]  # fmt: skip
     figure = comparison_runs_figure(results, ["cross_attention", "cge"])
     assert [trace.name for trace in figure.data] == ["fold 2, seed 0", "fold 2, seed 1", "fold 10, seed 0"]
-    assert [list(trace.x) for trace in figure.data] == [["cross_attention", "cge"], ["cross_attention"], ["cross_attention", "cge"]]
+    assert [list(trace.x) for trace in figure.data] == [
+        ["cross_attention", "cge"],
+        ["cross_attention"],
+        ["cross_attention", "cge"],
+    ]
     assert list(figure.data[2].y) == [0.5, 0.2]
     assert list(figure.layout.xaxis.categoryarray) == ["cross_attention", "cge"]
     assert "2 folds x 2 seeds" in figure.layout.title.text
@@ -184,9 +190,13 @@ def test_connectivity_matrices_group_regions_by_network_on_one_colour_scale():
     position = {0: 0, 2: 1, 1: 2, 3: 3}
     for row in frame.itertuples():
         assert z[position[row.i], position[row.j]] == pytest.approx(row.observed)
-    assert np.array(predicted.z, dtype=float)[position[1], position[0]] == pytest.approx(frame.query("i == 1 and j == 0")["predicted"].item())
+    assert np.array(predicted.z, dtype=float)[position[1], position[0]] == pytest.approx(
+        frame.query("i == 1 and j == 0")["predicted"].item()
+    )
     # one network boundary: a line across and a line down in each of the two matrices
-    assert len(figure.layout.shapes) == 4 and {shape.x0 for shape in figure.layout.shapes if shape.x0 == shape.x1} == {1.5}
+    assert len(figure.layout.shapes) == 4 and {shape.x0 for shape in figure.layout.shapes if shape.x0 == shape.x1} == {
+        1.5
+    }
     assert figure.layout.coloraxis.colorscale[0][1] == "#440154"  # Viridis: every value is positive
     assert figure.layout.coloraxis.cmin == pytest.approx(min(frame["observed"].min(), frame["predicted"].min()))
     # values on both sides of 0: a diverging scale centred on 0

@@ -41,7 +41,9 @@ def test_cross_attention_on_cuda_matches_cpu_and_its_per_pair_forward():
         model.cuda()
         cuda_inputs = (expression.cuda(), coords.cuda(), pair_i.cuda(), pair_j.cuda())
         on_cuda = model(*cuda_inputs)
-        naive = model.forward_naive(expression[pair_i].cuda(), expression[pair_j].cuda(), coords[pair_i].cuda(), coords[pair_j].cuda())
+        naive = model.forward_naive(
+            expression[pair_i].cuda(), expression[pair_j].cuda(), coords[pair_i].cuda(), coords[pair_j].cuda()
+        )
     torch.testing.assert_close(on_cuda, naive, atol=1e-5, rtol=0)
     torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
 

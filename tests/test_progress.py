@@ -25,7 +25,9 @@ class Clock:
 
 
 def make_trial(index: int, **config) -> Trial:
-    return Trial("trainable", config=config or {"learning_rate": 0.001 * (index + 1)}, trial_id=f"ab12_{index:05d}", stub=True)
+    return Trial(
+        "trainable", config=config or {"learning_rate": 0.001 * (index + 1)}, trial_id=f"ab12_{index:05d}", stub=True
+    )
 
 
 def start(progress, trials, trial):
@@ -58,7 +60,9 @@ def terminal(monkeypatch):
 def test_the_live_view_shows_done_best_elapsed_and_eta(terminal):
     console, out = terminal
     clock = Clock()
-    progress = TrialProgress(console, 4, "val_pearson", "max", title="search cross_attention", max_epochs=20, clock=clock)
+    progress = TrialProgress(
+        console, 4, "val_pearson", "max", title="search cross_attention", max_epochs=20, clock=clock
+    )
     trials = [make_trial(i) for i in range(4)]
     with progress:
         start(progress, trials, trials[0])
@@ -158,7 +162,9 @@ def test_off_a_terminal_every_event_is_one_plain_line():
     assert lines[0].startswith("started  ab12_00000: deep_hidden_dims=[64, 32, 16], expression_encoding=quantile_bins")
     assert lines[1].startswith("finished ab12_00000 [1/2] after 20 epochs: best_val_pearson=0.8100  test_pearson=0.790")
     assert "best so far 0.8100" in lines[1] and "ETA" in lines[1] and len(lines[1]) > 80
-    assert lines[3].startswith("stopped early ab12_00001 [2/2] at epoch 4 of 20 by the scheduler: best_val_pearson=0.4100")
+    assert lines[3].startswith(
+        "stopped early ab12_00001 [2/2] at epoch 4 of 20 by the scheduler: best_val_pearson=0.4100"
+    )
     assert "best so far 0.8100" in lines[3]
     assert lines[4] == "search: 2/2 trials done, 1 stopped early in 0:00:00; best best_val_pearson=0.8100"
 
@@ -286,7 +292,9 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     # An in-process ray.init earlier in the session sets RAY_AUTH_MODE for this process, and
     # a child that inherits it starts Ray without the warning this test looks for.
     env = {"RAY_AUTH_MODE": None}
-    process = xattn("study", "run", spec, "--workspace", workspace, "--json", cwd=tmp_path, check=True, env=env)  # stdout is a pipe
+    process = xattn(
+        "study", "run", spec, "--workspace", workspace, "--json", cwd=tmp_path, check=True, env=env
+    )  # stdout is a pipe
     result = json.loads(process.stdout.strip().splitlines()[-1])
     assert "\x1b" not in process.stdout
     # A quiet console: MLflow's migrations and Ray's token warning are in the log file only.
@@ -295,7 +303,10 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     assert "mlflow.store.db.utils" in log, log
     assert "Token authentication" in log, log
     printed = [line.strip() for line in process.stdout.splitlines()]
-    for command in (f"xattn export quickstart --out exports/quickstart --workspace {workspace}", "xattn evaluate exports/quickstart"):
+    for command in (
+        f"xattn export quickstart --out exports/quickstart --workspace {workspace}",
+        "xattn evaluate exports/quickstart",
+    ):
         assert any(line.startswith(command) for line in printed), process.stdout
     lines = process.stdout.splitlines()
     assert sum(line.startswith("started ") for line in lines) >= 3
@@ -314,14 +325,18 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     assert result["trial_counts"] == {"finished": 3}
 
     # `study show` tells the same story: the best trial, the epochs, the early stops.
-    shown = json.loads(xattn("study", "show", "quickstart", "--workspace", workspace, "--json", cwd=tmp_path, check=True).stdout)
+    shown = json.loads(
+        xattn("study", "show", "quickstart", "--workspace", workspace, "--json", cwd=tmp_path, check=True).stdout
+    )
     trials = {trial["ray_trial_id"]: trial for trial in shown["trials"]}
     assert [t["run_id"] for t in shown["trials"] if t["best"]] == [result["best"]["run_id"]]
     for line in outcomes:
         trial = trials[line.split()[2] if line.startswith("stopped early") else line.split()[1]]
         stopped = re.search(r"at epoch (\d) of 3", line)
         assert trial["stopped_early_at"] == (int(stopped.group(1)) if stopped else None), (line, trial)
-        assert trial["epochs"] == (int(stopped.group(1)) if stopped else int(re.search(r"after (\d) epochs", line).group(1)))
+        assert trial["epochs"] == (
+            int(stopped.group(1)) if stopped else int(re.search(r"after (\d) epochs", line).group(1))
+        )
     early = sum(line.startswith("stopped early") for line in outcomes)
     assert result["stopped_early"] == early
     (counts,) = [line for line in lines if line.startswith("study quickstart: 3 finished")]

@@ -58,7 +58,9 @@ def report_in_process(name: str, workspace: Path, *args: str) -> SimpleNamespace
     from xattn.cli import app
 
     result = CliRunner().invoke(app, ["report", name, "--workspace", str(workspace), *args])
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr, exception=result.exception)
+    return SimpleNamespace(
+        returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr, exception=result.exception
+    )
 
 
 def open_report(browser, path: Path) -> SimpleNamespace:
@@ -124,9 +126,15 @@ def finished_study(tmp_path_factory, ray_local):
         {
             "name": "report-e2e",
             "seed": 1,
-            "data": {"dataset": "synthetic", "synthetic": {"regions": 24, "genes": 6, "noise": 0.05}, "split": {"folds": 3}},
+            "data": {
+                "dataset": "synthetic",
+                "synthetic": {"regions": 24, "genes": 6, "noise": 0.05},
+                "split": {"folds": 3},
+            },
             "model": {"fixed": {"nhead": 2, "num_layers": 1, "deep_hidden_dims": [16], "batch_size": 128}},
-            "search": {"space": {"d_model": [8, 16], "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+            "search": {
+                "space": {"d_model": [8, 16], "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}
+            },
             "budget": {"trials": TRIALS, "max_epochs": 2},
             "compare_with": ["cge"],
             "comparison": {**COMPARISON, "tune": False},
@@ -155,7 +163,9 @@ def test_report_of_a_finished_study_draws_every_figure_offline(finished_study, b
     for name in set(FIGURE_NAMES) - set(page.sections) - set(NULL_FIGURES):  # this study has no nulls
         assert any(name in note for note in page.notes), name
     # what a study with a comparison must be able to show
-    assert {"optimization_history", "learning_curves", "comparison_forest", "predicted_vs_observed"} <= set(page.sections)
+    assert {"optimization_history", "learning_curves", "comparison_forest", "predicted_vs_observed"} <= set(
+        page.sections
+    )
     assert page.state == FINISHED and page.status.startswith("Status: finished")
 
     assert len(page.trial_rows) == TRIALS
@@ -180,7 +190,9 @@ def interrupted_study(tmp_path_factory):
     from xattn.tracking import parent_run
     from xattn.tuning.spec import parse_spec
 
-    spec = parse_spec({"name": "report-killed", "search": {"space": {"d_model": [8, 16]}}, "budget": {"trials": 4, "max_epochs": 5}})
+    spec = parse_spec(
+        {"name": "report-killed", "search": {"space": {"d_model": [8, 16]}}, "budget": {"trials": 4, "max_epochs": 5}}
+    )
     workspace = Workspace.open(tmp_path_factory.mktemp("ws"))
     client = open_stores(workspace)
     experiment_id = parent_run.open_experiment(client, workspace, study_run(spec))
@@ -194,7 +206,9 @@ def interrupted_study(tmp_path_factory):
             },
         )  # fmt: skip
         client.log_param(run.info.run_id, "d_model", str(8 * (number + 1)))
-        curve = [Metric(name, 1.0 / epoch, 0, epoch) for epoch in range(1, epochs + 1) for name in ("val_loss", "train_loss")]
+        curve = [
+            Metric(name, 1.0 / epoch, 0, epoch) for epoch in range(1, epochs + 1) for name in ("val_loss", "train_loss")
+        ]
         curve += [Metric("val_pearson", 0.1 * epoch, 0, epoch) for epoch in range(1, epochs + 1)]
         client.log_batch(run.info.run_id, metrics=curve)
         if status == "FINISHED":
@@ -236,7 +250,10 @@ def test_unknown_study_is_one_line(interrupted_study):
     _, workspace, _ = interrupted_study
     process = report_in_process("no-such-study", workspace.root)
     assert process.returncode == 2
-    assert process.stderr.strip() == "error: no study named 'no-such-study' in this tracking store; studies here: report-killed"
+    assert (
+        process.stderr.strip()
+        == "error: no study named 'no-such-study' in this tracking store; studies here: report-killed"
+    )
     wrong_run = report_in_process("report-killed", workspace.root, "--run-id", "0" * 32)
     assert wrong_run.returncode == 2 and len(wrong_run.stderr.strip().splitlines()) == 1
     no_store = report_in_process("report-killed", workspace.root / "elsewhere")
@@ -281,4 +298,3 @@ def test_status_follows_run_status_completed_tag_and_driver(live_driver):
     assert study_state(parent("FAILED", f"{host}:1")).state == INTERRUPTED  # the driver crashed
     elsewhere = study_state(parent("RUNNING", "another-host:1234"))
     assert elsewhere.state == RUNNING and "another host" in elsewhere.detail
-

@@ -82,7 +82,9 @@ class Study:
 
 def one_finished_one_training(children) -> bool:
     statuses = [run.info.status for run in children]
-    return "FINISHED" in statuses and any(run.info.status == "RUNNING" and "xattn.worker" in run.data.tags for run in children)
+    return "FINISHED" in statuses and any(
+        run.info.status == "RUNNING" and "xattn.worker" in run.data.tags for run in children
+    )
 
 
 def assert_complete(study: Study, budget: int) -> None:
@@ -145,7 +147,9 @@ def test_a_trial_whose_worker_dies_is_retried_then_failed_with_its_traceback(tmp
     """max_failures 1: the first trial's worker is killed twice (it fails), the second's once (it recovers)."""
     workspace = tmp_path / "ws"
     study = Study(workspace)
-    process = start("study", "run", write_spec(tmp_path, trials=2, max_failures=1), "--workspace", workspace, cwd=tmp_path)
+    process = start(
+        "study", "run", write_spec(tmp_path, trials=2, max_failures=1), "--workspace", workspace, cwd=tmp_path
+    )
     kills: dict[str, list[str]] = {}
 
     def kill_worker_of(trial_number: str, times: int):

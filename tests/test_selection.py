@@ -54,7 +54,11 @@ CASES = {
     ),
     # Two configurations tie; Tune lists them in one order, MLflow has them started in the other.
     "a tie": (
-        [trial("t2", 0.3, learning_rate=0.02), trial("t1", 0.3, learning_rate=0.01), trial("t3", 0.9, learning_rate=0.05)],
+        [
+            trial("t2", 0.3, learning_rate=0.02),
+            trial("t1", 0.3, learning_rate=0.01),
+            trial("t3", 0.9, learning_rate=0.05),
+        ],
         ["t1", "t2", "t3"],
         {"t1": 0, "t2": 1, "t3": 2},
         {"learning_rate": 0.01},  # the smaller key: trial t1
@@ -82,7 +86,9 @@ def test_summary_progress_and_registration_pick_the_same_configuration(case, tmp
     shown = [t for t in trials if selection.configuration_key(t.config, t.trial_id) == progress.best_configuration]
 
     # the registered model: best_child over the runs the search's MLflow callback records
-    spec = parse_spec({"name": "selection", "model": {"family": "mlp"}, "search": {"space": {"learning_rate": [0.01, 0.02, 0.05]}}})
+    spec = parse_spec(
+        {"name": "selection", "model": {"family": "mlp"}, "search": {"space": {"learning_rate": [0.01, 0.02, 0.05]}}}
+    )
     workspace = Workspace.open(tmp_path / "ws")
     client = open_stores(workspace)
     experiment_id = parent_run.open_experiment(client, workspace, study_run(spec))
@@ -154,7 +160,9 @@ def test_a_study_with_inner_folds_retrains_registers_and_shows_one_configuration
     client = MlflowClient(workspace.tracking_uri)
     runs = client.search_runs([result.experiment_id], f"tags.`{tags.PARENT_RUN}` = '{result.parent_run_id}'")
     search = [run for run in runs if run.data.tags[tags.ROLE] == "search"]
-    assert len(search) == 3 * 2 and len({run.data.params["learning_rate"] for run in search}) <= 2  # a value suggested twice
+    assert (
+        len(search) == 3 * 2 and len({run.data.params["learning_rate"] for run in search}) <= 2
+    )  # a value suggested twice
     finals = [run for run in runs if run.data.tags[tags.ROLE] == "final" and run.data.tags[tags.FAMILY] == "mlp"]
     assert len(finals) == 2 and all(run.data.params == finals[0].data.params for run in finals)
     registered = client.get_run(client.get_model_version_by_alias(spec.name, "best").run_id)

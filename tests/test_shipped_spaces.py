@@ -97,11 +97,16 @@ def test_every_configuration_of_a_shipped_space_sees_both_regions(path):
 def test_the_check_itself_catches_a_blind_model():
     """CLS pooling without query mixing is the known blind configuration: the model check finds
     it, and a spec that could draw it is refused in one line naming the field."""
-    sees_i, sees_j = sees_both_regions("cross_attention", {"d_model": 16, "nhead": 2, "num_layers": 1, "pooling_mode": "cls"})
+    sees_i, sees_j = sees_both_regions(
+        "cross_attention", {"d_model": 16, "nhead": 2, "num_layers": 1, "pooling_mode": "cls"}
+    )
     assert (sees_i, sees_j) == (False, True)
     with pytest.raises(SpecError) as error:
         parse_spec({"name": "x", "search": {"space": {"pooling_mode": ["mean", "cls"], "d_model": [16, 32]}}})
-    assert "search.space.pooling_mode: cross_attention with pooling_mode=cls: the prediction cannot depend on region i's" in str(error.value)
+    assert (
+        "search.space.pooling_mode: cross_attention with pooling_mode=cls: the prediction cannot depend on region i's"
+        in str(error.value)
+    )
     assert "\n" not in str(error.value)
     with pytest.raises(SpecError, match="model.fixed.pooling_mode"):
         parse_spec({"name": "x", "model": {"fixed": {"pooling_mode": "cls"}}, "search": {"space": {"d_model": [16]}}})

@@ -97,7 +97,11 @@ def test_overrides_use_dotted_paths(tmp_path):
 def test_relative_data_paths_resolve_against_the_spec(tmp_path):
     (tmp_path / "x.csv").write_text("label,A\nr,0.5\n")
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump(minimal(**{"data.dataset": None, "data.files": {"expression": "x.csv", "connectivity": "c.csv"}})))
+    path.write_text(
+        yaml.safe_dump(
+            minimal(**{"data.dataset": None, "data.files": {"expression": "x.csv", "connectivity": "c.csv"}})
+        )
+    )
     spec = load_spec(path)
     assert spec.data.files.expression == (tmp_path / "x.csv").resolve()
 
@@ -131,9 +135,17 @@ def test_max_pairs_per_pass_is_a_trainer_setting_a_spec_can_fix():
     [
         ({"bad name": {"bidirectional": True}}, None, "variant name 'bad name'"),
         ({"empty": {}}, None, "variant 'empty' needs a mapping"),
-        ({"typo": {"bidirectonal": True}}, None, r"comparison.variants.typo: override.bidirectonal: unknown hyperparameter \(did you mean 'bidirectional'\?\)"),
+        (
+            {"typo": {"bidirectonal": True}},
+            None,
+            r"comparison.variants.typo: override.bidirectonal: unknown hyperparameter \(did you mean 'bidirectional'\?\)",
+        ),
         ({"blind": {"pooling_mode": "cls"}}, None, "comparison.variants.blind: model.fixed.pooling_mode"),
-        ({"ok": {"bidirectional": True}}, "cross_attention:nope", r"comparison.reference: 'cross_attention:nope' is not an arm"),
+        (
+            {"ok": {"bidirectional": True}},
+            "cross_attention:nope",
+            r"comparison.reference: 'cross_attention:nope' is not an arm",
+        ),
     ],
 )
 def test_bad_variants_are_refused_before_anything_starts(variants, reference, message):

@@ -130,7 +130,9 @@ def test_parent_holds_spec_best_and_table(study):
     from scipy import stats
 
     children = _children(client, result)
-    rho = stats.spearmanr([-c["metrics"]["best_val_loss"] for c in children], [c["metrics"]["test_pearson"] for c in children])[0]
+    rho = stats.spearmanr(
+        [-c["metrics"]["best_val_loss"] for c in children], [c["metrics"]["test_pearson"] for c in children]
+    )[0]
     assert agreement["spearman"] == pytest.approx(rho)
 
 
@@ -147,8 +149,12 @@ def test_the_best_trials_attention_maps_are_logged_to_its_run(study, tmp_path):
     spec, workspace, result = study
     client = MlflowClient(workspace.tracking_uri)
     logged = {a.path for a in client.list_artifacts(result.best["run_id"], "attention")}
-    assert logged == {f"attention/{name}" for name in ("gene_attention.csv", "top_gene_pairs.csv", "gene_attention.png")}
-    matrix = pd.read_csv(client.download_artifacts(result.best["run_id"], "attention/gene_attention.csv", str(tmp_path)), index_col=0)
+    assert logged == {
+        f"attention/{name}" for name in ("gene_attention.csv", "top_gene_pairs.csv", "gene_attention.png")
+    }
+    matrix = pd.read_csv(
+        client.download_artifacts(result.best["run_id"], "attention/gene_attention.csv", str(tmp_path)), index_col=0
+    )
     np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
 
 
@@ -172,7 +178,9 @@ def test_xattn_attention_writes_the_gene_maps_of_an_export(study, tmp_path, mirr
     assert top.mean_weight.iloc[0] == pytest.approx(matrix.to_numpy().max())
     assert (out / "gene_attention.png").read_bytes()[:4] == b"\x89PNG"
 
-    not_cross = subprocess.run([sys.executable, "-m", "xattn.cli", "attention", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    not_cross = subprocess.run(
+        [sys.executable, "-m", "xattn.cli", "attention", str(tmp_path / "nowhere")], capture_output=True, text=True
+    )
     assert not_cross.returncode == 2 and len(not_cross.stderr.strip().splitlines()) == 1
 
 

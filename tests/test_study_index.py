@@ -34,11 +34,16 @@ def test_params_split_into_those_the_search_changed_and_those_fixed_per_family()
     ]
     varying, fixed = split_params(trials)
     assert varying == {"cross_attention": {"learning_rate"}, "cge": set()}
-    assert fixed == {"cross_attention": {"d_model": "16", "genevec": "coexpression"}, "cge": {"learning_rate": "0.02", "batch_size": "64"}}
+    assert fixed == {
+        "cross_attention": {"d_model": "16", "genevec": "coexpression"},
+        "cge": {"learning_rate": "0.02", "batch_size": "64"},
+    }
 
 
 def test_a_param_only_some_runs_have_differs_and_is_not_fixed():
-    varying, fixed = split_params([trial("mlp", dropout_rate="0.1"), trial("mlp", dropout_rate="0.1", pca_components="20")])
+    varying, fixed = split_params(
+        [trial("mlp", dropout_rate="0.1"), trial("mlp", dropout_rate="0.1", pca_components="20")]
+    )
     assert varying == {"mlp": {"pca_components"}}
     assert fixed == {"mlp": {"dropout_rate": "0.1"}}
 
@@ -99,7 +104,9 @@ def summary(trials: list[dict], max_epochs=4, metric="best_val_loss") -> dict:
     return {"metric": metric, "max_epochs": max_epochs, "trials": trials}
 
 
-def shown_trial(run_id, family, params, metrics, *, epochs=4, stopped=None, best=False, status="FINISHED", run_name=None):
+def shown_trial(
+    run_id, family, params, metrics, *, epochs=4, stopped=None, best=False, status="FINISHED", run_name=None
+):
     return {"run_id": run_id, "run_name": run_name, "family": family, "params": params, "metrics": metrics,
             "epochs": epochs, "stopped_early_at": stopped, "best": best, "status": status}  # fmt: skip
 
@@ -122,7 +129,10 @@ def test_the_show_table_marks_the_best_shows_early_stops_and_only_the_params_tha
 
 
 def test_the_show_table_without_a_budget_shows_bare_epochs_and_leaves_out_families_with_nothing_fixed():
-    trials = [shown_trial("a", "mlp", {"dropout_rate": "0.1"}, {}, epochs=7), shown_trial("b", "mlp", {"dropout_rate": "0.2"}, {}, epochs=3)]
+    trials = [
+        shown_trial("a", "mlp", {"dropout_rate": "0.1"}, {}, epochs=7),
+        shown_trial("b", "mlp", {"dropout_rate": "0.2"}, {}, epochs=3),
+    ]
     table = show_table(summary(trials, max_epochs=None, metric="best_val_pearson"))
     assert [row[3] for row in table.rows] == ["7", "3"]
     assert table.columns[4] == "best_val_pearson" and table.fixed == {}
@@ -162,7 +172,9 @@ def store(tmp_path_factory):
         children.append(child.info.run_id)
     client.set_tag(parent.info.run_id, tags.BEST_RUN_ID, children[0])
     client.set_terminated(parent.info.run_id)
-    return SimpleNamespace(workspace=workspace, client=client, parent=parent.info.run_id, older=older.info.run_id, children=children)
+    return SimpleNamespace(
+        workspace=workspace, client=client, parent=parent.info.run_id, older=older.info.run_id, children=children
+    )
 
 
 def test_list_studies_names_each_study_with_its_newest_run(store):
@@ -170,7 +182,11 @@ def test_list_studies_names_each_study_with_its_newest_run(store):
     assert set(rows) == {"demo", "empty"}
     assert rows["demo"]["study_runs"] == 2 and rows["demo"]["latest_run_id"] == store.parent
     assert rows["demo"]["latest_status"] == "FINISHED"
-    assert (rows["empty"]["study_runs"], rows["empty"]["latest_run_id"], rows["empty"]["latest_status"]) == (0, None, None)
+    assert (rows["empty"]["study_runs"], rows["empty"]["latest_run_id"], rows["empty"]["latest_status"]) == (
+        0,
+        None,
+        None,
+    )
 
 
 def test_the_summary_of_a_study_run_lists_its_trials_oldest_first(store):

@@ -59,7 +59,6 @@ def save(directory, model, **kwargs):
     return save_checkpoint(directory, model, describe=describe, **kwargs)
 
 
-
 @pytest.fixture(scope="module")
 def data(random_pair_data) -> PairData:
     pairs = ordered_pairs(range(N_REGIONS))

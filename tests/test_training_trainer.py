@@ -75,7 +75,6 @@ def new_model(seed: int = 0, cls=PairMLP) -> PairMLP:
     return cls()
 
 
-
 FAST = dict(learning_rate=1e-2, batch_size=64, max_epochs=20, patience_steps=1000, warmup_steps=0)
 STEPS_PER_EPOCH = 5  # 18 training regions: 306 pairs in batches of 64
 
@@ -117,7 +116,12 @@ def test_plateau_halves_the_rate_after_a_third_of_the_patience(data):
     # lr 0: only epoch 1 improves, so every later epoch counts towards the plateau.
     config = TrainConfig(learning_rate=0.0, max_epochs=12, patience_steps=30, warmup_steps=0, lr_schedule="plateau")
     scales = []
-    fit(new_model(), data, config, on_epoch=lambda r: scales.append(r.optimizer.param_groups[0].get("plateau_scale", 1.0)))
+    fit(
+        new_model(),
+        data,
+        config,
+        on_epoch=lambda r: scales.append(r.optimizer.param_groups[0].get("plateau_scale", 1.0)),
+    )
     # patience 30 steps = 6 epochs; a third of it, 10 steps = 2 epochs without improvement
     assert scales[:7] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.125]
 
@@ -254,6 +258,7 @@ def test_resume_continues_like_uninterrupted_run(data):
     resumed_model.load_state_dict(saved["model"])
     resumed = fit(resumed_model, data, config, start_epoch=3, optimizer_state=saved["optimizer"])
     keys = ("epoch", "train_loss", "val_loss", "val_pearson", "lr")
+
     def pick(history):
         return [{k: h[k] for k in keys} for h in history]
 

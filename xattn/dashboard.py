@@ -28,11 +28,15 @@ def open_storage(url: str):
         raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if not Path(parsed.database).is_file():
-            raise StoreError(f"no Optuna storage at {parsed.database}: run a study first, or pass --workspace / --optuna-storage")
+            raise StoreError(
+                f"no Optuna storage at {parsed.database}: run a study first, or pass --workspace / --optuna-storage"
+            )
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as error:  # noqa: BLE001 - an old schema, a foreign database, a bad driver
-        raise StoreError(f"cannot open the Optuna storage {masked(url)} ({first_line(error)}): check --optuna-storage") from None
+        raise StoreError(
+            f"cannot open the Optuna storage {masked(url)} ({first_line(error)}): check --optuna-storage"
+        ) from None
 
 
 def serve(url: str, host: str, port: int, *, announce: Callable[[str, list[str]], None]) -> None:
@@ -50,11 +54,26 @@ def serve(url: str, host: str, port: int, *, announce: Callable[[str, list[str]]
         raise StoreError(f"cannot serve on {host}:{port} ({error.strerror or error}): pass another --port") from None
 
 
-def serve_mlflow_ui(tracking_uri: str, host: str, port: int, *, workers: int = 1, announce: Callable[[str], None]) -> int:
+def serve_mlflow_ui(
+    tracking_uri: str, host: str, port: int, *, workers: int = 1, announce: Callable[[str], None]
+) -> int:
     """Serve the MLflow UI on the tracking store `tracking_uri` (a database, not a server) on
     http://host:port until stopped, ending with every process it started; `announce(url)` is
     called once the port is free. Returns the server's exit code (0 when stopped by a signal)."""
     check_port(host, port, "another MLflow UI?")
     announce(f"http://{host}:{port}")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri, "--host", host, "--port", str(port), "--workers", str(workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     return run_server(command)

@@ -81,7 +81,9 @@ def check_tracking_store(workspace: Workspace):
         experiment_id = _probe_experiment(client, workspace.artifact_location(PROBE_EXPERIMENT))
         client.delete_experiment(experiment_id)
     except Exception as error:  # noqa: BLE001 - the store answers reads but refuses writes
-        return None, Check("tracking store", masked(uri), False, f"reachable but not writable: {_explain_http(str(error))}")
+        return None, Check(
+            "tracking store", masked(uri), False, f"reachable but not writable: {_explain_http(str(error))}"
+        )
     return client, Check("tracking store", masked(uri), True, f"reachable and writable; {version}")
 
 
@@ -117,7 +119,12 @@ def check_optuna(url: str) -> Check:
     except Exception as error:  # noqa: BLE001
         return Check("Optuna storage", masked(url), False, f"{type(error).__name__}: {first_line(error)}")
     if current != head:
-        return Check("Optuna storage", masked(url), False, f"schema {current}, Optuna {optuna.__version__} needs {head}: run `optuna storage upgrade --storage URL`")
+        return Check(
+            "Optuna storage",
+            masked(url),
+            False,
+            f"schema {current}, Optuna {optuna.__version__} needs {head}: run `optuna storage upgrade --storage URL`",
+        )
     return Check("Optuna storage", masked(url), True, f"reachable; schema current (Optuna {optuna.__version__})")
 
 
@@ -129,11 +136,18 @@ def check_ray(address: str | None) -> Check:
     logs.adopt_library_loggers()
 
     if not address:
-        return Check("Ray", "local", True, f"a local Ray {ray.__version__} instance is started per study (pass --address for a cluster)")
+        return Check(
+            "Ray",
+            "local",
+            True,
+            f"a local Ray {ray.__version__} instance is started per study (pass --address for a cluster)",
+        )
     if address != "auto":
         unreachable = tcp_unreachable(address.removeprefix("ray://"))
         if unreachable:
-            return Check("Ray", address, False, f"not reachable ({unreachable}): is the head running (`ray start --head`)?")
+            return Check(
+                "Ray", address, False, f"not reachable ({unreachable}): is the head running (`ray start --head`)?"
+            )
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         resources = ray.cluster_resources()
@@ -143,7 +157,9 @@ def check_ray(address: str | None) -> Check:
     finally:
         if ray.is_initialized():
             ray.shutdown()
-    detail = f"Ray {ray.__version__}: {nodes} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    detail = (
+        f"Ray {ray.__version__}: {nodes} node(s), {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
+    )
     return Check("Ray", address, True, detail)
 
 
@@ -152,7 +168,9 @@ def check_data(mirror: str | None) -> Check:
 
     root = data_mirror(mirror)
     if root is None:
-        return Check("data", "download", True, "no mirror: named datasets are downloaded (pinned, sha256-checked) on first use")
+        return Check(
+            "data", "download", True, "no mirror: named datasets are downloaded (pinned, sha256-checked) on first use"
+        )
     available = []
     for name, info in DATASETS.items():
         if not info.files:
@@ -163,7 +181,9 @@ def check_data(mirror: str | None) -> Check:
         except XattnError:
             pass
     if not available:
-        return Check("data", str(root), False, "no named dataset is complete in this mirror: check --mirror / $XATTN_DATA_MIRROR")
+        return Check(
+            "data", str(root), False, "no named dataset is complete in this mirror: check --mirror / $XATTN_DATA_MIRROR"
+        )
     return Check("data", str(root), True, f"complete and checksummed: {', '.join(available)}")
 
 
@@ -195,4 +215,3 @@ def _explain_http(message: str) -> str:
 
 def report_json(checks: list[Check]) -> str:
     return json.dumps({"ok": all(c.ok for c in checks), "checks": [c.to_dict() for c in checks]})
-

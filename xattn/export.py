@@ -38,7 +38,9 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
             raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
         if not (out / MANIFEST).is_file():
             # --force replaces an earlier export, never a folder of other things (a workspace, a home).
-            raise StoreError(f"{out} is not an earlier export (no {MANIFEST}): --force replaces only an export; choose another --out")
+            raise StoreError(
+                f"{out} is not an earlier export (no {MANIFEST}): --force replaces only an export; choose another --out"
+            )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = connect(workspace)  # an unreachable server fails in one line, not after minutes of retries
     version = None
@@ -80,7 +82,9 @@ def export_manifest(client, study: str, parent, best, checkpoint: str | Path | C
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _stage(client, study: str, parent, best, where: Path | None, *, checkpoint: Path | None = None) -> tuple[Path, dict[str, Any]]:
+def _stage(
+    client, study: str, parent, best, where: Path | None, *, checkpoint: Path | None = None
+) -> tuple[Path, dict[str, Any]]:
     """A complete export of `best` in a new folder under `where`; the caller moves or removes it.
     Its checkpoint is downloaded, or copied from local folder `checkpoint` (left as it is)."""
     staging = Path(tempfile.mkdtemp(prefix=".xattn-export-", dir=where))

@@ -35,13 +35,17 @@ def check_port(host: str, port: int, who: str) -> None:
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise StoreError(f"port {port} on {host} is in use ({who}): pass another --port") from None
-        raise StoreError(f"cannot serve on {host}:{port} ({error.strerror or error}): check --host and --port") from None
+        raise StoreError(
+            f"cannot serve on {host}:{port} ({error.strerror or error}): check --host and --port"
+        ) from None
 
 
 def run_server(command: list[str]) -> int:
     """Run `command` under a guard until it exits or this process is told to stop; return its
     exit code (0 when stopped by a signal)."""
-    guard = subprocess.Popen([sys.executable, "-m", "xattn.processes", *command], preexec_fn=_lead_group_and_die_with_parent)
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "xattn.processes", *command], preexec_fn=_lead_group_and_die_with_parent
+    )
     stopping: list[int] = []
 
     def stop(signum, frame) -> None:

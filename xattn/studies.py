@@ -170,11 +170,15 @@ def _open_study_run(spec: StudySpec, workspace: Workspace, client, address, mirr
         parent_run_id, optuna_study = parent_run.reopen(client, unfinished, study)
         if progress is not None:
             done = sum(run.info.status in ("FINISHED", "FAILED") for run in child_runs(client, unfinished))
-            progress.console.print(f"resuming study run {parent_run_id}: {done} finished trials are kept", highlight=False)
+            progress.console.print(
+                f"resuming study run {parent_run_id}: {done} finished trials are kept", highlight=False
+            )
     else:
         parent_run_id, optuna_study = parent_run.start(client, experiment_id, study)
     agreement = selection.Agreement(spec.search.metric, spec.search.mode)
-    return phases.Context(workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress, spec, agreement)
+    return phases.Context(
+        workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress, spec, agreement
+    )
 
 
 def _summarise(spec: StudySpec, context: phases.Context, comparison: dict[str, Any] | None) -> StudyResult:
@@ -204,7 +208,9 @@ def _summarise(spec: StudySpec, context: phases.Context, comparison: dict[str, A
         if os.environ.get(FIGURES_ENV, "1") != "0":
             from xattn.reporting import log_study_figures
 
-            log_study_figures(client, parent_run_id, context.workspace.optuna_storage, mirror=context.mirror, checkpoints=checkpoints)
+            log_study_figures(
+                client, parent_run_id, context.workspace.optuna_storage, mirror=context.mirror, checkpoints=checkpoints
+            )
             if run is not None and run.data.tags.get(tags.FAMILY) == "cross_attention":
                 _log_attention(client, run.info.run_id, context.mirror, checkpoints)
     parent_run.complete(client, parent_run_id, found_best=best is not None)

@@ -50,18 +50,39 @@ _flags_take_no_value()
 
 @app.callback()
 def _global_options(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library logs (MLflow, Ray, Optuna) on stderr; they always go to WORKSPACE/xattn.log."),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Show library logs (MLflow, Ray, Optuna) on stderr; they always go to WORKSPACE/xattn.log.",
+    ),
 ) -> None:
     from xattn import logs
 
     logs.configure(verbose)
 
 
-WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder for stores and artifacts (default: ./.xattn or $XATTN_WORKSPACE).")
-TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the workspace's SQLite file).")
-OptunaOpt = typer.Option(None, "--optuna-storage", help="Optuna storage URL (default: $XATTN_OPTUNA_STORAGE or the workspace's SQLite file).")
-MirrorOpt = typer.Option(None, "--mirror", help="Read data files from this local folder laid out like the upstream repositories (default: $XATTN_DATA_MIRROR).")
-AddressOpt = typer.Option(None, "--address", envvar="RAY_ADDRESS", show_envvar=False, help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance).")
+WorkspaceOpt = typer.Option(
+    None, "--workspace", "-w", help="Workspace folder for stores and artifacts (default: ./.xattn or $XATTN_WORKSPACE)."
+)
+TrackingOpt = typer.Option(
+    None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the workspace's SQLite file)."
+)
+OptunaOpt = typer.Option(
+    None, "--optuna-storage", help="Optuna storage URL (default: $XATTN_OPTUNA_STORAGE or the workspace's SQLite file)."
+)
+MirrorOpt = typer.Option(
+    None,
+    "--mirror",
+    help="Read data files from this local folder laid out like the upstream repositories (default: $XATTN_DATA_MIRROR).",
+)
+AddressOpt = typer.Option(
+    None,
+    "--address",
+    envvar="RAY_ADDRESS",
+    show_envvar=False,
+    help="Ray cluster address (default: $RAY_ADDRESS or a local Ray instance).",
+)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object as the last line, for scripts.")
 
 
@@ -78,14 +99,20 @@ def friendly(command: Callable) -> Callable:
         except KeyboardInterrupt:
             # A study handles its own (marked KILLED, resume command printed). Every other
             # command writes each output file whole (staged, then moved in).
-            err_console.print("interrupted: stopped; what it finished is kept, nothing is half-written", highlight=False)
+            err_console.print(
+                "interrupted: stopped; what it finished is kept, nothing is half-written", highlight=False
+            )
             raise typer.Exit(130) from None
         except OSError as error:
             # The last net for a path or device the checks above missed (a disk that fills,
             # permissions that change): one line, the traceback in the log (and with -v).
             logging.getLogger("xattn").error("%s failed", command.__name__, exc_info=True)
             where = f"{error.filename}: " if error.filename else ""
-            err_console.print(f"[red]error:[/] {where}{error.strerror or error} (-v shows the traceback)", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[red]error:[/] {where}{error.strerror or error} (-v shows the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(2) from None
 
     return wrapper
@@ -105,7 +132,9 @@ def stored_workspace(workspace, tracking_uri, optuna_storage=None) -> Workspace:
     ws = open_workspace(workspace, tracking_uri, optuna_storage, create=False)
     missing = ws.missing_store()
     if missing is not None:
-        raise StudyNotFound(f"no tracking store at {missing}: run `xattn study run SPEC` first, or pass --workspace DIR")
+        raise StudyNotFound(
+            f"no tracking store at {missing}: run `xattn study run SPEC` first, or pass --workspace DIR"
+        )
     return ws
 
 

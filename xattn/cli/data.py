@@ -19,7 +19,13 @@ def data_list(as_json: bool = JsonOpt) -> None:
     from xattn.data import DATASETS
 
     rows = [
-        {"name": info.name, "regions": info.regions, "genes": info.genes, "target": info.target, "description": info.description}
+        {
+            "name": info.name,
+            "regions": info.regions,
+            "genes": info.genes,
+            "target": info.target,
+            "description": info.description,
+        }
         for info in DATASETS.values()
     ]
     if as_json:
@@ -36,7 +42,9 @@ def data_list(as_json: bool = JsonOpt) -> None:
 def data_fetch(
     name: str = typer.Argument(..., help="Dataset name (xattn data list)."),
     mirror: Optional[Path] = MirrorOpt,
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Download cache (default: $XATTN_DATA_CACHE or the user cache)."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Download cache (default: $XATTN_DATA_CACHE or the user cache)."
+    ),
 ) -> None:
     """Download a dataset's files from their pinned upstream addresses, checking sha256."""
     from xattn.data import fetch
@@ -48,7 +56,11 @@ def data_fetch(
 
 @data_app.command("info")
 @friendly
-def data_info(name: str = typer.Argument(..., help="Dataset name (xattn data list)."), mirror: Optional[Path] = MirrorOpt, as_json: bool = JsonOpt) -> None:
+def data_info(
+    name: str = typer.Argument(..., help="Dataset name (xattn data list)."),
+    mirror: Optional[Path] = MirrorOpt,
+    as_json: bool = JsonOpt,
+) -> None:
     """Load a dataset and describe it."""
     from xattn.data import load_dataset
 

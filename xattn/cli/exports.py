@@ -16,7 +16,9 @@ from xattn.cli.common import JsonOpt, MirrorOpt, TrackingOpt, WorkspaceOpt, app,
 @app.command("export")
 @friendly
 def export(
-    study: str = typer.Argument(..., help="Study name, or a registered model: models:/NAME@best or models:/NAME/VERSION."),
+    study: str = typer.Argument(
+        ..., help="Study name, or a registered model: models:/NAME@best or models:/NAME/VERSION."
+    ),
     out: Path = typer.Option(..., "--out", help="Folder to write the export to."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
@@ -60,9 +62,15 @@ def evaluate(
 @app.command("attention")
 @friendly
 def attention(
-    directory: Path = typer.Argument(..., metavar="EXPORT_DIR", help="An export folder (xattn export) of a cross_attention model."),
-    pairs: str = typer.Option("test", "--pairs", help="Which of the split's pairs to average over: test, val or train."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the three files (default: EXPORT_DIR/attention)."),
+    directory: Path = typer.Argument(
+        ..., metavar="EXPORT_DIR", help="An export folder (xattn export) of a cross_attention model."
+    ),
+    pairs: str = typer.Option(
+        "test", "--pairs", help="Which of the split's pairs to average over: test, val or train."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for the three files (default: EXPORT_DIR/attention)."
+    ),
     top_k: int = typer.Option(20, "--top-k", help="How many gene pairs top_gene_pairs.csv lists."),
     mirror: Optional[Path] = MirrorOpt,
     as_json: bool = JsonOpt,

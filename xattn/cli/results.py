@@ -60,19 +60,35 @@ def _print_comparison(study: str, comparison: dict) -> None:
     table = Table(title=f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed")
     nulls = next((entry["nulls"] for entry in comparison["families"] if "nulls" in entry), None)
     null_columns = (f"{nulls['method']} nulls: r", "p null") if nulls else ()
-    for column in ("family", "n", "test r", "test MSE", "test R2", "diff r [95% CI]", "p", "search: rank r(val, test)", *null_columns):
+    for column in (
+        "family",
+        "n",
+        "test r",
+        "test MSE",
+        "test R2",
+        "diff r [95% CI]",
+        "p",
+        "search: rank r(val, test)",
+        *null_columns,
+    ):
         table.add_column(column, no_wrap=True)
     for entry in comparison["families"]:
         diff = entry.get("vs_reference")
         null = entry.get("nulls")
-        null_cells = (f"{format_cell(null['mean'])} ± {format_cell(null['sd'])} (N={null['n']})", format_cell(null["p"])) if null else ("-", "-")
+        null_cells = (
+            (f"{format_cell(null['mean'])} ± {format_cell(null['sd'])} (N={null['n']})", format_cell(null["p"]))
+            if null
+            else ("-", "-")
+        )
         table.add_row(
             entry["family"],
             str(entry["n_runs"]),
             f"{format_cell(entry['test_pearson_mean'])} ± {format_cell(entry['test_pearson_sd'])}",
             format_cell(entry["test_mse_mean"]),
             format_cell(entry["test_r2_mean"]),
-            f"{format_cell(diff['mean_difference'])} [{format_cell(diff['ci95_low'])}, {format_cell(diff['ci95_high'])}]" if diff else "-",
+            f"{format_cell(diff['mean_difference'])} [{format_cell(diff['ci95_low'])}, {format_cell(diff['ci95_high'])}]"
+            if diff
+            else "-",
             format_cell(diff["p_wilcoxon"]) if diff else "-",
             format_cell(entry.get("search_val_test_spearman", math.nan)),
             *(null_cells if nulls else ()),
@@ -90,12 +106,18 @@ def _print_comparison(study: str, comparison: dict) -> None:
 @app.command("compare-local")
 @friendly
 def compare_local(
-    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Study spec with compare_with, e.g. studies/s100-compare.yaml."),
+    spec_path: Path = typer.Argument(
+        ..., metavar="SPEC", help="Study spec with compare_with, e.g. studies/s100-compare.yaml."
+    ),
     max_epochs: Optional[str] = typer.Option(None, "--max-epochs", metavar="N", help="Override budget.max_epochs."),
     sets: list[str] = typer.Option([], "--set", help="Override any spec field: --set comparison.seeds=2 (repeatable)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when the spec asks for GPUs and one is there)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="cpu or cuda (default: cuda when the spec asks for GPUs and one is there)."
+    ),
     mirror: Optional[Path] = MirrorOpt,
-    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the comparison and every run to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json-out", help="Also write the comparison and every run to this JSON file."
+    ),
 ) -> None:
     """Train every compared family at its fixed settings on K folds x S seeds here, without Ray or MLflow.
 
@@ -121,7 +143,9 @@ def compare_local(
             soft_wrap=True,
         )
 
-    comparison, _ = run_local_comparison(spec, mirror=mirror, device=device, on_run=report, json_out=json_out, source=str(spec_path))
+    comparison, _ = run_local_comparison(
+        spec, mirror=mirror, device=device, on_run=report, json_out=json_out, source=str(spec_path)
+    )
     print(comparison_markdown(comparison))
 
 
@@ -129,7 +153,9 @@ def compare_local(
 @friendly
 def report(
     study: str = typer.Argument(..., help="Study name."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder for NAME.html, or a file ending in .html (default: WORKSPACE/reports/NAME.html)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder for NAME.html, or a file ending in .html (default: WORKSPACE/reports/NAME.html)."
+    ),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,

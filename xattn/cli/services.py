@@ -60,8 +60,12 @@ def ui(
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     port: int = typer.Option(5000, "--port", min=1, max=65535, help="Port of the MLflow UI."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean to share it."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Server worker processes (one serves a person; each costs seconds to start)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean to share it."
+    ),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Server worker processes (one serves a person; each costs seconds to start)."
+    ),
 ) -> None:
     """Open the MLflow UI on the workspace's tracking store; it ends, with every process it started, when this command does."""
     from xattn.dashboard import serve_mlflow_ui
@@ -74,7 +78,10 @@ def ui(
 
     def announce(url: str) -> None:
         console.print(f"MLflow UI on {url} (Ctrl-C to stop); store {ws.tracking_uri}", highlight=False)
-        console.print("  studies are model training: pick [bold]Model training[/] in its sidebar once (MLflow starts a browser on GenAI)", highlight=False)
+        console.print(
+            "  studies are model training: pick [bold]Model training[/] in its sidebar once (MLflow starts a browser on GenAI)",
+            highlight=False,
+        )
 
     raise typer.Exit(serve_mlflow_ui(ws.tracking_uri, host, port, workers=workers, announce=announce))
 
@@ -85,7 +92,11 @@ def dashboard(
     workspace: Optional[Path] = WorkspaceOpt,
     optuna_storage: Optional[str] = OptunaOpt,
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port of the Optuna dashboard."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; keep 127.0.0.1 unless you mean to share it (the dashboard can delete studies)."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="Interface to bind; keep 127.0.0.1 unless you mean to share it (the dashboard can delete studies).",
+    ),
 ) -> None:
     """Open optuna-dashboard on the workspace's Optuna storage: history, importances, slices of each search."""
     from xattn.dashboard import serve
@@ -93,6 +104,9 @@ def dashboard(
     ws = open_workspace(workspace, None, optuna_storage, create=False)
 
     def announce(url: str, studies: list[str]) -> None:
-        console.print(f"Optuna dashboard on {url} (Ctrl-C to stop); {len(studies)} Optuna studies in {masked(ws.optuna_storage)}", highlight=False)
+        console.print(
+            f"Optuna dashboard on {url} (Ctrl-C to stop); {len(studies)} Optuna studies in {masked(ws.optuna_storage)}",
+            highlight=False,
+        )
 
     serve(ws.optuna_storage, host, port, announce=announce)

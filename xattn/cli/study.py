@@ -39,7 +39,9 @@ def study_run(
     trials: Optional[str] = typer.Option(None, "--trials", metavar="N", help="Override budget.trials."),
     max_epochs: Optional[str] = typer.Option(None, "--max-epochs", metavar="N", help="Override budget.max_epochs."),
     name: Optional[str] = typer.Option(None, "--name", help="Override the study name (the MLflow experiment)."),
-    sets: list[str] = typer.Option([], "--set", help="Override any spec field: --set data.dataset=hcp-s100 (repeatable)."),
+    sets: list[str] = typer.Option(
+        [], "--set", help="Override any spec field: --set data.dataset=hcp-s100 (repeatable)."
+    ),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     optuna_storage: Optional[str] = OptunaOpt,
@@ -78,13 +80,17 @@ def study_run(
         console, spec.search_trials, spec.search.metric, spec.search.mode,
         title=f"search {spec.model.family}", max_epochs=spec.budget.max_epochs,
     )  # fmt: skip
-    _finish_study(lambda: run_study(spec, ws, address=address, mirror=mirror, progress=progress), ws, spec.name, as_json, progress)
+    _finish_study(
+        lambda: run_study(spec, ws, address=address, mirror=mirror, progress=progress), ws, spec.name, as_json, progress
+    )
 
 
 @study_app.command("resume")
 @friendly
 def study_resume(
-    name: str = typer.Argument(..., help="Study name: its newest run, if unfinished (killed, interrupted, crashed), continues."),
+    name: str = typer.Argument(
+        ..., help="Study name: its newest run, if unfinished (killed, interrupted, crashed), continues."
+    ),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     optuna_storage: Optional[str] = OptunaOpt,
@@ -99,7 +105,9 @@ def study_resume(
     from xattn.tuning.progress import TrialProgress
 
     progress = TrialProgress(console, 0, "val_loss", "min")
-    _finish_study(lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json, progress)
+    _finish_study(
+        lambda: resume_study(name, ws, address=address, mirror=mirror, progress=progress), ws, name, as_json, progress
+    )
 
 
 def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progress=None) -> None:
@@ -110,14 +118,20 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
         with progress if progress is not None else contextlib.nullcontext():
             result = start()
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}{store_flags(ws, optuna=True)}`", highlight=False)
+        err_console.print(
+            f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}{store_flags(ws, optuna=True)}`",
+            highlight=False,
+        )
         raise typer.Exit(130) from None
     _print_result(result, ws)
     if as_json:
         print(json.dumps(result.to_dict(), default=str))
     if result.best is None:
         reasons = "; ".join(f"{n} x {reason}" for reason, n in result.failures.items()) or "no trial reported a result"
-        err_console.print(f"[red]error:[/] every trial failed ({reasons}): see the FAILED runs' error artifacts in `xattn ui`", soft_wrap=True)
+        err_console.print(
+            f"[red]error:[/] every trial failed ({reasons}): see the FAILED runs' error artifacts in `xattn ui`",
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
@@ -152,20 +166,37 @@ def _print_result(result, ws) -> None:
     console.print("\nlook at it:", highlight=False)
     console.print(f"  xattn ui{stores}", highlight=False)
     # MLflow 3.17's UI opens every experiment as a GenAI app unless the link asks for runs.
-    ui_base = masked(ws.tracking_uri).rstrip("/") if ws.tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    console.print(f"    then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning", highlight=False)
+    ui_base = (
+        masked(ws.tracking_uri).rstrip("/")
+        if ws.tracking_uri.startswith(("http://", "https://"))
+        else "http://127.0.0.1:5000"
+    )
+    console.print(
+        f"    then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning", highlight=False
+    )
     console.print(f"  xattn study show {result.name}{stores}", highlight=False)
     console.print(f"  xattn export {result.name} --out exports/{result.name}{stores}", highlight=False)
-    console.print(f"  xattn evaluate exports/{result.name}   (after export: rebuilds the best model, checks its test metrics)", highlight=False)
-    console.print(f"  xattn report {result.name}{store_flags(ws, optuna=True)}   (one HTML page: figures, trials, comparison)", highlight=False)
+    console.print(
+        f"  xattn evaluate exports/{result.name}   (after export: rebuilds the best model, checks its test metrics)",
+        highlight=False,
+    )
+    console.print(
+        f"  xattn report {result.name}{store_flags(ws, optuna=True)}   (one HTML page: figures, trials, comparison)",
+        highlight=False,
+    )
     console.print(f"  xattn dashboard{store_flags(ws, tracking=False, optuna=True)}", highlight=False)
     if result.best and result.best.get("model_uri"):
-        console.print(f"  the best trial is model {result.best['model_uri']} (version {result.best['model_version']})", highlight=False)
+        console.print(
+            f"  the best trial is model {result.best['model_uri']} (version {result.best['model_version']})",
+            highlight=False,
+        )
 
 
 @study_app.command("list")
 @friendly
-def study_list(workspace: Optional[Path] = WorkspaceOpt, tracking_uri: Optional[str] = TrackingOpt, as_json: bool = JsonOpt) -> None:
+def study_list(
+    workspace: Optional[Path] = WorkspaceOpt, tracking_uri: Optional[str] = TrackingOpt, as_json: bool = JsonOpt
+) -> None:
     """List the studies in the tracking store."""
     from xattn.tracking.study_index import list_studies
 
@@ -175,7 +206,13 @@ def study_list(workspace: Optional[Path] = WorkspaceOpt, tracking_uri: Optional[
         return
     table = Table("study", "experiment", "runs", "latest run", "status")
     for row in rows:
-        table.add_row(row["name"], row["experiment_id"], str(row["study_runs"]), str(row["latest_run_id"]), str(row["latest_status"]))
+        table.add_row(
+            row["name"],
+            row["experiment_id"],
+            str(row["study_runs"]),
+            str(row["latest_run_id"]),
+            str(row["latest_status"]),
+        )
     console.print(table)
 
 

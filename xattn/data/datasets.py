@@ -125,33 +125,51 @@ DATASETS: dict[str, DatasetInfo] = {
     "hcp-s100": DatasetInfo(
         "hcp-s100",
         f"Schaefer-100 cortex: {_AHBA_NOTE}, genes with stability > 0.6; HCP group functional connectivity",
-        _RECIPES["hcp-s100"].files, 100, 810, "fc",
+        _RECIPES["hcp-s100"].files,
+        100,
+        810,
+        "fc",
     ),
     "hcp-s100-sc": DatasetInfo(
         "hcp-s100-sc",
         f"Schaefer-100 cortex: {_AHBA_NOTE}, genes with stability > 0.6; HCP group structural connectivity",
-        _RECIPES["hcp-s100-sc"].files, 100, 810, "sc",
+        _RECIPES["hcp-s100-sc"].files,
+        100,
+        810,
+        "sc",
     ),
     "hcp-s100-r08": DatasetInfo(
         "hcp-s100-r08",
         f"Schaefer-100 cortex: {_AHBA_NOTE}, only the 34 genes with stability > 0.8; HCP functional connectivity",
-        _RECIPES["hcp-s100-r08"].files, 100, 34, "fc",
+        _RECIPES["hcp-s100-r08"].files,
+        100,
+        34,
+        "fc",
     ),
     "hcp-s400": DatasetInfo(
         "hcp-s400",
         f"Schaefer-400 cortex, the 351 sampled parcels: {_AHBA_NOTE}, stability > 0.6; HCP functional connectivity",
-        _RECIPES["hcp-s400"].files, 351, 282, "fc",
+        _RECIPES["hcp-s400"].files,
+        351,
+        282,
+        "fc",
     ),
     "hcp-s400-sc": DatasetInfo(
         "hcp-s400-sc",
         f"Schaefer-400 cortex, the 351 sampled parcels: {_AHBA_NOTE}, stability > 0.6; HCP structural connectivity",
-        _RECIPES["hcp-s400-sc"].files, 351, 282, "sc",
+        _RECIPES["hcp-s400-sc"].files,
+        351,
+        282,
+        "sc",
     ),
     "synthetic": DatasetInfo(
         "synthetic",
         "generated in memory: smooth expression fields over an ellipsoid, connectivity = "
         "exp(-distance/lambda) + beta * expression correlation + noise (options: n_regions, n_genes, seed, noise)",
-        (), 64, 32, "synthetic",
+        (),
+        64,
+        32,
+        "synthetic",
     ),
 }
 
@@ -193,7 +211,9 @@ def fetch(
     root = data_mirror(mirror)
     if root is not None:
         if not root.is_dir():
-            raise DataError(f"data mirror {root} is not a folder: fix --mirror / ${MIRROR_ENV}, or unset it to download")
+            raise DataError(
+                f"data mirror {root} is not a folder: fix --mirror / ${MIRROR_ENV}, or unset it to download"
+            )
         return {rel: _checked_mirror_file(root, rel) for rel in info.files}
     cache = cache_folder(cache_dir)
     ensure_can_create(cache, "download cache", f"pass --cache-dir DIR or set ${CACHE_ENV}")

@@ -220,7 +220,9 @@ def read_coords(path: Path) -> tuple[list[str] | None, np.ndarray]:
     xyz = to_numbers(cells, path, "coords")
     if not np.isfinite(xyz).all():
         row = int(np.argwhere(~np.isfinite(xyz))[0, 0])
-        raise DataError(f"coords file {path} line {row + (2 if has_header else 1)} has a missing coordinate: fill it in")
+        raise DataError(
+            f"coords file {path} line {row + (2 if has_header else 1)} has a missing coordinate: fill it in"
+        )
     return labels, xyz
 
 

@@ -36,7 +36,9 @@ def select_genes(data: ConnectomeData, selection: Any, train_regions: np.ndarray
 def top_variance(data: ConnectomeData, n: int, train_regions: np.ndarray) -> np.ndarray:
     """The `n` genes whose expression varies most across `train_regions` (ties: lower index)."""
     if not 1 <= n <= data.n_genes:
-        raise DataError(f"genes: top_variance {n} does not fit {data.name!r}, which has {data.n_genes} genes: use 1 to {data.n_genes}")
+        raise DataError(
+            f"genes: top_variance {n} does not fit {data.name!r}, which has {data.n_genes} genes: use 1 to {data.n_genes}"
+        )
     regions = np.unique(np.asarray(train_regions, dtype=np.int64))
     if regions.size < 2:
         raise DataError("genes: top_variance needs at least 2 training regions to rank genes by variance")
@@ -77,7 +79,9 @@ def _parse(selection: Any) -> tuple[str, Any]:
     if selection is None or selection == "all":
         return "all", None
     if not isinstance(selection, Mapping):
-        selection = {k: getattr(selection, k) for k in ("top_variance", "file") if getattr(selection, k, None) is not None}
+        selection = {
+            k: getattr(selection, k) for k in ("top_variance", "file") if getattr(selection, k, None) is not None
+        }
     if len(selection) == 1:
         ((kind, value),) = selection.items()
         if kind in ("top_variance", "file"):

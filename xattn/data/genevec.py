@@ -198,7 +198,12 @@ def _coexpression(data: ConnectomeData, train_regions: np.ndarray, dim: int) -> 
         gene_index=np.arange(data.n_genes, dtype=np.int64),
         vectors=vectors,
         learnable=False,
-        overlap={"dataset_genes": data.n_genes, "shared": data.n_genes, "train_regions": len(train_regions), "components": keep},
+        overlap={
+            "dataset_genes": data.n_genes,
+            "shared": data.n_genes,
+            "train_regions": len(train_regions),
+            "components": keep,
+        },
     )
 
 

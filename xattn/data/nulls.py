@@ -59,7 +59,11 @@ def null_data(data: ConnectomeData, method: str, seed: int) -> ConnectomeData:
     if method == "variogram":
         expression = variogram_surrogates(data.expression, region_distances(data), seed)
     else:
-        order = spin_permutation(data, seed) if method == "spin" else np.random.default_rng(seed).permutation(data.n_regions)
+        order = (
+            spin_permutation(data, seed)
+            if method == "spin"
+            else np.random.default_rng(seed).permutation(data.n_regions)
+        )
         expression = data.expression[order]
     metadata = {**data.metadata, "null": {"method": method, "seed": seed}}
     return dataclasses.replace(data, expression=np.ascontiguousarray(expression, dtype=np.float32), metadata=metadata)
@@ -118,7 +122,9 @@ def sphere_coordinates(data: ConnectomeData) -> tuple[np.ndarray, np.ndarray]:
         centred = coords[rows] - coords[rows].mean(axis=0)
         norms = np.linalg.norm(centred, axis=1, keepdims=True)
         if np.any(norms == 0):
-            raise DataError("two regions share a hemisphere's centre: spin nulls need distinct coordinates; use variogram")
+            raise DataError(
+                "two regions share a hemisphere's centre: spin nulls need distinct coordinates; use variogram"
+            )
         sphere[rows] = centred / norms
     return sphere, hemi
 
@@ -149,7 +155,9 @@ def variogram_surrogates(expression: np.ndarray, distance: np.ndarray, seed: int
             if np.ptp(values) == 0:  # a constant gene has no variogram to match
                 surrogates[:, gene] = values
                 continue
-            surrogates[:, gene] = Base(values, distance, resample=True, pv=VARIOGRAM_PERCENTILE, seed=int(gene_seed))(n=1)
+            surrogates[:, gene] = Base(values, distance, resample=True, pv=VARIOGRAM_PERCENTILE, seed=int(gene_seed))(
+                n=1
+            )
     return surrogates
 
 

@@ -40,7 +40,9 @@ class SplitSpec(Strict):
     fold: Whole = Field(0, ge=0, description="which fold is the test set")
     val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of training regions held out for validation")
     inner_folds: Whole = Field(
-        0, ge=0, description="0: search on one validation set; K >= 2: each trial on K inner folds, ranked by their mean"
+        0,
+        ge=0,
+        description="0: search on one validation set; K >= 2: each trial on K inner folds, ranked by their mean",
     )
 
     @model_validator(mode="after")

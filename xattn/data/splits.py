@@ -104,18 +104,16 @@ def region_folds(
     _check_arguments(n_regions, n_folds, method, val_fraction)
     if method == "spatial":
         if coords_missing:
-            raise DataError("spatial folds need region coordinates, and this dataset has none: add a coords file or use method 'random'")
+            raise DataError(
+                "spatial folds need region coordinates, and this dataset has none: add a coords file or use method 'random'"
+            )
         test_sets = _balanced_kmeans(coords, n_folds, np.random.default_rng(seed))
     else:
         test_sets = np.array_split(np.random.default_rng(seed).permutation(n_regions), n_folds)
-    return [
-        _split_fold(coords, test, fold, method, seed, val_fraction) for fold, test in enumerate(test_sets)
-    ]
+    return [_split_fold(coords, test, fold, method, seed, val_fraction) for fold, test in enumerate(test_sets)]
 
 
-def inner_folds(
-    data_or_coords: ConnectomeData | np.ndarray, split: RegionSplit, n_inner: int
-) -> list[RegionSplit]:
+def inner_folds(data_or_coords: ConnectomeData | np.ndarray, split: RegionSplit, n_inner: int) -> list[RegionSplit]:
     """`n_inner` splits of `split`'s non-test regions with the same test set: the non-test
     regions are partitioned by the split's method (balanced k-means patches, as the test
     folds, or random groups) and each group validates once while the others train. Seeded

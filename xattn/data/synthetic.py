@@ -22,7 +22,12 @@ SIMILARITY_WEIGHT = 0.5  # beta
 
 
 def make_synthetic(
-    n_regions: int = 64, n_genes: int = 32, *, seed: int = 0, noise: float = 0.1, similarity_weight: float = SIMILARITY_WEIGHT
+    n_regions: int = 64,
+    n_genes: int = 32,
+    *,
+    seed: int = 0,
+    noise: float = 0.1,
+    similarity_weight: float = SIMILARITY_WEIGHT,
 ) -> ConnectomeData:
     """Regions in a brain-sized ellipsoid, smooth gene fields, connectivity from a known formula.
 

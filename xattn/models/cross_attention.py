@@ -103,12 +103,13 @@ class CrossAttentionConfig(GeneTokenFields):
         self.check_gene_token_fields()
         if self.d_model % self.nhead != 0:
             raise SpecError(
-                f"d_model={self.d_model} is not divisible by nhead={self.nhead}: "
-                "choose d_model a multiple of nhead"
+                f"d_model={self.d_model} is not divisible by nhead={self.nhead}: choose d_model a multiple of nhead"
             )
         self.deep_hidden_dims = layer_widths("deep_hidden_dims", self.deep_hidden_dims)
         if not isinstance(self.cls_init, str):
-            raise SpecError(f"cls_init={self.cls_init!r} is not a CLS kind: use one of {', '.join(CLS_FEATURES)} or kinds joined by '+'")
+            raise SpecError(
+                f"cls_init={self.cls_init!r} is not a CLS kind: use one of {', '.join(CLS_FEATURES)} or kinds joined by '+'"
+            )
         for kind in self.cls_init.split("+"):
             choice("cls_init", kind, tuple(CLS_FEATURES))
         self.pooling_mode = choice("pooling_mode", self.pooling_mode, POOLING_MODES)
@@ -240,7 +241,9 @@ class CrossAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config.d_model, config.transformer_dropout)
 
-    def forward(self, x: Tensor, memory: Tensor, memory_index: Tensor | None = None, maps: list | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, memory: Tensor, memory_index: Tensor | None = None, maps: list | None = None
+    ) -> Tensor:
         """`maps`: a list to which the block appends its cross-attention weights."""
         if self.self_attn is not None:
             x = x + self.self_attn(self.ln_0(x))
@@ -265,7 +268,9 @@ class CrossAttentionGene2VecModel(nn.Module):
         self.cls_tokens = ClsTokens(config)
         self.blocks = nn.ModuleList(CrossAttentionBlock(config) for _ in range(config.num_layers))
         self.ln_f = nn.LayerNorm(config.d_model)
-        self.pool = AttentionPooling(config.d_model, normalise_scores=True) if config.pooling_mode == "attention" else None
+        self.pool = (
+            AttentionPooling(config.d_model, normalise_scores=True) if config.pooling_mode == "attention" else None
+        )
         concat = config.bidirectional and config.direction_combine == "concat"
         head_width = (2 if concat else 1) * config.d_model
         self.head = MLPHead(head_width, config.deep_hidden_dims, config.dropout_rate, batchnorm=config.head_batchnorm)
@@ -279,7 +284,9 @@ class CrossAttentionGene2VecModel(nn.Module):
         h_ij, h_ji = self.attend(expression, coords, torch.cat([pair_i, pair_j]), torch.cat([pair_j, pair_i])).chunk(2)
         return self.head(self.combine(h_ij, h_ji))
 
-    def attend(self, expression: Tensor, coords: Tensor, pair_i: Tensor, pair_j: Tensor, maps: list | None = None) -> Tensor:
+    def attend(
+        self, expression: Tensor, coords: Tensor, pair_i: Tensor, pair_j: Tensor, maps: list | None = None
+    ) -> Tensor:
         """(B, d) pooled outputs of region i's queries attending to region j: one direction."""
         cls = self.cls_tokens(expression[pair_i], expression[pair_j], coords[pair_i], coords[pair_j])
         if self.only_cls_reaches_output and maps is None:
@@ -306,9 +313,7 @@ class CrossAttentionGene2VecModel(nn.Module):
         c = self.config
         return c.pooling_mode == "cls" and not c.use_alibi and not c.query_self_attention
 
-    def forward_naive(
-        self, expression_i: Tensor, expression_j: Tensor, coords_i: Tensor, coords_j: Tensor
-    ) -> Tensor:
+    def forward_naive(self, expression_i: Tensor, expression_j: Tensor, coords_i: Tensor, coords_j: Tensor) -> Tensor:
         """The same model, pair by pair without deduplication: (B, G) expression and (B, 3)
         coords of each side. The reference `forward` is tested against."""
 

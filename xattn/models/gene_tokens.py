@@ -131,7 +131,9 @@ class GeneTokens(nn.Module):
     ) -> None:
         super().__init__()
         if encoding not in EXPRESSION_ENCODINGS:
-            raise SpecError(f"expression_encoding={encoding!r} is not known: choose one of {', '.join(EXPRESSION_ENCODINGS)}")
+            raise SpecError(
+                f"expression_encoding={encoding!r} is not known: choose one of {', '.join(EXPRESSION_ENCODINGS)}"
+            )
         self.encoding = encoding
         attach_gene_vectors(self, n_genes, gene_vector_dim, learn_gene_vectors, gene_vectors)
         self.identity_proj = nn.Linear(gene_vector_dim, d_model, bias=False)

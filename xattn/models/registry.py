@@ -208,8 +208,7 @@ def model_from_dict(d: Mapping[str, Any]) -> nn.Module:
     unknown = sorted(set(d["config"]) - known)
     if unknown:
         raise SpecError(
-            f"{fam.name} config has unknown fields {', '.join(unknown)}: "
-            "was it written by another version of xattn?"
+            f"{fam.name} config has unknown fields {', '.join(unknown)}: was it written by another version of xattn?"
         )
     config = fam.config_cls(**{k: _plain(fam, k, v) for k, v in d["config"].items()})
     return fam.model_cls(config)

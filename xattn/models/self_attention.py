@@ -273,9 +273,7 @@ class _SelfAttentionPairModel(nn.Module):
         h = self.encode_regions(expression[regions])  # (U, region_dim): each region once
         return self.predict_pair(h[inverse[: len(pair_i)]], h[inverse[len(pair_i) :]])
 
-    def forward_naive(
-        self, expression_i: Tensor, expression_j: Tensor, coords_i: Tensor, coords_j: Tensor
-    ) -> Tensor:
+    def forward_naive(self, expression_i: Tensor, expression_j: Tensor, coords_i: Tensor, coords_j: Tensor) -> Tensor:
         """The same model pair by pair, without deduplication: (B, G) expression and (B, 3)
         coords of each side. The reference `forward` is tested against."""
         return self.predict_pair(self.encode_regions(expression_i), self.encode_regions(expression_j))
@@ -350,5 +348,3 @@ class SharedSelfAttentionGene2VecModel(_SelfAttentionPairModel):
 
     def readout(self, x: Tensor) -> Tensor:
         return self.pool(x)
-
-

@@ -64,7 +64,9 @@ def top_gene_pairs(matrix: np.ndarray, genes: list[str], k: int) -> pd.DataFrame
     )
 
 
-def write_attention(directory: str | Path, out: str | Path, *, pair_set: str = "test", top_k: int = 20, mirror: str | None = None) -> dict:
+def write_attention(
+    directory: str | Path, out: str | Path, *, pair_set: str = "test", top_k: int = 20, mirror: str | None = None
+) -> dict:
     """The three files for the checkpoint or export in `directory`, on its `pair_set` pairs."""
     from xattn.experiment import rebuild_from_checkpoint
 
@@ -75,7 +77,9 @@ def write_attention(directory: str | Path, out: str | Path, *, pair_set: str = "
     ensure_can_create(Path(out), "--out", "choose another --out")
     model, experiment, _ = rebuild_from_checkpoint(directory, mirror)
     if not hasattr(model, "attention_maps"):
-        raise SpecError(f"{directory} holds a {type(model).__name__}: attention maps exist for cross_attention models only")
+        raise SpecError(
+            f"{directory} holds a {type(model).__name__}: attention maps exist for cross_attention models only"
+        )
     pairs = getattr(experiment.pairs, f"{pair_set}_pairs")
     if len(pairs) == 0:
         raise SpecError(f"{directory}: the split has no {pair_set} pairs: choose another --pairs")

@@ -24,14 +24,32 @@ def data_context(spec) -> dict[str, Any]:
     info = DATASETS.get(data.dataset or "")
     if info is not None:
         rows.append(("description", info.description))
-        rows.append(("regions x genes", f"{info.regions} x {info.genes}" if data.dataset != "synthetic" else f"{data.synthetic.regions} x {data.synthetic.genes}"))
+        rows.append(
+            (
+                "regions x genes",
+                f"{info.regions} x {info.genes}"
+                if data.dataset != "synthetic"
+                else f"{data.synthetic.regions} x {data.synthetic.genes}",
+            )
+        )
         for relative in info.files:
             folder, _, inside = relative.partition("/")
             repository, commit = UPSTREAM.get(folder, ("", ""))
-            files.append({"path": relative, "sha256": REGISTRY.get(relative, ""), "source": f"{repository}@{commit[:12]}" if repository else ""})
+            files.append(
+                {
+                    "path": relative,
+                    "sha256": REGISTRY.get(relative, ""),
+                    "source": f"{repository}@{commit[:12]}" if repository else "",
+                }
+            )
     if data.dataset == "synthetic":
         synthetic = data.synthetic
-        rows.append(("generator", f"regions {synthetic.regions}, genes {synthetic.genes}, noise {synthetic.noise}, seed {synthetic.seed}"))
+        rows.append(
+            (
+                "generator",
+                f"regions {synthetic.regions}, genes {synthetic.genes}, noise {synthetic.noise}, seed {synthetic.seed}",
+            )
+        )
     if data.files is not None:
         for part in ("expression", "connectivity", "coords"):
             path = getattr(data.files, part)

@@ -242,7 +242,9 @@ def predicted_vs_observed_figure(predictions: pd.DataFrame, run_name: str) -> go
         hovertemplate="%{customdata[0]} - %{customdata[1]}<br>observed %{x:.3f}<br>predicted %{y:.3f}<extra></extra>",
     ))  # fmt: skip
     span = [float(min(observed.min(), predicted.min())), float(max(observed.max(), predicted.max()))]
-    figure.add_trace(go.Scatter(x=span, y=span, mode="lines", name="predicted = observed", line={"color": "grey", "dash": "dash"}))
+    figure.add_trace(
+        go.Scatter(x=span, y=span, mode="lines", name="predicted = observed", line={"color": "grey", "dash": "dash"})
+    )
     figure.update_layout(
         template=TEMPLATE,
         title=f"{run_name} on its held-out regions: r = {r:.3f} ({len(predictions)} pairs of {n_regions} test regions)",
@@ -307,8 +309,12 @@ def connectivity_matrices_figure(predictions: pd.DataFrame, run_name: str) -> go
         shapes = []
         for xref, yref in (("x", "y"), ("x2", "y2")):
             for end in ends:  # one network's block ends here: a line across and a line down
-                shapes.append({"type": "line", "xref": xref, "yref": yref, "x0": end, "x1": end, "y0": low_end, "y1": high_end})
-                shapes.append({"type": "line", "xref": xref, "yref": yref, "x0": low_end, "x1": high_end, "y0": end, "y1": end})
+                shapes.append(
+                    {"type": "line", "xref": xref, "yref": yref, "x0": end, "x1": end, "y0": low_end, "y1": high_end}
+                )
+                shapes.append(
+                    {"type": "line", "xref": xref, "yref": yref, "x0": low_end, "x1": high_end, "y0": end, "y1": end}
+                )
         figure.update_layout(shapes=[{**shape, "line": {"color": "black", "width": 1}} for shape in shapes])
     bound = max(abs(low), abs(high))
     figure.update_layout(
@@ -317,7 +323,12 @@ def connectivity_matrices_figure(predictions: pd.DataFrame, run_name: str) -> go
         coloraxis={"colorscale": "RdBu_r" if diverging else "Viridis",
                    "cmin": -bound if diverging else low, "cmax": bound if diverging else high},
     )  # fmt: skip
-    ticks = {"tickmode": "array", "tickvals": labels, "ticktext": [ATLAS_PREFIX.sub("", label) for label in labels], "tickfont": {"size": 8}}
+    ticks = {
+        "tickmode": "array",
+        "tickvals": labels,
+        "ticktext": [ATLAS_PREFIX.sub("", label) for label in labels],
+        "tickfont": {"size": 8},
+    }
     figure.update_xaxes(tickangle=90, **ticks)
     figure.update_yaxes(autorange="reversed", **ticks)  # matrix layout: the first region at the top
     # square cells; the right matrix shares the left one's rows, whose labels would overlap it

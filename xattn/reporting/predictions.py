@@ -46,7 +46,9 @@ def checkpoint_test_predictions(directory: str | Path, *, mirror: str | None = N
     )
 
 
-def run_test_predictions(client: MlflowClient, run_id: str, *, mirror: str | None = None, checkpoints=None) -> pd.DataFrame:
+def run_test_predictions(
+    client: MlflowClient, run_id: str, *, mirror: str | None = None, checkpoints=None
+) -> pd.DataFrame:
     """`checkpoint_test_predictions` of the best checkpoint logged to MLflow run `run_id`;
     `checkpoints` (an open tracking.runs.CheckpointCache) saves downloading it again."""
     if checkpoints is not None:

@@ -111,7 +111,11 @@ def write_pngs(figures: dict[str, go.Figure], folder: Path, browser: PngBrowser 
     written = [name for name in figures if (folder / f"{name}.png").is_file()]
     if errors or len(written) < len(figures):
         missing = sorted(set(figures) - set(written))
-        logger.warning("figures: PNGs of %s not rendered (%s)", ", ".join(missing), "; ".join(one_line(e, with_type=True) for e in errors))
+        logger.warning(
+            "figures: PNGs of %s not rendered (%s)",
+            ", ".join(missing),
+            "; ".join(one_line(e, with_type=True) for e in errors),
+        )
     return written
 
 

@@ -37,7 +37,15 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"
 REPORTS_FOLDER = "reports"
 
 # Shown first among a trial's metrics, in this order; any others follow alphabetically.
-KEY_METRICS = ("best_val_loss", "best_val_pearson", "best_epoch", "test_pearson", "test_spearman", "test_mse", "test_r2")
+KEY_METRICS = (
+    "best_val_loss",
+    "best_val_pearson",
+    "best_epoch",
+    "test_pearson",
+    "test_spearman",
+    "test_mse",
+    "test_r2",
+)
 
 COUNT_METRICS = ("best_epoch",)  # logged as floats, read as whole numbers
 
@@ -114,7 +122,9 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
     from xattn.reporting.state import study_state
 
     if not TEMPLATE.is_file():
-        raise XattnError(f"report template {TEMPLATE} is missing: xattn report needs a source checkout (pip install -e .)")
+        raise XattnError(
+            f"report template {TEMPLATE} is missing: xattn report needs a source checkout (pip install -e .)"
+        )
     run_tags = parent.data.tags
     name = run_tags.get(tags.STUDY) or client.get_experiment(parent.info.experiment_id).name
     spec_text, spec, spec_note = _stored_spec(client, parent)
@@ -162,7 +172,9 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
             "resumed": run_tags.get(tags.RESUMED, "0"),
             "started": _time(parent.info.start_time),
             "ended": _time(parent.info.end_time) if parent.info.status != "RUNNING" else None,
-            "duration": _duration(parent.info.start_time, parent.info.end_time if parent.info.status != "RUNNING" else None),
+            "duration": _duration(
+                parent.info.start_time, parent.info.end_time if parent.info.status != "RUNNING" else None
+            ),
             "tracking_uri": masked(workspace.tracking_uri),
             "optuna_storage": masked(workspace.optuna_storage),
             "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -198,7 +210,9 @@ def _stored_spec(client: MlflowClient, parent: Run):
         return text, None, f"this xattn cannot parse it ({first_line(error)}): data details are left out"
 
 
-def _best_run(client: MlflowClient, parent: Run, children: list[Run], family: str | None) -> tuple[Run | None, str | None]:
+def _best_run(
+    client: MlflowClient, parent: Run, children: list[Run], family: str | None
+) -> tuple[Run | None, str | None]:
     """The recorded best trial of a completed study, or the best finished one so far."""
     recorded = parent.data.tags.get(tags.BEST_RUN_ID)
     if recorded:
@@ -239,7 +253,9 @@ def _searched(spec, family: str | None) -> list[str] | None:
         return None
 
 
-def _trial_rows(client: MlflowClient, runs: list[Run], spec, own_family: str | None, metric: str) -> list[dict[str, Any]]:
+def _trial_rows(
+    client: MlflowClient, runs: list[Run], spec, own_family: str | None, metric: str
+) -> list[dict[str, Any]]:
     searched: dict[str | None, list[str] | None] = {}
     rows = []
     for run in runs:
@@ -266,7 +282,14 @@ def _trial_rows(client: MlflowClient, runs: list[Run], spec, own_family: str | N
             }
         )
     own_first = {own_family: 0}
-    rows.sort(key=lambda r: (own_first.get(r["family"], 1), r["family"] or "", r["trial"] if r["trial"] is not None else math.inf, r["inner_fold"] or ""))
+    rows.sort(
+        key=lambda r: (
+            own_first.get(r["family"], 1),
+            r["family"] or "",
+            r["trial"] if r["trial"] is not None else math.inf,
+            r["inner_fold"] or "",
+        )
+    )
     return rows
 
 
@@ -307,7 +330,9 @@ def _comparison(client: MlflowClient, parent: Run) -> dict[str, Any] | None:
         return None
 
 
-def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: str | None) -> tuple[list[dict[str, str]], list[str]]:
+def _figures(
+    client: MlflowClient, parent: Run, workspace: Workspace, mirror: str | None
+) -> tuple[list[dict[str, str]], list[str]]:
     """Each figure as an HTML div for the inlined plotly.js; notes for what could not be drawn."""
     from xattn.data import data_mirror
     from xattn.reporting.render import figure_div
@@ -322,7 +347,9 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
     figures_logger = logging.getLogger(study_figures.__module__)
     figures_logger.addHandler(skipped)
     try:
-        drawn = study_figures(client, parent.info.run_id, workspace.optuna_storage, mirror=str(mirror_path) if mirror_path else None)
+        drawn = study_figures(
+            client, parent.info.run_id, workspace.optuna_storage, mirror=str(mirror_path) if mirror_path else None
+        )
     except Exception as error:  # noqa: BLE001 - a page without figures beats no page
         return [], [f"no figures could be drawn ({type(error).__name__}: {first_line(error)})"]
     finally:
@@ -334,7 +361,9 @@ def _figures(client: MlflowClient, parent: Run, workspace: Workspace, mirror: st
         except Exception as error:  # noqa: BLE001 - one bad figure must not cost the others
             notes.append(f"{name}: not drawn ({type(error).__name__}: {first_line(error)})")
             continue
-        figures.append({"name": name, "title": FIGURE_TITLES.get(name, name.replace("_", " ").capitalize()), "html": div})
+        figures.append(
+            {"name": name, "title": FIGURE_TITLES.get(name, name.replace("_", " ").capitalize()), "html": div}
+        )
     return figures, notes
 
 
@@ -379,7 +408,7 @@ def format_number(value: Any, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2g}"
+        return f"{value:.{digits}f}" if abs(value) >= 10**-digits or value == 0 else f"{value:.2g}"
     return str(value)
 
 

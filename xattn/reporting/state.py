@@ -44,8 +44,12 @@ def study_state(parent: Run) -> StudyState:
         host = (driver or "").rpartition(":")[0]
         if host and host != socket.gethostname():
             # The process lives on another machine: nothing here can prove it dead.
-            return StudyState(RUNNING, f"the study run is marked RUNNING, driven by process {driver} on another host (not checked from here)")
+            return StudyState(
+                RUNNING,
+                f"the study run is marked RUNNING, driven by process {driver} on another host (not checked from here)",
+            )
         return StudyState(
-            INTERRUPTED, f"the study run is still marked RUNNING but its driver, process {driver or '(unrecorded)'}, is gone; {resume}"
+            INTERRUPTED,
+            f"the study run is still marked RUNNING but its driver, process {driver or '(unrecorded)'}, is gone; {resume}",
         )
     return StudyState(INTERRUPTED, f"the study run stopped ({status}) before it completed; {resume}")

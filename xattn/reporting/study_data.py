@@ -60,12 +60,18 @@ def trial_curves(client: MlflowClient, parent: Run, metric: str) -> list[TrialCu
     curves = []
     for run in child_runs(client, parent):
         run_tags = run.data.tags
-        if run_tags.get(tags.ROLE, "search") != "search" or run_tags.get(tags.FAMILY, family) != family or tags.ORPHANED in run_tags:
+        if (
+            run_tags.get(tags.ROLE, "search") != "search"
+            or run_tags.get(tags.FAMILY, family) != family
+            or tags.ORPHANED in run_tags
+        ):
             continue  # other families are in the comparison figures; orphans ran again as another trial
         epochs, values = epoch_curve(client.get_metric_history(run.info.run_id, metric))
         if epochs:
             epochs_run = int(run_tags.get(tags.EPOCHS_RUN, epochs[-1]))
-            curves.append(TrialCurve(run_tags.get(tags.RUN_NAME, run.info.run_id), epochs, values, run.info.status, epochs_run))
+            curves.append(
+                TrialCurve(run_tags.get(tags.RUN_NAME, run.info.run_id), epochs, values, run.info.status, epochs_run)
+            )
     return curves
 
 

@@ -75,7 +75,11 @@ def version_tags(study: str, parent: Run, run: Run, manifest: dict[str, Any]) ->
 
 def registered_sha256(version: ModelVersion) -> dict[str, str]:
     """The sha256 of each export file, as recorded when the version was registered."""
-    return {key[len(tags.SHA256_PREFIX):]: value for key, value in (version.tags or {}).items() if key.startswith(tags.SHA256_PREFIX)}
+    return {
+        key[len(tags.SHA256_PREFIX) :]: value
+        for key, value in (version.tags or {}).items()
+        if key.startswith(tags.SHA256_PREFIX)
+    }
 
 
 def resolve(client: MlflowClient, uri: str) -> ModelVersion:
@@ -107,7 +111,9 @@ def resolve(client: MlflowClient, uri: str) -> ModelVersion:
 def _unless_missing(error: MlflowException, client: MlflowClient) -> None:
     if error.error_code not in NOT_FOUND:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise StoreError(f"cannot read the model registry of {masked(client.tracking_uri)} ({reason}): check --tracking-uri") from None
+        raise StoreError(
+            f"cannot read the model registry of {masked(client.tracking_uri)} ({reason}): check --tracking-uri"
+        ) from None
 
 
 def _versions(client: MlflowClient, name: str) -> list[ModelVersion]:

@@ -45,7 +45,9 @@ def open_experiment(client: MlflowClient, workspace: Workspace, study: StudyRun)
         run_tags[tags.NOTE] = study.description
     experiment = client.get_experiment_by_name(study.name)
     if experiment is None:
-        return client.create_experiment(study.name, artifact_location=workspace.artifact_location(study.name), tags=run_tags)
+        return client.create_experiment(
+            study.name, artifact_location=workspace.artifact_location(study.name), tags=run_tags
+        )
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
     # An experiment from before these run_tags gets them; a kind chosen in the UI is kept, while
@@ -105,8 +107,17 @@ def close_orphaned_runs(client: MlflowClient, parent_run_id: str, role: str, fam
     for run in child_runs(client, client.get_run(parent_run_id)):
         run_tags = run.data.tags
         same_arm = run_tags.get(tags.ARM, run_tags.get(tags.FAMILY)) == arm
-        if run.info.status == "RUNNING" and run_tags.get(tags.ROLE) == role and run_tags.get(tags.FAMILY) == family and same_arm:
-            client.set_tag(run.info.run_id, tags.ORPHANED, "the driver was killed before Ray Tune recorded this trial; it ran again as another trial")
+        if (
+            run.info.status == "RUNNING"
+            and run_tags.get(tags.ROLE) == role
+            and run_tags.get(tags.FAMILY) == family
+            and same_arm
+        ):
+            client.set_tag(
+                run.info.run_id,
+                tags.ORPHANED,
+                "the driver was killed before Ray Tune recorded this trial; it ran again as another trial",
+            )
             client.set_terminated(run.info.run_id, "KILLED")
 
 
@@ -118,7 +129,11 @@ def search_outcome(children: list[Run], family: str, max_epochs: int) -> tuple[d
     stopped_early = 0
     for run in children:
         run_tags = run.data.tags
-        if run_tags.get(tags.FAMILY) == family and run_tags.get(tags.ROLE) == "search" and tags.ORPHANED not in run_tags:
+        if (
+            run_tags.get(tags.FAMILY) == family
+            and run_tags.get(tags.ROLE) == "search"
+            and tags.ORPHANED not in run_tags
+        ):
             counts[run.info.status.lower()] = counts.get(run.info.status.lower(), 0) + 1
             if run.info.status == "FINISHED" and stopped_early_at(run, max_epochs) is not None:
                 stopped_early += 1
@@ -164,7 +179,9 @@ def log_best(client: MlflowClient, parent_run_id: str, run: Run) -> None:
     client.set_tag(parent_run_id, tags.BEST_RUN_ID, run.info.run_id)
 
 
-def record_registration(client: MlflowClient, parent_run_id: str, *, version: str | None = None, error: str | None = None) -> None:
+def record_registration(
+    client: MlflowClient, parent_run_id: str, *, version: str | None = None, error: str | None = None
+) -> None:
     """The model version the best trial was registered as, or why it was not."""
     if version is not None:
         client.set_tag(parent_run_id, tags.MODEL_VERSION, version)

@@ -72,7 +72,9 @@ def find_parent_run(client: MlflowClient, study: str, run_id: str | None = None)
     match = next((run for run in runs if run.info.run_id == run_id), None)
     if match is None:
         newest = ", ".join(run.info.run_id for run in runs[:5])
-        raise StudyNotFound(f"--run-id {run_id} is not a study run of {study!r}; its study runs, newest first: {newest}")
+        raise StudyNotFound(
+            f"--run-id {run_id} is not a study run of {study!r}; its study runs, newest first: {newest}"
+        )
     return match
 
 
@@ -118,7 +120,11 @@ def best_group(scores: dict[str, list[float]], mode: str) -> str | None:
     xattn.tuning.selection ranks the search summary and the progress view with it too."""
     sign = 1.0 if mode == "min" else -1.0
     # fsum: a mean that does not depend on the order the trials were read in
-    ranked = [(math.isnan(mean := math.fsum(values) / len(values)), sign * mean, key) for key, values in scores.items() if values]
+    ranked = [
+        (math.isnan(mean := math.fsum(values) / len(values)), sign * mean, key)
+        for key, values in scores.items()
+        if values
+    ]
     return min(ranked)[2] if ranked else None
 
 
@@ -160,7 +166,9 @@ def read_artifact_json(client: MlflowClient, run_id: str, path: str) -> Any:
 
 def download_checkpoint(client: MlflowClient, run_id: str, folder: str | Path) -> Path:
     """The checkpoint folder of trial run `run_id`, downloaded into `folder`."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a progress bar per file is noise in a study's output
+    os.environ.setdefault(
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
+    )  # a progress bar per file is noise in a study's output
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(folder)))
 

@@ -22,7 +22,9 @@ DEFAULT_WORKSPACE = Path(".xattn")
 SQLITE_WAIT = "?timeout=60"
 # What MLflow 3 accepts as a tracking URI (a database through SQLAlchemy, a server, Databricks).
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "file")
-TRACKING_EXAMPLES = "sqlite:///PATH.db, postgresql://HOST/DB, mysql://HOST/DB or http(s)://HOST:PORT of an MLflow server"
+TRACKING_EXAMPLES = (
+    "sqlite:///PATH.db, postgresql://HOST/DB, mysql://HOST/DB or http(s)://HOST:PORT of an MLflow server"
+)
 
 
 @dataclass(frozen=True)
@@ -97,14 +99,18 @@ def check_tracking_uri(uri: str, source: str) -> str:
         raise StoreError(f"{source} {uri!r} is not a URL ({error}); use {TRACKING_EXAMPLES}") from None
     # A bare path is a local folder to MLflow; a dialect may name its driver (postgresql+psycopg2).
     if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
-        raise StoreError(f"{source} {masked(uri)}: MLflow has no tracking store for scheme {scheme!r}; use {TRACKING_EXAMPLES}")
+        raise StoreError(
+            f"{source} {masked(uri)}: MLflow has no tracking store for scheme {scheme!r}; use {TRACKING_EXAMPLES}"
+        )
     if scheme in ("", "file") and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
         raise StoreError(
             f"{source} {uri}: MLflow 3 no longer opens folder (file) stores; use sqlite:///PATH.db, "
             "or set MLFLOW_ALLOW_FILE_STORE=true to open an old one"
         )
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
-        raise StoreError(f"{source} {uri}: a SQLite file is sqlite:///relative/path.db or sqlite:////absolute/path.db (three or four slashes)")
+        raise StoreError(
+            f"{source} {uri}: a SQLite file is sqlite:///relative/path.db or sqlite:////absolute/path.db (three or four slashes)"
+        )
     return uri
 
 
@@ -157,7 +163,11 @@ def check_writable(workspace: Workspace) -> None:
     ensure_can_create(workspace.root, "workspace", "pass --workspace DIR")
     missing = workspace.missing_store()
     if missing is not None:
-        ensure_can_create(missing.parent, f"tracking store {workspace.tracking_uri.split('?')[0]}: its folder", "pass another --tracking-uri")
+        ensure_can_create(
+            missing.parent,
+            f"tracking store {workspace.tracking_uri.split('?')[0]}: its folder",
+            "pass another --tracking-uri",
+        )
 
 
 def connect(workspace: Workspace) -> MlflowClient:
@@ -203,7 +213,9 @@ def _probe_database(uri: str) -> None:
             pass
         engine.dispose()
     except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
-        raise StoreError(f"cannot use the tracking store {masked(uri)} ({first_line(error)}): check --tracking-uri") from None
+        raise StoreError(
+            f"cannot use the tracking store {masked(uri)} ({first_line(error)}): check --tracking-uri"
+        ) from None
 
 
 def check_optuna_storage(url: str) -> None:
@@ -213,13 +225,19 @@ def check_optuna_storage(url: str) -> None:
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:  # noqa: BLE001 - not a URL at all
-        raise StoreError(f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db") from None
+        raise StoreError(
+            f"Optuna storage {url!r} is not a SQLAlchemy URL: use e.g. sqlite:///optuna.db or postgresql://host/db"
+        ) from None
     shown = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise StoreError(f"Optuna storage {shown} is in memory: the study would vanish with this process; use sqlite:///PATH.db")
+        raise StoreError(
+            f"Optuna storage {shown} is in memory: the study would vanish with this process; use sqlite:///PATH.db"
+        )
     if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
         if parsed.database:  # created later: its folder must be writable now
-            ensure_can_create(Path(parsed.database).parent, f"Optuna storage {shown}: its folder", "pass another --optuna-storage")
+            ensure_can_create(
+                Path(parsed.database).parent, f"Optuna storage {shown}: its folder", "pass another --optuna-storage"
+            )
         return
     try:
         engine = sqlalchemy.create_engine(parsed)
@@ -227,7 +245,7 @@ def check_optuna_storage(url: str) -> None:
             tables = set(sqlalchemy.inspect(connection).get_table_names())
         engine.dispose()
     except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
-        raise StoreError(f"cannot use the Optuna storage {shown} ({first_line(error)}): check --optuna-storage") from None
+        raise StoreError(
+            f"cannot use the Optuna storage {shown} ({first_line(error)}): check --optuna-storage"
+        ) from None
     check_schema_owner(tables, shown)
-
-

@@ -41,12 +41,16 @@ def list_studies(workspace: Workspace) -> list[dict[str, Any]]:
     if workspace.missing_store() is not None:
         return []
     client = connect(workspace)
-    return [study_row(client, experiment) for experiment in client.search_experiments() if tags.STUDY in experiment.tags]
+    return [
+        study_row(client, experiment) for experiment in client.search_experiments() if tags.STUDY in experiment.tags
+    ]
 
 
 def study_row(client: MlflowClient, experiment: Experiment) -> dict[str, Any]:
     """The row of `list_studies` for one study's experiment."""
-    runs = client.search_runs([experiment.experiment_id], f"tags.`{tags.ROLE}` = 'study'", order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [experiment.experiment_id], f"tags.`{tags.ROLE}` = 'study'", order_by=["attributes.start_time DESC"]
+    )
     latest = runs[0] if runs else None
     return {
         "name": experiment.name,
@@ -117,8 +121,18 @@ def show_table(summary: dict[str, Any]) -> ShowTable:
     rows = []
     for trial in summary["trials"]:
         m = trial["metrics"]
-        status = trial["status"] if trial["stopped_early_at"] is None else f"stopped early (epoch {trial['stopped_early_at']})"
-        epochs = "-" if trial["epochs"] is None else f"{trial['epochs']}/{max_epochs}" if max_epochs else str(trial["epochs"])
+        status = (
+            trial["status"]
+            if trial["stopped_early_at"] is None
+            else f"stopped early (epoch {trial['stopped_early_at']})"
+        )
+        epochs = (
+            "-"
+            if trial["epochs"] is None
+            else f"{trial['epochs']}/{max_epochs}"
+            if max_epochs
+            else str(trial["epochs"])
+        )
         rows.append((
             "*" if trial["best"] else "",
             trial["run_name"] or trial["run_id"],

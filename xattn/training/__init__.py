@@ -1,8 +1,8 @@
 """Training layer: fit a model on region pairs, score it, checkpoint it.
 
-    from xattn.training import PairData, TrainConfig, fit, save_checkpoint
+from xattn.training import PairData, TrainConfig, fit, save_checkpoint
 
-    result = fit(model, data, TrainConfig.from_params(trial_params), on_epoch=report)
+result = fit(model, data, TrainConfig.from_params(trial_params), on_epoch=report)
 """
 
 from xattn.training.checkpoint import (

@@ -71,9 +71,7 @@ def save_checkpoint(
     try:
         tensors, aliases = _weights_to_save(model)
         metadata = {ALIASES_KEY: json.dumps(aliases)}
-        staged[WEIGHTS] = _stage(
-            directory, WEIGHTS, lambda path: safetensors.torch.save_file(tensors, path, metadata)
-        )
+        staged[WEIGHTS] = _stage(directory, WEIGHTS, lambda path: safetensors.torch.save_file(tensors, path, metadata))
         if optimizer_state is not None:
             staged[OPTIMIZER] = _stage(directory, OPTIMIZER, lambda path: torch.save(optimizer_state, path))
         hashes = {name: file_sha256(path) for name, path in staged.items()}
@@ -240,7 +238,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()
     raise TypeError(f"cannot store a {type(value).__name__} in {CONFIG}")
-
 
 
 def _registry_model_to_dict(model: nn.Module) -> dict:

@@ -274,9 +274,7 @@ def train_epoch(
             loss = loss + part_loss.detach()
         value = loss.item()  # one sync per batch, after backward is queued
         if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"training diverged at epoch {epoch}: batch loss is {value} (learning_rate {lr:g})"
-            )
+            raise TrainingDiverged(f"training diverged at epoch {epoch}: batch loss is {value} (learning_rate {lr:g})")
         if config.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()

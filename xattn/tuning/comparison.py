@@ -88,7 +88,13 @@ def paired_difference(reference: dict, baseline: dict, metric: str) -> dict[str,
     diffs = np.array([reference[k][metric] - baseline[k][metric] for k in keys])
     result: dict[str, Any] = {"n_pairs": len(keys), "metric": metric}
     if len(diffs) == 0:
-        return {**result, "mean_difference": math.nan, "ci95_low": math.nan, "ci95_high": math.nan, "p_wilcoxon": math.nan}
+        return {
+            **result,
+            "mean_difference": math.nan,
+            "ci95_low": math.nan,
+            "ci95_high": math.nan,
+            "p_wilcoxon": math.nan,
+        }
     mean = float(diffs.mean())
     if len(diffs) > 1:
         low, high = stats.t.interval(0.95, len(diffs) - 1, loc=mean, scale=stats.sem(diffs))
@@ -126,7 +132,9 @@ def validation_test_agreement(trials: list[dict[str, float]], metric: str, mode:
 def null_test(real: list[float], nulls: dict[int, list[float]], runs_per_null: int, method: str) -> dict[str, Any]:
     """Real mean r against the mean r of every null that has all its runs (`runs_per_null`)."""
     real_r = float(np.mean(real)) if real else math.nan
-    complete = {index: float(np.mean(values)) for index, values in sorted(nulls.items()) if len(values) == runs_per_null}
+    complete = {
+        index: float(np.mean(values)) for index, values in sorted(nulls.items()) if len(values) == runs_per_null
+    }
     values = np.array(list(complete.values()))
     result: dict[str, Any] = {"method": method, "n": len(values), "real_r": real_r, "r": [float(v) for v in values]}
     result["mean"] = float(values.mean()) if values.size else math.nan
@@ -138,7 +146,9 @@ def null_test(real: list[float], nulls: dict[int, list[float]], runs_per_null: i
     return result
 
 
-def null_comparison(finals, nulls, method: str, runs_per_null: int, metric: str = "test_pearson") -> dict[str, dict[str, Any]]:
+def null_comparison(
+    finals, nulls, method: str, runs_per_null: int, metric: str = "test_pearson"
+) -> dict[str, dict[str, Any]]:
     """`null_test` per family from FINISHED MLflow final and null runs."""
     real: dict[str, list[float]] = defaultdict(list)
     drawn: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))

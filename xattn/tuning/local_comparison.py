@@ -73,7 +73,9 @@ def run_local_comparison(
     run, for progress.
     """
     if not spec.compare_with:
-        raise SpecError(f"{source}: the spec has no compare_with: name the baselines, e.g. --set compare_with=all_baselines")
+        raise SpecError(
+            f"{source}: the spec has no compare_with: name the baselines, e.g. --set compare_with=all_baselines"
+        )
     mirror_path = data_mirror(mirror)
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)

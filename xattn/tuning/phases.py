@@ -104,7 +104,9 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None):
         )  # fmt: skip
 
     if context.progress is not None and context.spec.compares:
-        context.progress.start_phase(f"search {spec.model.family}", spec.search_trials, spec.search.metric, spec.search.mode)
+        context.progress.start_phase(
+            f"search {spec.model.family}", spec.search_trials, spec.search.metric, spec.search.mode
+        )
     tune_config = tune.TuneConfig(
         search_alg=searcher,
         scheduler=scheduler,
@@ -131,8 +133,16 @@ def _log_agreement(spec: StudySpec, context: Context, results) -> None:
 
 
 def finals(
-    spec: StudySpec, config: dict[str, Any], comparison, context: Context, arm: str | None = None, *,
-    role: str = "final", extra_space: dict[str, Any] | None = None, runs_per_cell: int = 1, title: str | None = None,
+    spec: StudySpec,
+    config: dict[str, Any],
+    comparison,
+    context: Context,
+    arm: str | None = None,
+    *,
+    role: str = "final",
+    extra_space: dict[str, Any] | None = None,
+    runs_per_cell: int = 1,
+    title: str | None = None,
     null_of=None,
 ) -> None:
     """Retrain one configuration on every outer fold for every seed (identical across arms).
@@ -188,7 +198,9 @@ def compare(spec: StudySpec, context: Context, main_results) -> dict[str, Any]:
         config = {k: v for k, v in best.items() if k not in overrides}  # the spec's fixed overrides now hold them
         finals(spec.for_variant(variant), config, spec.comparison, context, arm=variant_arm(spec.model.family, variant))
     runs = child_runs(context.client, context.client.get_run(context.parent_run_id))
-    comparison = compare_runs([run for run in runs if run.data.tags.get(tags.ROLE) == "final"], reference=spec.comparison_reference)
+    comparison = compare_runs(
+        [run for run in runs if run.data.tags.get(tags.ROLE) == "final"], reference=spec.comparison_reference
+    )
     for entry in comparison["families"]:
         agreement = context.agreement.get(entry["family"], {})
         entry["search_val_test_spearman"] = agreement.get("spearman", math.nan)
@@ -254,7 +266,9 @@ def _callbacks(context: Context, logger) -> list:
     return [logger] + ([context.progress] if context.progress is not None else [])
 
 
-def _fit_phase(spec: StudySpec, context: Context, role: str, trainable, make_logger, *, tune_config, param_space=None, arm=None):
+def _fit_phase(
+    spec: StudySpec, context: Context, role: str, trainable, make_logger, *, tune_config, param_space=None, arm=None
+):
     """Run one phase's Ray Tune experiment, or resume it where an earlier driver left it.
 
     `make_logger(searcher)` builds the MLflow callback for the phase's (possibly restored)

@@ -222,7 +222,9 @@ class TrialProgress(Callback):
         epochs = (trial.last_result or {}).get("epoch", 0)
         if stopped_at is not None:
             of = f" of {self.max_epochs}" if self.max_epochs else ""
-            self._print(f"[yellow]stopped early[/] {escape(trial.trial_id)} {counter} at epoch {stopped_at}{of} by the scheduler: {outcome}")
+            self._print(
+                f"[yellow]stopped early[/] {escape(trial.trial_id)} {counter} at epoch {stopped_at}{of} by the scheduler: {outcome}"
+            )
         else:
             self._print(f"[green]finished[/] {escape(trial.trial_id)} {counter} after {epochs} epochs: {outcome}")
 
@@ -238,7 +240,9 @@ class TrialProgress(Callback):
             self._absorb(trials)
             self.phase_ended = self.clock()
             parts = [f"{self.done}/{self.total} trials done"]
-            parts += [f"{n} {text}" for n, text in ((self.stopped_early, "stopped early"), (self.failed, "failed")) if n]
+            parts += [
+                f"{n} {text}" for n, text in ((self.stopped_early, "stopped early"), (self.failed, "failed")) if n
+            ]
             best = f"best {result_key(self.metric)}={self.best:.4f}" if self.best is not None else "no trial result"
             line = f"{escape(self.title)}: {', '.join(parts)} in {_duration(self._elapsed())}; {best}"
         self._print(line)
@@ -312,7 +316,10 @@ def _point_log_handlers(moves: list[tuple[Any, Any]]) -> None:
     """
     if not moves:
         return
-    loggers = [logging.getLogger(), *(o for o in logging.Logger.manager.loggerDict.values() if isinstance(o, logging.Logger))]
+    loggers = [
+        logging.getLogger(),
+        *(o for o in logging.Logger.manager.loggerDict.values() if isinstance(o, logging.Logger)),
+    ]
     for logger in loggers:
         for handler in logger.handlers:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):

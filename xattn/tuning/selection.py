@@ -65,7 +65,9 @@ def configurations(results) -> dict[str, Configuration]:
     for result in results:
         if result.error is None and result.metrics:
             key = configuration_key(result.config, result.metrics.get("trial_id", str(id(result))))
-            groups.setdefault(key, Configuration(key, searched_values(result.config))).trials.append(dict(result.metrics))
+            groups.setdefault(key, Configuration(key, searched_values(result.config))).trials.append(
+                dict(result.metrics)
+            )
     return groups
 
 

@@ -98,7 +98,9 @@ class BudgetSpec(Strict):
     )
     min_steps: Whole = Field(0, ge=0, description="optimizer steps before early stopping may stop a run")
     max_concurrent: Whole | None = Field(None, ge=1)
-    max_failures: Whole = Field(1, ge=0, description="retries of a trial that raised; a diverged trial is never retried")
+    max_failures: Whole = Field(
+        1, ge=0, description="retries of a trial that raised; a diverged trial is never retried"
+    )
 
 
 class ResourcesSpec(Strict):
@@ -134,7 +136,9 @@ class ComparisonSpec(Strict):
         description="named variants of the study's family: its best configuration with these hyperparameters "
         "overridden, each retrained on the same folds and seeds (arm 'family:name')",
     )
-    reference: str | None = Field(None, description="the arm the paired differences are taken from (default: the study's family)")
+    reference: str | None = Field(
+        None, description="the arm the paired differences are taken from (default: the study's family)"
+    )
 
     @field_validator("variants")
     @classmethod
@@ -143,7 +147,9 @@ class ComparisonSpec(Strict):
             if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
                 raise ValueError(f"variant name {name!r} must be letters, digits, '.', '_' or '-'")
             if not isinstance(overrides, dict) or not overrides:
-                raise ValueError(f"variant {name!r} needs a mapping of hyperparameters to override, like {{bidirectional: true}}")
+                raise ValueError(
+                    f"variant {name!r} needs a mapping of hyperparameters to override, like {{bidirectional: true}}"
+                )
         return variants
 
     nulls: NullSpec | None = Field(None, description="retrain every family on spatial nulls of the expression")
@@ -185,7 +191,9 @@ class StudySpec(Strict):
             space = {k: v for k, v in space.items() if k not in fixed}
         raw = self.model_dump(mode="json", exclude={"compare_with", "comparison"})
         raw["model"] = {"family": family, "fixed": dict(fixed)}
-        raw["search"]["space"] = {k: (v.model_dump(exclude_none=True) if isinstance(v, ParamSpec) else v) for k, v in space.items()}
+        raw["search"]["space"] = {
+            k: (v.model_dump(exclude_none=True) if isinstance(v, ParamSpec) else v) for k, v in space.items()
+        }
         return StudySpec.model_validate(raw)
 
     def for_variant(self, variant: str) -> StudySpec:
@@ -231,7 +239,11 @@ class StudySpec(Strict):
             notes.append(
                 f"each of the {self.budget.trials} configurations trains on {inner} inner folds "
                 f"({self.budget.trials * inner} trials) and is ranked by their mean"
-                + ("; ASHA is off, since stopping some folds early would skew the mean" if self.search.scheduler == "asha" else "")
+                + (
+                    "; ASHA is off, since stopping some folds early would skew the mean"
+                    if self.search.scheduler == "asha"
+                    else ""
+                )
             )
         nulls = self.comparison.nulls
         if nulls is not None and self.compare_with:
@@ -303,14 +315,20 @@ def check_params(spec: StudySpec, source: str = "spec") -> None:
     """Reject hyperparameters the trainer would choke on, before any trial starts."""
     _check_family_params(spec, source)
     if spec.comparison.nulls is not None and not spec.compare_with:
-        raise SpecError(f"{source}: comparison.nulls retrains the compared families: add compare_with (e.g. [cge, distance_decay])")
+        raise SpecError(
+            f"{source}: comparison.nulls retrains the compared families: add compare_with (e.g. [cge, distance_decay])"
+        )
     for family in spec.compare_with:
         # Untuned families train at their fixed settings: they need no space.
         tuned = spec.comparison.tune
-        _check_family_params(_family_spec(spec, family, source), f"{source}: comparison of {family}", require_space=tuned)
+        _check_family_params(
+            _family_spec(spec, family, source), f"{source}: comparison of {family}", require_space=tuned
+        )
     for variant in spec.comparison.variants:
         variant_spec = spec.for_variant(variant)
-        _check_family_params(variant_spec, f"{source}: comparison.variants.{variant}", require_space=False, fixed_section="override")
+        _check_family_params(
+            variant_spec, f"{source}: comparison.variants.{variant}", require_space=False, fixed_section="override"
+        )
     if spec.comparison.reference is not None and spec.comparison.reference not in spec.comparison_arms:
         raise SpecError(
             f"{source}: comparison.reference: {spec.comparison.reference!r} is not an arm of the comparison; "
@@ -334,7 +352,9 @@ def _family_spec(spec: StudySpec, family: str, source: str) -> StudySpec:
         raise SpecError(f"{source}: comparison.baselines.{family}: {_describe(error, {})}") from None
 
 
-def _check_family_params(spec: StudySpec, source: str, *, require_space: bool = True, fixed_section: str = "model.fixed") -> None:
+def _check_family_params(
+    spec: StudySpec, source: str, *, require_space: bool = True, fixed_section: str = "model.fixed"
+) -> None:
     from xattn.models.registry import MODEL_FAMILIES, blind_spot, make_config, model_param_names
 
     family = spec.model.family
@@ -379,12 +399,16 @@ def _check_family_params(spec: StudySpec, source: str, *, require_space: bool = 
             config = make_config(family, params, n_genes=8)
         except SpecError as error:
             where = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("d_model", "nhead"))
-            raise SpecError(f"{source}: {error}" + (f" (in the searched combination {where})" if where else "")) from None
+            raise SpecError(
+                f"{source}: {error}" + (f" (in the searched combination {where})" if where else "")
+            ) from None
         blind = blind_spot(family, config)
         if blind is not None:
             field, why = blind
             where = f"search.space.{field}" if field in spec.searched else f"model.fixed.{field}"
-            raise SpecError(f"{source}: {where}: {family} with {field}={getattr(config, field)}: {why}; choose another value")
+            raise SpecError(
+                f"{source}: {where}: {family} with {field}={getattr(config, field)}: {why}; choose another value"
+            )
 
 
 def _check_positive(spec: StudySpec, name: str, choices: dict, source: str) -> None:
@@ -426,7 +450,11 @@ def _allowed_keys(location: tuple) -> set[str]:
         field = model.model_fields.get(part)
         if field is None:
             break
-        nested = [c for c in (field.annotation, *get_args(field.annotation)) if isinstance(c, type) and issubclass(c, BaseModel)]
+        nested = [
+            c
+            for c in (field.annotation, *get_args(field.annotation))
+            if isinstance(c, type) and issubclass(c, BaseModel)
+        ]
         if not nested:
             break
         model = nested[0]

@@ -86,7 +86,12 @@ def null_of_trial(config: dict[str, Any], seed: int, fold: int) -> dict[str, Any
     index = config.pop(NULL_INDEX, None)
     if method is None:
         return None
-    return {"method": method, "index": int(index), "fold": int(fold), "seed": null_seed(seed, method, int(index), int(fold))}
+    return {
+        "method": method,
+        "index": int(index),
+        "fold": int(fold),
+        "seed": null_seed(seed, method, int(index), int(fold)),
+    }
 
 
 def _naming_field(field: str, check):
@@ -111,7 +116,9 @@ def preflight(spec: StudySpec, mirror: str | None) -> None:
             lambda: region_folds(data, spec.comparison.folds, method=method, seed=spec.seed, val_fraction=val_fraction),
         )
     if spec.comparison.nulls is not None:
-        null_data(data, spec.comparison.nulls.method, seed=spec.seed)  # a one-line error where the data cannot have them
+        null_data(
+            data, spec.comparison.nulls.method, seed=spec.seed
+        )  # a one-line error where the data cannot have them
     data = data.select_genes(select_genes(data, spec.data.genes, split.train))
     kinds = {spec.data.genevec, spec.model.fixed.get("genevec", spec.data.genevec)}
     if "genevec" in spec.searched:
