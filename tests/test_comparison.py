@@ -10,7 +10,7 @@ from scipy import stats
 from xattn.studies import run_study
 from xattn.tracking.store import Workspace
 from xattn.tuning.comparison import compare_runs, load_comparison
-from xattn.tuning.spec import parse_spec
+from xattn.tuning.spec_file import parse_spec
 
 
 def fake_run(family, fold, seed, pearson, status="FINISHED"):

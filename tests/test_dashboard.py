@@ -15,7 +15,7 @@ from test_cli import REPO, xattn
 
 from xattn.studies import run_study
 from xattn.tracking.store import Workspace
-from xattn.tuning.spec import load_spec
+from xattn.tuning.spec_file import load_spec
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from xattn.studies import run_study
 from xattn.tracking.store import Workspace
-from xattn.tuning.spec import parse_spec
+from xattn.tuning.spec_file import parse_spec
 
 pytestmark = pytest.mark.e2e
 

@@ -29,7 +29,7 @@ from xattn.reporting.study_data import epoch_curve
 from xattn.studies import FIGURES_ENV, run_study
 from xattn.tracking.runs import best_child
 from xattn.tracking.store import Workspace
-from xattn.tuning.spec import parse_spec
+from xattn.tuning.spec_file import parse_spec
 
 WITHOUT_NULLS = tuple(name for name in FIGURE_NAMES if name not in NULL_FIGURES)  # these studies have no nulls
 

@@ -10,7 +10,7 @@ from xattn.data.gene_selection import select_genes
 from xattn.data.spec import DataSpec
 from xattn.errors import DataError, SpecError
 from xattn.experiment import prepare_experiment
-from xattn.tuning.spec import parse_spec
+from xattn.tuning.spec_file import parse_spec
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_user_files_take_a_gene_list_relative_to_the_spec(tmp_path):
         "name: files\ndata:\n  dataset: null\n  files: {expression: expr.csv, connectivity: fc.csv, coords: xyz.csv}\n"
         "  genes: {file: genes.txt}\nsearch: {space: {d_model: [16]}}\n"
     )
-    from xattn.tuning.spec import load_spec
+    from xattn.tuning.spec_file import load_spec
 
     spec = load_spec(tmp_path / "spec.yaml")
     assert spec.data.genes.file == tmp_path / "genes.txt"

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from xattn.data import load_user_files, read_gene2vec
 from xattn.errors import XattnError
-from xattn.tuning.spec import StudySpec, load_spec
+from xattn.tuning.spec import StudySpec
+from xattn.tuning.spec_file import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())

@@ -8,7 +8,7 @@ import pytest
 from test_cli import write_spec, xattn
 
 from xattn.data import RegionSplit
-from xattn.tuning.spec import load_spec
+from xattn.tuning.spec_file import load_spec
 from xattn.tuning.trial import prepare_trial
 
 TINY_CROSS = {"d_model": 8, "nhead": 1, "num_layers": 1, "deep_hidden_dims": [8], "batch_size": 256}

@@ -19,7 +19,7 @@ from xattn.tracking.model_registry import BEST_ALIAS, register_best
 from xattn.tracking.runs import CheckpointCache
 from xattn.tracking.store import Workspace
 from xattn.tracking.tags import SHA256_PREFIX
-from xattn.tuning.spec import load_spec
+from xattn.tuning.spec_file import load_spec
 
 pytestmark = pytest.mark.e2e
 

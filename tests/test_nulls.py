@@ -13,7 +13,7 @@ from xattn.data.nulls import morans_i, null_data, null_seed, region_distances, s
 from xattn.errors import DataError, SpecError
 from xattn.training.trainer import fit
 from xattn.tuning.comparison import null_test
-from xattn.tuning.spec import parse_spec
+from xattn.tuning.spec_file import parse_spec
 from xattn.tuning.trial import prepare_trial
 
 

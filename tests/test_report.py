@@ -120,7 +120,7 @@ def assert_rendered(page: SimpleNamespace) -> None:
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory, ray_local):
     from xattn.studies import run_study
-    from xattn.tuning.spec import parse_spec
+    from xattn.tuning.spec_file import parse_spec
 
     spec = parse_spec(
         {
@@ -188,7 +188,7 @@ def interrupted_study(tmp_path_factory):
 
     from xattn.studies import open_stores, study_run
     from xattn.tracking import parent_run
-    from xattn.tuning.spec import parse_spec
+    from xattn.tuning.spec_file import parse_spec
 
     spec = parse_spec(
         {"name": "report-killed", "search": {"space": {"d_model": [8, 16]}}, "budget": {"trials": 4, "max_epochs": 5}}

@@ -24,7 +24,7 @@ from xattn.tracking.runs import best_child
 from xattn.tracking.store import Workspace
 from xattn.tuning import selection
 from xattn.tuning.progress import TrialProgress
-from xattn.tuning.spec import parse_spec
+from xattn.tuning.spec_file import parse_spec
 
 INNER = selection.INNER_FOLD
 

@@ -14,7 +14,7 @@ import torch
 
 from xattn.errors import SpecError
 from xattn.models.registry import build_model, fit_to_training_regions, get_family, model_param_names
-from xattn.tuning.spec import load_spec, parse_spec
+from xattn.tuning.spec_file import load_spec, parse_spec
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
 N_REGIONS, N_GENES = 6, 12

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from xattn.errors import SpecError
-from xattn.tuning.spec import load_spec, parse_spec
+from xattn.tuning.spec_file import load_spec, parse_spec
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 

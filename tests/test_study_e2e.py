@@ -21,7 +21,7 @@ from xattn.errors import DataError
 from xattn.export import evaluate_export, export_best, verify_export
 from xattn.studies import FIGURES_ENV, run_study
 from xattn.tracking.store import Workspace
-from xattn.tuning.spec import parse_spec
+from xattn.tuning.spec_file import parse_spec
 
 pytestmark = pytest.mark.e2e
 

@@ -127,7 +127,7 @@ def compare_local(
     """
     from xattn.tuning.comparison import comparison_markdown
     from xattn.tuning.local_comparison import run_local_comparison
-    from xattn.tuning.spec import load_spec
+    from xattn.tuning.spec_file import load_spec
 
     overrides = parse_sets(sets)
     if max_epochs is not None:

@@ -50,7 +50,7 @@ def study_run(
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a hyperparameter study with Ray Tune and Optuna, recorded in MLflow."""
-    from xattn.tuning.spec import load_spec
+    from xattn.tuning.spec_file import load_spec
 
     overrides = parse_sets(sets)
     for key, value in (("budget.trials", trials), ("budget.max_epochs", max_epochs), ("name", name)):
