@@ -221,7 +221,8 @@ def batch_within(family: str, pairs, model: torch.nn.Module, s: Settings) -> int
     while bs > s.batch_size and bs * per_pair > s.naive_batch_cap_s:
         bs //= 2
     log(f"{family}: naive {1 / per_pair:.1f} pairs/s at batch {s.batch_size}, so batch {bs} "
-        f"(the default {TrainConfig.batch_size}, halved while a naive batch takes over {s.naive_batch_cap_s:.0f}s)")  # fmt: skip
+        f"(the default {TrainConfig.batch_size}, halved while a naive batch takes over "
+        f"{s.naive_batch_cap_s:.0f}s)")  # fmt: skip
     return bs
 
 
@@ -240,7 +241,8 @@ def bench_family(experiment, family: str, s: Settings, flops: float | None = Non
     t_naive = min(naive.run(1) for _ in range(s.warmup))
     n = max(1, min(s.max_batches, math.ceil(s.target_s / max(t_xattn, t_naive, 1e-6))))
     log(
-        f"{family}: warm-up {bs / t_xattn:.1f} pairs/s xattn, {bs / t_naive:.1f} naive; {s.rounds} rounds of {n} batch(es)"
+        f"{family}: warm-up {bs / t_xattn:.1f} pairs/s xattn, {bs / t_naive:.1f} naive; "
+        f"{s.rounds} rounds of {n} batch(es)"
     )
 
     times: dict[str, list[float]] = {"xattn": [], "naive": []}

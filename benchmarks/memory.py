@@ -67,7 +67,8 @@ def measure_memory(experiment, s: Settings, option: str = "reference", reps: int
     for rep in range(reps or s.memory_reps):
         for n_genes in (405, 810):
             log(
-                f"memory: {option}, {n_genes} genes, {s.memory_steps} step(s) of {s.batch_size} pairs (repetition {rep + 1})"
+                f"memory: {option}, {n_genes} genes, {s.memory_steps} step(s) of {s.batch_size} pairs "
+                f"(repetition {rep + 1})"
             )
             if s.device == "cuda":
                 runner = memory_setup(experiment, n_genes, s, option)

@@ -162,7 +162,8 @@ def measure_platform(*, quick: bool, cpus: int, cuda: bool, mirror: str, trial_s
                 return {"error": calibration}
             epochs = calibration["epochs"]
             log(
-                f"platform: one epoch takes {calibration['epoch_s']:.1f}s, so {epochs} epochs make a trial of about {trial_s:.0f}s"
+                f"platform: one epoch takes {calibration['epoch_s']:.1f}s, "
+                f"so {epochs} epochs make a trial of about {trial_s:.0f}s"
             )
         spec = platform_spec(quick=quick, cpus=cpus, cuda=cuda, epochs=epochs)
         spec_path = Path(tmp) / "bench-platform.yaml"

@@ -66,7 +66,8 @@ def platform_lines(plat: dict[str, Any] | None) -> list[str]:
         return [f"platform: {plat.get('skipped') or plat.get('error')}"]
     trials = len(plat["plain_trial_s"]["values"])
     lines = [f"platform: {trials} trials of {plat['plain_trial_s']['mean']:.0f}s: study {plat['study_wall_s']:.1f}s, "
-             f"plain {plat['plain_wall_s']:.1f}s, overhead {fmt(plat['overhead_fraction'], 3)} (goal < 0.05)"]  # fmt: skip
+             f"plain {plat['plain_wall_s']:.1f}s, overhead {fmt(plat['overhead_fraction'], 3)} "
+             "(goal < 0.05)"]  # fmt: skip
     tl = plat.get("study_timeline_s", {})
     if "trials_total" in tl:
         lines.append(f"  study: launch -> parent run {tl['launch_to_parent_run']:.1f}s, -> first trial "
@@ -76,7 +77,8 @@ def platform_lines(plat: dict[str, Any] | None) -> list[str]:
                      f"{tl['last_trial_to_parent_end'] + tl['parent_end_to_exit']:.1f}s")  # fmt: skip
     plain_epoch, study_epoch = plat.get("plain_epochs_after_the_first_s"), tl.get("epochs_after_the_first")
     if plain_epoch and study_epoch and plain_epoch.get("mean") and study_epoch.get("mean"):
-        lines.append(f"  epochs after a trial's first: plain {fmt(plain_epoch, 2)}s, in the study {fmt(study_epoch, 2)}s "
+        lines.append(f"  epochs after a trial's first: plain {fmt(plain_epoch, 2)}s, "
+                     f"in the study {fmt(study_epoch, 2)}s "
                      f"(ratio {study_epoch['mean'] / plain_epoch['mean']:.3f})")  # fmt: skip
     parts = plat.get("parts", {})
     if "fixed_s" in parts:
@@ -86,7 +88,8 @@ def platform_lines(plat: dict[str, Any] | None) -> list[str]:
             f"under 0.05 from {needed} trials" if needed else "never under 0.05 (the per-trial part alone is over it)"
         )
         lines.append(f"  once per study {parts['fixed_s']:.1f}s, per trial {parts['per_trial_s']:.2f}s "
-                     f"({parts['per_trial_fraction']:.3f} of a trial); studies of such trials: {projected}; {goal}")  # fmt: skip
+                     f"({parts['per_trial_fraction']:.3f} of a trial); "
+                     f"studies of such trials: {projected}; {goal}")  # fmt: skip
     return lines
 
 
@@ -95,8 +98,9 @@ def print_report(report: dict[str, Any]) -> None:
     for family in FAMILIES:
         if family in report:
             r = report[family]
+            batches = f"{r['batch_size']} x {r['batches_per_round']} x {r['rounds']}"
             rows.append([family, fmt(r["pairs_per_s"]["xattn"], 1), fmt(r["pairs_per_s"]["naive"], 1),
-                         fmt(r["speedup_vs_naive"], 2), f"{r['batch_size']} x {r['batches_per_round']} x {r['rounds']}"])  # fmt: skip
+                         fmt(r["speedup_vs_naive"], 2), batches])  # fmt: skip
     lines = []
     ca = report.get("cross_attention")
     peaks = report.get("peaks", {})
@@ -112,8 +116,10 @@ def print_report(report: dict[str, Any]) -> None:
                          "fraction says nothing about the goal; the fp32 fraction does)")  # fmt: skip
     mem = report.get("memory")
     if mem and "peak_ratio_810_over_405" in mem:
-        lines.append(f"memory (cross_attention, batch {mem['batch_size']}): 405 genes {fmt(mem['peak_bytes_405'], 0, 2**-20)} MiB, "
-                     f"810 genes {fmt(mem['peak_bytes_810'], 0, 2**-20)} MiB, ratio {fmt(mem['peak_ratio_810_over_405'], 2)} (goal <= 2.2)")  # fmt: skip
+        lines.append(f"memory (cross_attention, batch {mem['batch_size']}): "
+                     f"405 genes {fmt(mem['peak_bytes_405'], 0, 2**-20)} MiB, "
+                     f"810 genes {fmt(mem['peak_bytes_810'], 0, 2**-20)} MiB, "
+                     f"ratio {fmt(mem['peak_ratio_810_over_405'], 2)} (goal <= 2.2)")  # fmt: skip
     options = report.get("options", {}).get("options", {})
     for name, entry in options.items():
         memory = entry.get("memory", {})
@@ -123,7 +129,8 @@ def print_report(report: dict[str, Any]) -> None:
             else ""
         )
         lines.append(
-            f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, {fmt(entry['ratio_to_reference'], 2)} x the reference{ratio}"
+            f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, "
+            f"{fmt(entry['ratio_to_reference'], 2)} x the reference{ratio}"
         )
     lines += platform_lines(report.get("platform"))
     title = (f"xattn training throughput on {report['dataset']} - {report['device']} ({report['device_name']}), "

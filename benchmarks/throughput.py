@@ -198,11 +198,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute version (fewer, smaller batches)")
     parser.add_argument("--skip-platform", action="store_true", help="skip the Ray Tune + MLflow overhead measurement")
     parser.add_argument("--platform-trial-s", type=float, default=TRIAL_S,
-                        help=f"length of each platform trial, seconds (default {TRIAL_S:.0f}; --quick: six short epochs)")  # fmt: skip
+                        help=f"length of each platform trial, seconds (default {TRIAL_S:.0f}; "
+                             "--quick: six short epochs)")  # fmt: skip
     parser.add_argument("--skip-memory", action="store_true", help="skip the 405/810-gene memory measurement")
     parser.add_argument("--families", help=f"comma-separated subset of {','.join(FAMILIES)} (default: all)")
     parser.add_argument("--skip-options", action="store_true",
-                        help=f"skip the cross_attention options beside the reference design ({', '.join(OPTIONS)})")  # fmt: skip
+                        help="skip the cross_attention options beside the reference design "
+                             f"({', '.join(OPTIONS)})")  # fmt: skip
     parser.add_argument("--batch-size", type=int,
                         help="every batch (default: on CPU, throughput at the trainer's default 512, halved while "
                              "one naive batch takes over 6 s (2 s with --quick) but not below 32 (16), memory at "

@@ -48,7 +48,8 @@ def bench_options(experiment, s: Settings, *, memory: bool) -> dict[str, Any]:
             entry["memory"] = measure_memory(experiment, s, option=name, reps=1)
         result["options"][name] = entry
         log(
-            f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, {fmt(entry['ratio_to_reference'], 2)} x the reference"
+            f"option {name}: {fmt(entry['pairs_per_s'], 1)} pairs/s, "
+            f"{fmt(entry['ratio_to_reference'], 2)} x the reference"
         )
     return result
 

@@ -90,7 +90,8 @@ def postgres_database():
 def mlflow_server(backend: str, folder: Path, *, admin_password: str | None = None):
     """`mlflow server` on `backend`, serving artifacts from `folder`; basic auth with a password."""
     port = free_port()
-    args = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination", str(folder / "artifacts"),
+    args = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend,
+            "--artifacts-destination", str(folder / "artifacts"),
             "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     env = {}
     if admin_password is not None:
@@ -98,7 +99,8 @@ def mlflow_server(backend: str, folder: Path, *, admin_password: str | None = No
         config.write_text(
             "[mlflow]\ndefault_permission = READ\n"
             f"database_uri = sqlite:///{folder / 'basic_auth.db'}\nadmin_username = admin\n"
-            f"admin_password = {admin_password}\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"admin_password = {admin_password}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         )
         args += ["--app-name", "basic-auth"]
         env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
@@ -121,8 +123,9 @@ def ray_cluster(folder: Path, *, worker_cpus: int = 1):
     address = f"127.0.0.1:{port}"
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
     common = ["--block", "--disable-usage-stats"]
-    head = start([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
-                  "--include-dashboard", "false", *common], folder / "ray-head.log", env)  # fmt: skip
+    head = start([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                  "--num-cpus", "1", "--include-dashboard", "false", *common],
+                 folder / "ray-head.log", env)  # fmt: skip
     processes = [head]
     try:
         wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, "ray head", head)
@@ -130,8 +133,12 @@ def ray_cluster(folder: Path, *, worker_cpus: int = 1):
                         "--num-cpus", str(worker_cpus), *common], folder / "ray-worker.log", env)  # fmt: skip
         processes.append(worker)
         status = [str(BIN / "ray"), "status", "--address", address]
-        wait_until(lambda: subprocess.run(status, capture_output=True, text=True, timeout=30, env={**os.environ, **env}).stdout.count("node_") >= 2,
-                   "ray worker", worker)  # fmt: skip
+
+        def two_nodes() -> bool:
+            shown = subprocess.run(status, capture_output=True, text=True, timeout=30, env={**os.environ, **env})
+            return shown.stdout.count("node_") >= 2
+
+        wait_until(two_nodes, "ray worker", worker)
         yield address, env
     finally:
         for process in reversed(processes):

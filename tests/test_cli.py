@@ -197,7 +197,9 @@ def test_ray_address_comes_from_the_environment_when_not_passed(tmp_path, monkey
 
 
 def test_help_lists_the_commands_in_their_order():
-    """Each module of xattn/cli/ registers its commands when xattn/cli/__init__.py imports it: that order is the help's."""
+    """Each module of xattn/cli/ registers its commands when xattn/cli/__init__.py imports it:
+    that order is the help's.
+    """
     from xattn.cli import app
     from xattn.cli.common import data_app, study_app
 

@@ -239,7 +239,8 @@ def test_sigterm_leaves_the_study_killed_and_resumable(tmp_path):
             study.kill()
     assert study.returncode == 130, stderr
     assert stderr.strip().splitlines() == [
-        f"interrupted: the study run is marked KILLED; continue it with `xattn study resume quickstart --workspace {tmp_path / 'ws'}`"
+        "interrupted: the study run is marked KILLED; "
+        f"continue it with `xattn study resume quickstart --workspace {tmp_path / 'ws'}`"
     ]
     (listed,) = json.loads(
         xattn("study", "list", "--workspace", tmp_path / "ws", "--json", cwd=tmp_path, check=True).stdout
@@ -250,7 +251,8 @@ def test_sigterm_leaves_the_study_killed_and_resumable(tmp_path):
 def test_one_database_for_both_stores_is_refused_before_anything_starts(tmp_path):
     shared = f"sqlite:///{tmp_path / 'shared.db'}"
     process = xattn(
-        "study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws", "--tracking-uri", shared, "--optuna-storage", shared,
+        "study", "run", write_spec(tmp_path), "--workspace", tmp_path / "ws",
+        "--tracking-uri", shared, "--optuna-storage", shared,
         cwd=tmp_path, timeout=120,
     )  # fmt: skip
     line = one_error_line(process)

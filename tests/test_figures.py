@@ -125,7 +125,8 @@ def test_learning_curves_have_one_line_per_trial_with_its_logged_history(compare
     client, result = compared.client, compared.result
     runs = client.search_runs(
         [result.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{result.parent_run_id}' and tags.`xattn.role` = 'search' and tags.`xattn.family` = 'cross_attention'",
+        f"tags.`mlflow.parentRunId` = '{result.parent_run_id}' and tags.`xattn.role` = 'search' "
+        "and tags.`xattn.family` = 'cross_attention'",
     )
     data, _ = figure_in(compared.folder / "learning_curves.html")
     assert len(data) == len(runs) == TRIALS

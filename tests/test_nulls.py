@@ -98,7 +98,8 @@ def null_p_value(files: dict[str, str], n_nulls: int, folds: int = 2) -> dict:
         "model": {"family": "cge", "fixed": {"batch_size": 256}},
         "search": {"space": {"learning_rate": [0.02]}},
         "budget": {"max_epochs": 15, "patience_steps": 100000},
-        "compare_with": ["distance_decay"], "comparison": {"folds": folds, "seeds": 1, "nulls": {"method": "spin", "n": n_nulls}},
+        "compare_with": ["distance_decay"],
+        "comparison": {"folds": folds, "seeds": 1, "nulls": {"method": "spin", "n": n_nulls}},
     })  # fmt: skip
 
     def test_r(config):
@@ -228,6 +229,6 @@ def test_null_runs_are_tagged_child_runs_that_resume_after_a_crash(tmp_path):
         assert nulls["n"] == 2 and nulls["real_r"] == pytest.approx(real)
         assert nulls["mean"] == pytest.approx(np.mean(drawn)) and nulls["sd"] == pytest.approx(np.std(drawn, ddof=1))
         assert nulls["p"] == pytest.approx((1 + sum(d >= real for d in drawn)) / 3)
-    shown = subprocess.run([sys.executable, "-m", "xattn.cli", "compare", NULL_STUDY["name"], "--workspace", str(workspace)],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    compare = [sys.executable, "-m", "xattn.cli", "compare", NULL_STUDY["name"], "--workspace", str(workspace)]
+    shown = subprocess.run(compare, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "null" in shown.stdout, shown.stdout + shown.stderr

@@ -46,15 +46,18 @@ def predictions(observed_offset: float = 0.0) -> pd.DataFrame:
     return pd.DataFrame({
         "i": i, "j": j, "label_i": [LABELS[k] for k in i], "label_j": [LABELS[k] for k in j],
         # |error| grows with distance; its sign tells (i, j) from (j, i)
-        "observed": observed, "predicted": observed + np.where(i > j, 1, -1) * 0.001 * np.abs(i - j) * 10, "distance": np.abs(i - j) * 10.0,
+        "observed": observed, "predicted": observed + np.where(i > j, 1, -1) * 0.001 * np.abs(i - j) * 10,
+        "distance": np.abs(i - j) * 10.0,
     })  # fmt: skip
 
 
 def comparison(nulls: bool = False) -> dict:
     families = [
         {"family": "cross_attention"},
-        {"family": "cge", "vs_reference": {"n_pairs": 4, "mean_difference": -0.2, "ci95_low": -0.3, "ci95_high": -0.1, "p_wilcoxon": 0.125}},
-        {"family": "mlp", "vs_reference": {"n_pairs": 1, "mean_difference": 0.1, "ci95_low": math.nan, "ci95_high": math.nan, "p_wilcoxon": math.nan}},
+        {"family": "cge", "vs_reference": {"n_pairs": 4, "mean_difference": -0.2,
+                                           "ci95_low": -0.3, "ci95_high": -0.1, "p_wilcoxon": 0.125}},
+        {"family": "mlp", "vs_reference": {"n_pairs": 1, "mean_difference": 0.1,
+                                           "ci95_low": math.nan, "ci95_high": math.nan, "p_wilcoxon": math.nan}},
     ]  # fmt: skip
     if nulls:
         families[0]["nulls"] = {"method": "spin", "r": [0.1, 0.2, 0.15], "real_r": 0.4, "p": 0.25, "n": 3}
@@ -94,7 +97,8 @@ def optuna_study(values: list[tuple[int, float]]) -> optuna.Study:
     study = optuna.create_study(study_name="plots", direction="minimize")
     for d_model, value in values:
         study.add_trial(optuna.trial.create_trial(
-            params={"d_model": d_model}, distributions={"d_model": optuna.distributions.CategoricalDistribution([8, 16])},
+            params={"d_model": d_model},
+            distributions={"d_model": optuna.distributions.CategoricalDistribution([8, 16])},
             value=value,
         ))  # fmt: skip
     return study

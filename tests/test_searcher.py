@@ -10,7 +10,8 @@ from xattn.tuning.searcher import ResumableOptunaSearch
 def finished_then_restored(cls):
     """A searcher whose trial finished in Optuna, then restored from a state saved before that."""
     searcher = cls(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="loss", mode="min",
-                   sampler=optuna.samplers.RandomSampler(seed=0), storage=optuna.storages.InMemoryStorage())  # fmt: skip
+                   sampler=optuna.samplers.RandomSampler(seed=0),
+                   storage=optuna.storages.InMemoryStorage())  # fmt: skip
     searcher.suggest("t1")
     searcher.on_trial_complete("t1", {"loss": 0.5, "training_iteration": 3})
     searcher._completed_trials.discard("t1")  # Tune's saved state predates the completion

@@ -72,7 +72,8 @@ def test_summary_progress_and_registration_pick_the_same_configuration(case, tmp
     by_id = {t.trial_id: t for t in trials}
 
     # the search summary: what the finals retrain
-    results = [Result(metrics={**t.last_result, "trial_id": t.trial_id, "config": t.config}, checkpoint=None, error=None, path=str(tmp_path))
+    results = [Result(metrics={**t.last_result, "trial_id": t.trial_id, "config": t.config},
+                      checkpoint=None, error=None, path=str(tmp_path))
                for t in trials]  # fmt: skip
     summary = selection.best_configuration(results, "val_loss", "min")
 

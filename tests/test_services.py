@@ -44,12 +44,14 @@ def test_a_study_on_an_mlflow_server_postgres_and_a_ray_cluster(tmp_path):
     with postgres_database() as mlflow_db, postgres_database() as optuna_db:
         with mlflow_server(mlflow_db, tmp_path) as url, ray_cluster(tmp_path) as (address, ray_env):
             process = xattn("study", "run", write_spec(tmp_path, "served"), "--workspace", tmp_path / "ws",
-                            "--tracking-uri", url, "--optuna-storage", optuna_db, "--address", address, cwd=tmp_path, env=ray_env)  # fmt: skip
+                            "--tracking-uri", url, "--optuna-storage", optuna_db, "--address", address,
+                            cwd=tmp_path, env=ray_env)  # fmt: skip
             assert process.returncode == 0, process.stdout + process.stderr
             assert_study_recorded(MlflowClient(url), "served", optuna_db)
             assert not (tmp_path / "ws" / "mlflow.db").exists() and not (tmp_path / "ws" / "optuna.db").exists()
-            doctor = xattn("doctor", "--workspace", tmp_path / "ws", "--tracking-uri", url, "--optuna-storage", optuna_db,
-                           "--address", address, "--json", cwd=tmp_path, env=ray_env)  # fmt: skip
+            doctor = xattn("doctor", "--workspace", tmp_path / "ws", "--tracking-uri", url,
+                           "--optuna-storage", optuna_db, "--address", address, "--json",
+                           cwd=tmp_path, env=ray_env)  # fmt: skip
             assert doctor.returncode == 0, doctor.stdout + doctor.stderr
             checks = {check["name"]: check for check in json.loads(doctor.stdout.strip().splitlines()[-1])["checks"]}
             assert "2 node(s)" in checks["Ray"]["detail"] and "server MLflow" in checks["tracking store"]["detail"]
@@ -59,7 +61,8 @@ def test_two_studies_at_once_against_one_server_with_basic_auth(tmp_path):
     login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": PASSWORD}
     with postgres_database() as mlflow_db, postgres_database() as optuna_db:
         with mlflow_server(mlflow_db, tmp_path, admin_password=PASSWORD) as url:
-            wrong = xattn("doctor", "--workspace", tmp_path / "ws", "--tracking-uri", url, "--optuna-storage", optuna_db,
+            wrong = xattn("doctor", "--workspace", tmp_path / "ws", "--tracking-uri", url,
+                          "--optuna-storage", optuna_db,
                           cwd=tmp_path, env={**login, "MLFLOW_TRACKING_PASSWORD": "wrong"})  # fmt: skip
             assert wrong.returncode == 1
             (line,) = [line for line in wrong.stderr.splitlines() if line.startswith("error:")]

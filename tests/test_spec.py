@@ -138,7 +138,8 @@ def test_max_pairs_per_pass_is_a_trainer_setting_a_spec_can_fix():
         (
             {"typo": {"bidirectonal": True}},
             None,
-            r"comparison.variants.typo: override.bidirectonal: unknown hyperparameter \(did you mean 'bidirectional'\?\)",
+            r"comparison.variants.typo: override.bidirectonal: "
+            r"unknown hyperparameter \(did you mean 'bidirectional'\?\)",
         ),
         ({"blind": {"pooling_mode": "cls"}}, None, "comparison.variants.blind: model.fixed.pooling_mode"),
         (

@@ -163,8 +163,8 @@ def test_xattn_attention_writes_the_gene_maps_of_an_export(study, tmp_path, mirr
     export = tmp_path / "export"
     export_best(spec.name, export, workspace)
     out = tmp_path / "maps"
-    command = [sys.executable, "-m", "xattn.cli", "attention", str(export), "--pairs", "test", "--out", str(out), "--top-k", "5",
-               "--mirror", str(mirror), "--json"]  # fmt: skip
+    command = [sys.executable, "-m", "xattn.cli", "attention", str(export), "--pairs", "test", "--out", str(out),
+               "--top-k", "5", "--mirror", str(mirror), "--json"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["gene_attention.csv", "gene_attention.png", "top_gene_pairs.csv"]

@@ -113,9 +113,10 @@ def shown_trial(
 
 def test_the_show_table_marks_the_best_shows_early_stops_and_only_the_params_that_differ():
     trials = [
-        shown_trial("a", "cross_attention", {"learning_rate": "0.001", "d_model": "16"}, {"best_val_loss": 0.51234, "test_pearson": 0.4321},
-                    best=True, run_name="trial-0"),
-        shown_trial("b", "cross_attention", {"learning_rate": "0.0031234", "d_model": "16"}, {"best_val_loss": 0.6}, epochs=2, stopped=2),
+        shown_trial("a", "cross_attention", {"learning_rate": "0.001", "d_model": "16"},
+                    {"best_val_loss": 0.51234, "test_pearson": 0.4321}, best=True, run_name="trial-0"),
+        shown_trial("b", "cross_attention", {"learning_rate": "0.0031234", "d_model": "16"},
+                    {"best_val_loss": 0.6}, epochs=2, stopped=2),
         shown_trial("c", "cge", {"learning_rate": "0.02"}, {}, epochs=None, status="FAILED"),
     ]  # fmt: skip
     table = show_table(summary(trials))

@@ -74,7 +74,9 @@ OptunaOpt = typer.Option(
 MirrorOpt = typer.Option(
     None,
     "--mirror",
-    help="Read data files from this local folder laid out like the upstream repositories (default: $XATTN_DATA_MIRROR).",
+    help=(
+        "Read data files from this local folder laid out like the upstream repositories (default: $XATTN_DATA_MIRROR)."
+    ),
 )
 AddressOpt = typer.Option(
     None,

@@ -1,4 +1,6 @@
-"""`xattn export | evaluate | attention`: the best trial out of the store, rebuilt and checked, and what its attention learned."""
+"""`xattn export | evaluate | attention`: the best trial out of the store, rebuilt and checked, and what its
+attention learned.
+"""
 
 from __future__ import annotations
 

@@ -86,7 +86,8 @@ def _print_comparison(study: str, comparison: dict) -> None:
             f"{format_cell(entry['test_pearson_mean'])} ± {format_cell(entry['test_pearson_sd'])}",
             format_cell(entry["test_mse_mean"]),
             format_cell(entry["test_r2_mean"]),
-            f"{format_cell(diff['mean_difference'])} [{format_cell(diff['ci95_low'])}, {format_cell(diff['ci95_high'])}]"
+            f"{format_cell(diff['mean_difference'])} "
+            f"[{format_cell(diff['ci95_low'])}, {format_cell(diff['ci95_high'])}]"
             if diff
             else "-",
             format_cell(diff["p_wilcoxon"]) if diff else "-",
@@ -97,8 +98,8 @@ def _print_comparison(study: str, comparison: dict) -> None:
     agreement = comparison.get("search_agreement")
     if agreement and agreement["spearman"] == agreement["spearman"]:
         console.print(
-            f"search, every family: validation {agreement['metric']} ranks the {agreement['n_trials']} trials by test r "
-            f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
+            f"search, every family: validation {agreement['metric']} ranks the {agreement['n_trials']} trials "
+            f"by test r with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
             highlight=False,
         )
 

@@ -67,7 +67,9 @@ def ui(
         1, "--workers", min=1, help="Server worker processes (one serves a person; each costs seconds to start)."
     ),
 ) -> None:
-    """Open the MLflow UI on the workspace's tracking store; it ends, with every process it started, when this command does."""
+    """Open the MLflow UI on the workspace's tracking store; it ends, with every process it started,
+    when this command does.
+    """
     from xattn.dashboard import serve_mlflow_ui
 
     ws = open_workspace(workspace, tracking_uri, create=False)
@@ -79,7 +81,8 @@ def ui(
     def announce(url: str) -> None:
         console.print(f"MLflow UI on {url} (Ctrl-C to stop); store {ws.tracking_uri}", highlight=False)
         console.print(
-            "  studies are model training: pick [bold]Model training[/] in its sidebar once (MLflow starts a browser on GenAI)",
+            "  studies are model training: pick [bold]Model training[/] in its sidebar once "
+            "(MLflow starts a browser on GenAI)",
             highlight=False,
         )
 

@@ -119,7 +119,8 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
             result = start()
     except KeyboardInterrupt:
         err_console.print(
-            f"interrupted: the study run is marked KILLED; continue it with `xattn study resume {name}{store_flags(ws, optuna=True)}`",
+            "interrupted: the study run is marked KILLED; "
+            f"continue it with `xattn study resume {name}{store_flags(ws, optuna=True)}`",
             highlight=False,
         )
         raise typer.Exit(130) from None
@@ -225,7 +226,9 @@ def study_show(
     tracking_uri: Optional[str] = TrackingOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Show a study run and its trials: the best one marked, the epochs each ran, and those the scheduler stopped early."""
+    """Show a study run and its trials: the best one marked, the epochs each ran, and those the scheduler
+    stopped early.
+    """
     from xattn.tracking.study_index import show_table, study_summary
 
     summary = study_summary(connect(stored_workspace(workspace, tracking_uri)), name, run_id)

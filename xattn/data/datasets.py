@@ -59,11 +59,21 @@ REGISTRY: dict[str, str] = {
     f"{_HCP}/strucLabels_ctx_schaefer_400.csv": "e110788738d34831958abf33ded83d06c2c46de18d5419d85f3bc0e9a3475c07",
     f"{_HCP}/strucMatrix_ctx_schaefer_100.csv": "dea65da4029e99880e649414ff258f2236e5e9cfae80d7c448dbd4d183ac014f",
     f"{_HCP}/strucMatrix_ctx_schaefer_400.csv": "f500dd0f9d613a905b342ce5d7ff404d5f46dbdc5b9f39ce366318011a656571",
-    f"{_ATLAS}/atlas-4S156Parcels_dseg_reformatted.csv": "e684f4188f021228c9f654d517083d1e0f105ce847d92a355c0fa7294cbd2c33",
-    f"{_ATLAS}/atlas-4S456Parcels_dseg_reformatted.csv": "6fd8fbda3496b202e297a032c2bdb0eb29e6f410b3f430bdbb3c8c0faa097125",
-    f"{_AHBA}/allgenes_stable_r0.6_schaefer_100.csv": "1ae348737fccf620d143c214f51aa6e8a88939333385931dcff6b4d527e2be9a",
-    f"{_AHBA}/allgenes_stable_r0.6_schaefer_400.csv": "44b0aefc00ea50ad3db1c46073e5fdf248527152abb1fd26d0f7a9d490def7a0",
-    f"{_AHBA}/allgenes_stable_r0.8_schaefer_100.csv": "893c75d5e6953aadc1a053d2dbc3effd0e322050f4f71ae5875eb39f8a22477c",
+    f"{_ATLAS}/atlas-4S156Parcels_dseg_reformatted.csv": (
+        "e684f4188f021228c9f654d517083d1e0f105ce847d92a355c0fa7294cbd2c33"
+    ),
+    f"{_ATLAS}/atlas-4S456Parcels_dseg_reformatted.csv": (
+        "6fd8fbda3496b202e297a032c2bdb0eb29e6f410b3f430bdbb3c8c0faa097125"
+    ),
+    f"{_AHBA}/allgenes_stable_r0.6_schaefer_100.csv": (
+        "1ae348737fccf620d143c214f51aa6e8a88939333385931dcff6b4d527e2be9a"
+    ),
+    f"{_AHBA}/allgenes_stable_r0.6_schaefer_400.csv": (
+        "44b0aefc00ea50ad3db1c46073e5fdf248527152abb1fd26d0f7a9d490def7a0"
+    ),
+    f"{_AHBA}/allgenes_stable_r0.8_schaefer_100.csv": (
+        "893c75d5e6953aadc1a053d2dbc3effd0e322050f4f71ae5875eb39f8a22477c"
+    ),
 }
 
 
@@ -281,8 +291,9 @@ def load_dataset(
     """The named dataset as a `ConnectomeData`, fetched and checked for alignment.
 
     `synthetic` holds keyword options for `make_synthetic`; it is used for the name
-    "synthetic" and ignored otherwise (a study spec may carry it for any dataset). File datasets are parsed once per process and per source folder; each call
-    returns fresh copies of the arrays, so callers may modify what they get.
+    "synthetic" and ignored otherwise (a study spec may carry it for any dataset). File datasets
+    are parsed once per process and per source folder; each call returns fresh copies of the
+    arrays, so callers may modify what they get.
     """
     info = dataset_info(name)
     if info.target == "synthetic":

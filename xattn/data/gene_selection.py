@@ -37,7 +37,8 @@ def top_variance(data: ConnectomeData, n: int, train_regions: np.ndarray) -> np.
     """The `n` genes whose expression varies most across `train_regions` (ties: lower index)."""
     if not 1 <= n <= data.n_genes:
         raise DataError(
-            f"genes: top_variance {n} does not fit {data.name!r}, which has {data.n_genes} genes: use 1 to {data.n_genes}"
+            f"genes: top_variance {n} does not fit {data.name!r}, which has {data.n_genes} genes: "
+            f"use 1 to {data.n_genes}"
         )
     regions = np.unique(np.asarray(train_regions, dtype=np.int64))
     if regions.size < 2:
@@ -70,7 +71,8 @@ def from_file(data: ConnectomeData, path: Path) -> np.ndarray:
     if missing:
         raise DataError(
             f"gene list {path}: {len(missing)} of {len(symbols)} genes are not in {data.name!r} "
-            f"({', '.join(missing[:SHOWN])}{', ...' if len(missing) > SHOWN else ''}): remove them or use another dataset"
+            f"({', '.join(missing[:SHOWN])}{', ...' if len(missing) > SHOWN else ''}): "
+            "remove them or use another dataset"
         )
     return np.sort(np.array([column_of[s.upper()] for s in symbols], dtype=np.int64))
 

@@ -105,7 +105,8 @@ def region_folds(
     if method == "spatial":
         if coords_missing:
             raise DataError(
-                "spatial folds need region coordinates, and this dataset has none: add a coords file or use method 'random'"
+                "spatial folds need region coordinates, and this dataset has none: "
+                "add a coords file or use method 'random'"
             )
         test_sets = _balanced_kmeans(coords, n_folds, np.random.default_rng(seed))
     else:

@@ -108,7 +108,8 @@ class CrossAttentionConfig(GeneTokenFields):
         self.deep_hidden_dims = layer_widths("deep_hidden_dims", self.deep_hidden_dims)
         if not isinstance(self.cls_init, str):
             raise SpecError(
-                f"cls_init={self.cls_init!r} is not a CLS kind: use one of {', '.join(CLS_FEATURES)} or kinds joined by '+'"
+                f"cls_init={self.cls_init!r} is not a CLS kind: "
+                f"use one of {', '.join(CLS_FEATURES)} or kinds joined by '+'"
             )
         for kind in self.cls_init.split("+"):
             choice("cls_init", kind, tuple(CLS_FEATURES))

@@ -59,7 +59,8 @@ def data_context(spec) -> dict[str, Any]:
         ("genes", gene_text),
         (
             "split",
-            f"{split.method}, {split.folds} region folds, test fold {split.fold}, validation {split.val_fraction:g} of the training regions"
+            f"{split.method}, {split.folds} region folds, test fold {split.fold}, "
+            f"validation {split.val_fraction:g} of the training regions"
             + (f", {split.inner_folds} inner folds per trial" if split.inner_folds else ""),
         ),
         ("gene vectors", data.genevec + (f" ({data.gene2vec_file})" if data.gene2vec_file else "")),

@@ -139,7 +139,8 @@ def log_study_figures(
             rendered = time.perf_counter()
             client.log_artifacts(parent_run_id, folder, FIGURES_DIR)
         logger.debug(
-            "figures of run %s: drawn %.1f s, HTML %.1f s, PNG %.1f s (beyond the browser start drawing hid), logged %.1f s",
+            "figures of run %s: drawn %.1f s, HTML %.1f s, PNG %.1f s (beyond the browser start drawing hid), "
+            "logged %.1f s",
             parent_run_id, drawn - started, written - drawn, rendered - written, time.perf_counter() - rendered,
         )  # fmt: skip
         return list(figures)

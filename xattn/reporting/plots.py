@@ -101,7 +101,8 @@ def learning_curves_figure(curves: list[TrialCurve], metric: str, max_epochs: in
             line={"dash": "dot" if stopped else "dash" if curve.status == "FAILED" else "solid"},
             marker={"size": [10 if k == last and (stopped or curve.status == "FAILED") else 4 for k in range(last + 1)],
                     "symbol": ["x" if k == last and stopped else "circle" for k in range(last + 1)]},
-            meta={"trial": curve.name, "status": curve.status, "stopped_early": stopped, "epochs_run": curve.epochs_run},
+            meta={"trial": curve.name, "status": curve.status, "stopped_early": stopped,
+                  "epochs_run": curve.epochs_run},
             hovertemplate=f"{curve.name}<br>epoch %{{x}}<br>{metric} %{{y:.4f}}<extra>{ending}</extra>",
         ))  # fmt: skip
     budget = f"budget {max_epochs} epochs" if max_epochs else "budget unknown"
@@ -203,7 +204,8 @@ def null_distribution_figure(comparison: dict[str, Any]) -> go.Figure:
     figure.add_trace(go.Scatter(
         x=[_finite(entry["nulls"]["real_r"]) for entry in rows], y=[entry["family"] for entry in rows],
         mode="markers+text", marker={"size": 14, "symbol": "diamond", "color": "crimson"}, name="real data",
-        text=[f"p = {_p_text(entry['nulls']['p'])} (N = {entry['nulls']['n']})" for entry in rows], textposition="top center",
+        text=[f"p = {_p_text(entry['nulls']['p'])} (N = {entry['nulls']['n']})" for entry in rows],
+        textposition="top center",
         hovertemplate="%{y}<br>real r %{x:.4f}<br>%{text}<extra></extra>",
     ))  # fmt: skip
     method = rows[0]["nulls"]["method"]
@@ -317,9 +319,10 @@ def connectivity_matrices_figure(predictions: pd.DataFrame, run_name: str) -> go
                 )
         figure.update_layout(shapes=[{**shape, "line": {"color": "black", "width": 1}} for shape in shapes])
     bound = max(abs(low), abs(high))
+    title = f"{run_name}: connectivity of the {len(regions)} test regions" + (", grouped by network" if grouped else "")
     figure.update_layout(
         template=TEMPLATE,
-        title=f"{run_name}: connectivity of the {len(regions)} test regions" + (", grouped by network" if grouped else ""),
+        title=title,
         coloraxis={"colorscale": "RdBu_r" if diverging else "Viridis",
                    "cmin": -bound if diverging else low, "cmax": bound if diverging else high},
     )  # fmt: skip

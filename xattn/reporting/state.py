@@ -50,6 +50,7 @@ def study_state(parent: Run) -> StudyState:
             )
         return StudyState(
             INTERRUPTED,
-            f"the study run is still marked RUNNING but its driver, process {driver or '(unrecorded)'}, is gone; {resume}",
+            f"the study run is still marked RUNNING but its driver, process {driver or '(unrecorded)'}, "
+            f"is gone; {resume}",
         )
     return StudyState(INTERRUPTED, f"the study run stopped ({status}) before it completed; {resume}")

@@ -1,4 +1,4 @@
-"""A study's (parent) run in MLflow through its life: its experiment, its start or takeover, its trials table, best trial and end.
+"""A study's (parent) run in MLflow through its life: experiment, start or takeover, trials table, best trial, end.
 
 Tracking knows no StudySpec: the orchestrator (xattn.studies) hands it the plain values a
 study run records (`StudyRun`).

@@ -59,8 +59,9 @@ class Workspace:
         )
         if same_database(tracking_uri, optuna_storage):
             raise StoreError(
-                f"the tracking store and the Optuna storage are one database ({masked(optuna_storage)}): MLflow and Optuna "
-                "each need their own (both keep their schema version in one alembic_version table): pass another --optuna-storage"
+                f"the tracking store and the Optuna storage are one database ({masked(optuna_storage)}): "
+                "MLflow and Optuna each need their own (both keep their schema version in one alembic_version table): "
+                "pass another --optuna-storage"
             )
         return cls(root, tracking_uri, optuna_storage)
 
@@ -109,7 +110,8 @@ def check_tracking_uri(uri: str, source: str) -> str:
         )
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
         raise StoreError(
-            f"{source} {uri}: a SQLite file is sqlite:///relative/path.db or sqlite:////absolute/path.db (three or four slashes)"
+            f"{source} {uri}: a SQLite file is sqlite:///relative/path.db or sqlite:////absolute/path.db "
+            "(three or four slashes)"
         )
     return uri
 
@@ -127,7 +129,8 @@ def check_schema_owner(tables: set[str], shown_url: str) -> None:
     owner = "MLflow's" if MLFLOW_TABLES & tables else "another application's"
     raise StoreError(
         f"Optuna storage {shown_url}: that database already holds {owner} schema, and Optuna needs one of its own "
-        "(both keep their version in one alembic_version table): create another database and pass it as --optuna-storage"
+        "(both keep their version in one alembic_version table): "
+        "create another database and pass it as --optuna-storage"
     )
 
 
@@ -182,7 +185,8 @@ def connect(workspace: Workspace) -> MlflowClient:
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
         raise StoreError(
-            f"cannot use the tracking store {masked(workspace.tracking_uri)} ({first_line(error)}): check --tracking-uri"
+            f"cannot use the tracking store {masked(workspace.tracking_uri)} ({first_line(error)}): "
+            "check --tracking-uri"
         ) from None
     finally:
         for key, value in saved.items():

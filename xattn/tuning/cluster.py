@@ -1,4 +1,4 @@
-"""The Ray cluster a study runs on: a local instance of its own, or the one --address names, started or joined once per process.
+"""The Ray cluster a study runs on: its own local one or the one --address names, started or joined once per process.
 
 A cluster that is not there is refused in one line before anything is written: ray.init would
 otherwise retry a refused address for minutes, or fail after the study run had started.

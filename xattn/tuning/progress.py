@@ -147,7 +147,8 @@ class TrialProgress(Callback):
                 return grid
             of = f"/{self.max_epochs}" if self.max_epochs else ""
             shown = ", ".join(
-                f"{trial_id} epoch {state.epoch}{of}" if state.epoch else f"{trial_id} starting" for trial_id, state in running[:6]
+                f"{trial_id} epoch {state.epoch}{of}" if state.epoch else f"{trial_id} starting"
+                for trial_id, state in running[:6]
             )  # fmt: skip
             more = f" and {len(running) - 6} more" if len(running) > 6 else ""
             return Group(grid, Text(f"running: {shown}{more}", style="dim"))
@@ -223,7 +224,8 @@ class TrialProgress(Callback):
         if stopped_at is not None:
             of = f" of {self.max_epochs}" if self.max_epochs else ""
             self._print(
-                f"[yellow]stopped early[/] {escape(trial.trial_id)} {counter} at epoch {stopped_at}{of} by the scheduler: {outcome}"
+                f"[yellow]stopped early[/] {escape(trial.trial_id)} {counter} at epoch {stopped_at}{of} "
+                f"by the scheduler: {outcome}"
             )
         else:
             self._print(f"[green]finished[/] {escape(trial.trial_id)} {counter} after {epochs} epochs: {outcome}")

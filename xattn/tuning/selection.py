@@ -1,4 +1,4 @@
-"""Which search configuration a study selects: one key and one rule for the finals, the progress view and the registered model.
+"""Which search configuration a study selects: one key and one rule for the finals, progress view and registered model.
 
 A configuration is one search trial or, when the spec asks for inner folds, every trial of the
 same values: each inner fold of a suggestion, and of any other suggestion of the same values.

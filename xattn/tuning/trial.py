@@ -43,9 +43,10 @@ def prepare_trial(
 
     Final (comparison) runs name their outer fold and seed as `_fold` and `_seed`; the split
     itself is always drawn with the study's seed, and so is a null run's null (named as
-    `_null_method` and `_null_index`, drawn per outer fold: `xattn.tuning.phases.nulls`), so every family and seed sees the same
-    regions in fold k. A search trial of a spec with `split.inner_folds` names its inner fold
-    as Ray's repeat index (`INNER_FOLD`). `device` defaults to CUDA when the spec asks for GPUs and one is there.
+    `_null_method` and `_null_index`, drawn per outer fold: `xattn.tuning.phases.nulls`), so
+    every family and seed sees the same regions in fold k. A search trial of a spec with
+    `split.inner_folds` names its inner fold as Ray's repeat index (`INNER_FOLD`). `device`
+    defaults to CUDA when the spec asks for GPUs and one is there.
     """
     spec = spec.model_copy(deep=True)
     config = dict(config)
