@@ -18,7 +18,7 @@ from typing import Any
 from xattn.errors import DataError, StoreError
 from xattn.paths import ensure_can_create
 from xattn.tracking import tags
-from xattn.tracking.runs import CheckpointCache, best_child, find_parent_run
+from xattn.tracking.runs import CheckpointCache, best_child, download_checkpoint, find_parent_run
 from xattn.tracking.store import Workspace, connect
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
 
@@ -90,7 +90,7 @@ def _stage(
     staging = Path(tempfile.mkdtemp(prefix=".xattn-export-", dir=where))
     try:
         if checkpoint is None:
-            downloaded = Path(client.download_artifacts(best.info.run_id, "checkpoint", str(staging)))
+            downloaded = download_checkpoint(client, best.info.run_id, staging)
             for item in downloaded.iterdir():
                 shutil.move(str(item), staging / item.name)
             downloaded.rmdir()

@@ -24,6 +24,7 @@ import torch
 
 from xattn.errors import SpecError
 from xattn.paths import ensure_can_create
+from xattn.tracking.runs import download_checkpoint
 
 PAIR_SETS = ("test", "val", "train")
 FILES = ("gene_attention.csv", "top_gene_pairs.csv", "gene_attention.png")
@@ -124,12 +125,11 @@ def heatmap(matrix: np.ndarray, genes: list[str], path: Path, *, title: str) -> 
 def log_run_attention(client, run_id: str, *, mirror: str | None = None, checkpoints=None) -> None:
     """The three files for the checkpoint of MLflow run `run_id`, logged to it under attention/.
     `checkpoints` (an open tracking.runs.CheckpointCache) saves downloading it again."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="xattn-attention-") as folder:
         if checkpoints is not None:
             directory = checkpoints.path(run_id)
         else:
-            directory = client.download_artifacts(run_id, "checkpoint", folder)
+            directory = download_checkpoint(client, run_id, Path(folder) / "checkpoint")
         written = Path(folder) / ARTIFACT_DIR
         write_attention(directory, written, mirror=mirror)
         client.log_artifacts(run_id, str(written), ARTIFACT_DIR)

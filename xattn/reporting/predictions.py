@@ -7,13 +7,14 @@ ones the trial's logged test metrics were computed from.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
+
+from xattn.tracking.runs import download_checkpoint
 
 PREDICTION_COLUMNS = ("i", "j", "label_i", "label_j", "observed", "predicted", "distance")
 
@@ -53,7 +54,5 @@ def run_test_predictions(
     `checkpoints` (an open tracking.runs.CheckpointCache) saves downloading it again."""
     if checkpoints is not None:
         return checkpoint_test_predictions(checkpoints.path(run_id), mirror=mirror)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # as `xattn export` does
     with tempfile.TemporaryDirectory(prefix="xattn-predictions-") as folder:
-        directory = client.download_artifacts(run_id, "checkpoint", folder)
-        return checkpoint_test_predictions(directory, mirror=mirror)
+        return checkpoint_test_predictions(download_checkpoint(client, run_id, folder), mirror=mirror)

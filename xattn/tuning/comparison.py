@@ -214,11 +214,8 @@ def log_comparison(client, parent_run_id: str, comparison: dict[str, Any]) -> No
 
 def load_comparison(client, study: str, run_id: str | None = None) -> dict[str, Any]:
     """The comparison.json of the newest study run of `study` (or of `run_id`)."""
-    import tempfile
-    from pathlib import Path
-
     from xattn.errors import StudyNotFound
-    from xattn.tracking.runs import find_parent_run
+    from xattn.tracking.runs import find_parent_run, read_artifact_json
 
     parent = find_parent_run(client, study, run_id)
     names = {artifact.path for artifact in client.list_artifacts(parent.info.run_id)}
@@ -226,6 +223,4 @@ def load_comparison(client, study: str, run_id: str | None = None) -> dict[str, 
         raise StudyNotFound(
             f"study run {parent.info.run_id} of {study!r} has no comparison: add `compare_with:` to the spec and run it"
         )
-    with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(parent.info.run_id, "comparison.json", folder)
-        return json.loads(Path(path).read_text())
+    return read_artifact_json(client, parent.info.run_id, "comparison.json")
