@@ -38,11 +38,20 @@ def test_differences_are_paired_on_fold_and_seed():
     assert by_family["cross"]["n_runs"] == 12 and by_family["base"]["n_runs"] == 13
     assert by_family["cross"]["test_pearson_mean"] == pytest.approx(np.mean(list(reference.values())))
     diff = by_family["base"]["vs_reference"]
-    expected = np.array([reference[k] - baseline[k] for k in keys])
-    assert diff["n_pairs"] == 12
-    assert diff["mean_difference"] == pytest.approx(expected.mean())
-    assert diff["p_wilcoxon"] == pytest.approx(stats.wilcoxon(expected).pvalue)
-    assert diff["ci95_low"] < expected.mean() < diff["ci95_high"]
+    # The fold is the unit: seeds averaged within a fold (r through Fisher's z), then K = 4 differences.
+    fold_diffs = np.array([
+        np.tanh(np.mean(np.arctanh([reference[(f, s)] for s in range(3)])))
+        - np.tanh(np.mean(np.arctanh([baseline[(f, s)] for s in range(3)])))
+        for f in range(4)
+    ])  # fmt: skip
+    assert diff["n_pairs"] == 12 and diff["n_folds"] == 4
+    assert diff["mean_difference"] == pytest.approx(fold_diffs.mean())
+    half_width = stats.t.ppf(0.975, 3) * np.sqrt((1 / 4 + 1 / 3) * fold_diffs.var(ddof=1))
+    assert diff["ci95_high"] - diff["mean_difference"] == pytest.approx(half_width)
+    assert diff["naive_ci95_high"] - diff["naive_ci95_low"] < diff["ci95_high"] - diff["ci95_low"]
+    assert diff["p_value"] == pytest.approx(2 * stats.t.sf(fold_diffs.mean() / (half_width / stats.t.ppf(0.975, 3)), 3))
+    assert diff["p_holm"] == diff["p_value"]  # one baseline: nothing to adjust
+    assert "Nadeau-Bengio" in diff["p_method"] and diff["mdd80"] > half_width
     # Pairing removes the fold effect: the paired CI is far narrower than the unpaired spread.
     assert diff["ci95_high"] - diff["ci95_low"] < 0.05 < np.std(list(reference.values()))
 

@@ -54,10 +54,10 @@ def predictions(observed_offset: float = 0.0) -> pd.DataFrame:
 def comparison(nulls: bool = False) -> dict:
     families = [
         {"family": "cross_attention"},
-        {"family": "cge", "vs_reference": {"n_pairs": 4, "mean_difference": -0.2,
-                                           "ci95_low": -0.3, "ci95_high": -0.1, "p_wilcoxon": 0.125}},
-        {"family": "mlp", "vs_reference": {"n_pairs": 1, "mean_difference": 0.1,
-                                           "ci95_low": math.nan, "ci95_high": math.nan, "p_wilcoxon": math.nan}},
+        {"family": "cge", "vs_reference": {"n_pairs": 4, "n_folds": 4, "mean_difference": -0.2, "ci95_low": -0.3,
+                                           "ci95_high": -0.1, "p_value": 0.01, "p_holm": 0.02}},
+        {"family": "mlp", "vs_reference": {"n_pairs": 1, "n_folds": 1, "mean_difference": 0.1, "ci95_low": math.nan,
+                                           "ci95_high": math.nan, "p_value": math.nan, "p_holm": math.nan}},
     ]  # fmt: skip
     if nulls:
         families[0]["nulls"] = {"method": "spin", "r": [0.1, 0.2, 0.15], "real_r": 0.4, "p": 0.25, "n": 3}
@@ -150,7 +150,7 @@ def test_forest_plot_draws_a_baseline_without_an_interval():
     (trace,) = comparison_forest_figure(comparison()).data
     assert list(trace.y) == ["cge", "mlp"] and list(trace.x) == [-0.2, 0.1]
     assert trace.error_x.array[0] == pytest.approx(0.1) and trace.error_x.array[1] is None
-    assert trace.text[0].startswith("p = 0.125") and trace.text[1].startswith("p = -")
+    assert trace.text[0] == "p = 0.010, Holm 0.020 (K = 4 folds)" and trace.text[1].startswith("p = -")
     with pytest.raises(CannotDraw):
         comparison_forest_figure({"reference": "cross_attention", "families": [{"family": "cross_attention"}]})
 

@@ -57,7 +57,10 @@ def compare(
 def _print_comparison(study: str, comparison: dict) -> None:
     from xattn.tuning.comparison import format_cell
 
-    table = Table(title=f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed")
+    table = Table(
+        title=f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed; "
+        "K folds are the evidence (corrected t, Holm over baselines)"
+    )
     nulls = next((entry["nulls"] for entry in comparison["families"] if "nulls" in entry), None)
     null_columns = (f"{nulls['method']} nulls: r", "p null") if nulls else ()
     for column in (
@@ -67,7 +70,8 @@ def _print_comparison(study: str, comparison: dict) -> None:
         "test MSE",
         "test R2",
         "diff r [95% CI]",
-        "p",
+        "p (Holm)",
+        "MDD 80%",
         "search: rank r(val, test)",
         *null_columns,
     ):
@@ -90,7 +94,10 @@ def _print_comparison(study: str, comparison: dict) -> None:
             f"[{format_cell(diff['ci95_low'])}, {format_cell(diff['ci95_high'])}]"
             if diff
             else "-",
-            format_cell(diff["p_wilcoxon"]) if diff else "-",
+            f"{format_cell(diff.get('p_value', math.nan))} ({format_cell(diff.get('p_holm', math.nan))})"
+            if diff
+            else "-",
+            format_cell(diff.get("mdd80", math.nan)) if diff else "-",
             format_cell(entry.get("search_val_test_spearman", math.nan)),
             *(null_cells if nulls else ()),
         )

@@ -153,8 +153,8 @@ def _numeric_key(key: tuple[str, str]) -> tuple:
 
 
 def comparison_forest_figure(comparison: dict[str, Any]) -> go.Figure:
-    """The paired difference (reference minus each baseline) with its 95% t interval and
-    Wilcoxon p, one row per baseline."""
+    """The paired difference (reference minus each baseline) with its corrected 95% interval over
+    folds and its Holm-adjusted p, one row per baseline."""
     import plotly.graph_objects as go
 
     reference = comparison["reference"]
@@ -165,7 +165,10 @@ def comparison_forest_figure(comparison: dict[str, Any]) -> go.Figure:
     mean = [_finite(d["mean_difference"]) for d in diffs]
     low = [_finite(d["ci95_low"]) for d in diffs]
     high = [_finite(d["ci95_high"]) for d in diffs]
-    labels = [f"p = {_p_text(d['p_wilcoxon'])} (n = {d['n_pairs']})" for d in diffs]
+    labels = [
+        f"p = {_p_text(d.get('p_value'))}, Holm {_p_text(d.get('p_holm'))} (K = {d.get('n_folds', '?')} folds)"
+        for d in diffs
+    ]
     figure = go.Figure(go.Scatter(
         x=mean, y=[entry["family"] for entry in rows], mode="markers+text", text=labels, textposition="top center",
         marker={"size": 10, "symbol": "square"}, name="mean difference",
@@ -178,7 +181,7 @@ def comparison_forest_figure(comparison: dict[str, Any]) -> go.Figure:
     metric = comparison.get("metric", "test_pearson")
     figure.update_layout(
         template=TEMPLATE,
-        title=f"Paired difference in {metric}: {reference} minus baseline (95% CI, Wilcoxon signed-rank p)",
+        title=f"Paired difference in {metric}: {reference} minus baseline (95% CI over folds)",
         xaxis_title=f"{metric} difference ({reference} - baseline)",
         yaxis={"title": "baseline", "autorange": "reversed"}, showlegend=False,
     )  # fmt: skip

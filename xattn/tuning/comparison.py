@@ -1,8 +1,9 @@
 """The comparison of model families on matched final runs: same folds, same seeds.
 
 Each family's best configuration was retrained on every outer region fold for every seed;
-a baseline is compared with the study's own family on the runs that share (fold, seed),
-so the difference is paired, with a t confidence interval and a Wilcoxon signed-rank test.
+a baseline is compared with the study's own family on the runs that share (fold, seed), so the
+difference is paired; its interval and p-value count folds, not runs (xattn.tuning.statistics),
+and the p-values of several baselines are Holm-adjusted together.
 
 With nulls (xattn.tuning.phases.nulls), each family's real mean test r is also set against the
 mean r of each null dataset it was retrained on:
@@ -27,6 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from xattn.tracking import tags
+from xattn.tuning import statistics
 
 METRICS = ("test_pearson", "test_mse", "test_r2")
 
@@ -79,32 +81,27 @@ def compare_results(results: list[FinalResult], reference: str, metric: str = "t
         if family != reference:
             entry["vs_reference"] = paired_difference(reference_runs, matched, metric)
         families.append(entry)
+    # Several baselines against one reference: their p-values are adjusted together.
+    compared = {entry["family"]: entry["vs_reference"]["p_value"] for entry in families if "vs_reference" in entry}
+    for entry in families:
+        if "vs_reference" in entry:
+            entry["vs_reference"]["p_holm"] = statistics.holm(compared)[entry["family"]]
     return {"reference": reference, "metric": metric, "families": families}
 
 
 def paired_difference(reference: dict, baseline: dict, metric: str) -> dict[str, Any]:
-    """Mean of reference - baseline over the (fold, seed) keys both have, 95% CI, Wilcoxon p."""
+    """Reference minus baseline over the (fold, seed) runs both have, as fold-level statistics
+    (`xattn.tuning.statistics`): seeds averaged within each fold, a corrected t over the folds."""
     keys = sorted(k for k in reference.keys() & baseline.keys() if metric in reference[k] and metric in baseline[k])
-    diffs = np.array([reference[k][metric] - baseline[k][metric] for k in keys])
-    result: dict[str, Any] = {"n_pairs": len(keys), "metric": metric}
-    if len(diffs) == 0:
-        return {
-            **result,
-            "mean_difference": math.nan,
-            "ci95_low": math.nan,
-            "ci95_high": math.nan,
-            "p_wilcoxon": math.nan,
-        }
-    mean = float(diffs.mean())
-    if len(diffs) > 1:
-        low, high = stats.t.interval(0.95, len(diffs) - 1, loc=mean, scale=stats.sem(diffs))
-    else:
-        low = high = math.nan
-    if len(diffs) > 1 and np.any(diffs != 0):
-        p_value = float(stats.wilcoxon(diffs).pvalue)
-    else:
-        p_value = math.nan
-    return {**result, "mean_difference": mean, "ci95_low": float(low), "ci95_high": float(high), "p_wilcoxon": p_value}
+    reference_folds = statistics.fold_means({k: reference[k] for k in keys}, metric)
+    baseline_folds = statistics.fold_means({k: baseline[k] for k in keys}, metric)
+    folds = sorted(reference_folds.keys() & baseline_folds.keys(), key=_numeric)
+    differences = np.array([reference_folds[fold] - baseline_folds[fold] for fold in folds])
+    return {"n_pairs": len(keys), "metric": metric, **statistics.corrected_t(differences)}
+
+
+def _numeric(fold: str) -> tuple:
+    return (0, int(fold), "") if str(fold).isdigit() else (1, 0, str(fold))
 
 
 def validation_test_agreement(trials: list[dict[str, float]], metric: str, mode: str) -> dict[str, Any]:
@@ -176,7 +173,8 @@ def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:
 
 MARKDOWN_COLUMNS = (
     "family", "n_runs", "test_pearson_mean", "test_pearson_sd", "test_mse_mean", "test_r2_mean",
-    "diff.mean_difference", "diff.ci95_low", "diff.ci95_high", "diff.p_wilcoxon", "search_val_test_spearman",
+    "diff.n_folds", "diff.mean_difference", "diff.ci95_low", "diff.ci95_high", "diff.p_value", "diff.p_holm",
+    "diff.mdd80", "search_val_test_spearman",
     "null.n", "null.mean", "null.sd", "null.p",
 )  # fmt: skip
 
