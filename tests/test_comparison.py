@@ -177,3 +177,24 @@ def test_validation_test_agreement_is_the_rank_correlation_of_selection_metric_a
         ]
         == 4
     )
+
+
+def test_few_trials_get_an_exact_agreement_p_that_states_its_floor():
+    from xattn.tuning.comparison import validation_test_agreement
+
+    three = [{"best_val_pearson": v, "test_pearson": r} for v, r in [(0.1, 0.2), (0.2, 0.3), (0.3, 0.4)]]
+    agreement = validation_test_agreement(three, "val_pearson", "max")
+    # A perfect ranking of 3: 2 of the 6 orderings are as extreme, so p = 1/3, not the t approximation's 0.
+    assert agreement["spearman"] == pytest.approx(1.0)
+    assert agreement["p_value"] == pytest.approx(1 / 3) == agreement["p_floor"]
+    assert agreement["p_method"] == "Spearman, exact"
+    rng = np.random.default_rng(1)
+    seven = [{"best_val_pearson": v, "test_pearson": v + rng.normal(0, 0.2)} for v in rng.random(7)]
+    x = [t["best_val_pearson"] for t in seven]
+    y = [t["test_pearson"] for t in seven]
+    import itertools
+
+    rhos = [stats.spearmanr(x, ordering)[0] for ordering in itertools.permutations(y)]
+    observed = stats.spearmanr(x, y)[0]
+    expected = np.mean([abs(rho) >= abs(observed) - 1e-12 for rho in rhos])
+    assert validation_test_agreement(seven, "val_pearson", "max")["p_value"] == pytest.approx(expected)

@@ -122,8 +122,28 @@ def validation_test_agreement(trials: list[dict[str, float]], metric: str, mode:
     if len(pairs) >= 3 and np.ptp(values[:, 0]) > 0 and np.ptp(values[:, 1]) > 0:
         sign = -1.0 if mode == "min" else 1.0
         rho, p_value = stats.spearmanr(sign * values[:, 0], values[:, 1])
-        result.update(spearman=float(rho), p_value=float(p_value))
+        result.update(spearman=float(rho), p_value=float(p_value), p_method="Spearman, t approximation")
+        if len(pairs) <= EXACT_SPEARMAN_UP_TO:
+            # Few trials: the t approximation says p = 0 for a perfect ranking of 3, which 3 cannot give.
+            result.update(p_value=exact_spearman_p(sign * values[:, 0], values[:, 1]), p_method="Spearman, exact")
+            result["p_floor"] = 2 / math.factorial(len(pairs))
     return result
+
+
+EXACT_SPEARMAN_UP_TO = 8  # trials: 8! = 40320 orderings, enumerated in well under a second
+
+
+def exact_spearman_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided p of Spearman's rho from every ordering of y against x (ties keep their mid-ranks)."""
+    import itertools
+
+    rank_x, rank_y = stats.rankdata(x), stats.rankdata(y)
+    orderings = np.array(list(itertools.permutations(rank_y)))
+    centred_x = rank_x - rank_x.mean()
+    centred = orderings - orderings.mean(axis=1, keepdims=True)
+    rhos = centred @ centred_x / np.sqrt((centred**2).sum(axis=1) * (centred_x**2).sum())
+    observed = rhos[0]  # the identity ordering comes first
+    return float(np.mean(np.abs(rhos) >= abs(observed) - 1e-12))
 
 
 def null_test(real: list[float], nulls: dict[int, list[float]], runs_per_null: int, method: str) -> dict[str, Any]:
