@@ -189,7 +189,7 @@ def _summarise(spec: StudySpec, context: phases.Context, comparison: dict[str, A
     counts, failures, stopped_early = parent_run.search_outcome(children, spec.model.family, spec.budget.max_epochs)
     parent_run.log_trials_table(client, parent_run_id, children)
     try:
-        run = best_child(client, parent, family=spec.model.family)
+        run = best_child(client, parent, family=spec.model.family, children=children)
     except Exception:  # noqa: BLE001 - no finished trial: reported through the counts
         run = None
     best = None

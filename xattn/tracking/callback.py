@@ -185,6 +185,5 @@ def _last_line(path: str) -> str:
     except OSError:
         return "trial raised: see the error artifact"
     last = lines[-1] if lines else "trial raised"
-    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", last)[
-        :500
-    ]  # xattn.training.trainer.TrainingDiverged: -> TrainingDiverged:
+    # xattn.training.trainer.TrainingDiverged: -> TrainingDiverged:
+    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", last)[:500]

@@ -128,15 +128,16 @@ def best_group(scores: dict[str, list[float]], mode: str) -> str | None:
     return min(ranked)[2] if ranked else None
 
 
-def best_child(client: MlflowClient, parent: Run, family: str | None = None) -> Run:
+def best_child(client: MlflowClient, parent: Run, family: str | None = None, children: list[Run] | None = None) -> Run:
     """The finished search trial (of the study's own family unless `family` is given) with the
-    best selection metric, as the study's spec defined it."""
+    best selection metric, as the study's spec defined it; `children`: the parent's child runs,
+    when the caller has read them already."""
     metric = parent.data.tags.get(tags.METRIC, "best_val_loss")
     mode = parent.data.tags.get(tags.MODE, "min")
     family = family or parent.data.tags.get(tags.FAMILY)
     finished = [
         run
-        for run in child_runs(client, parent)
+        for run in (children if children is not None else child_runs(client, parent))
         if run.info.status == "FINISHED"
         and metric in run.data.metrics
         and run.data.tags.get(tags.ROLE, "search") == "search"
@@ -166,9 +167,8 @@ def read_artifact_json(client: MlflowClient, run_id: str, path: str) -> Any:
 
 def download_checkpoint(client: MlflowClient, run_id: str, folder: str | Path) -> Path:
     """The checkpoint folder of trial run `run_id`, downloaded into `folder`."""
-    os.environ.setdefault(
-        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"
-    )  # a progress bar per file is noise in a study's output
+    # A progress bar per file is noise in a study's output.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Path(client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, str(folder)))
 

@@ -23,6 +23,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from xattn.tracking.runs import best_group
 from xattn.tuning import selection
 
 # Ray Tune trial statuses (ray.tune.experiment.Trial) of a trial that will not run again.
@@ -293,7 +294,7 @@ class TrialProgress(Callback):
             return
         key = selection.configuration_key(trial.config or {}, trial.trial_id)
         self._results.setdefault(key, []).append(float(value))
-        self.best_configuration = selection.best_key(self._results, self.mode)
+        self.best_configuration = best_group(self._results, self.mode)
         self.best = selection.mean(self._results[self.best_configuration])
 
     def _print(self, line: str) -> None:

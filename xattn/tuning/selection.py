@@ -46,12 +46,6 @@ def mean(values: Iterable[float]) -> float:
     return math.fsum(values) / len(values)
 
 
-def best_key(scores: dict[str, list[float]], mode: str) -> str | None:
-    """The configuration with the best mean score: `tracking.runs.best_group`, the rule the
-    registered model is picked by."""
-    return best_group(scores, mode)
-
-
 @dataclass
 class Configuration:
     key: str
@@ -82,7 +76,7 @@ def best_configuration(results, metric: str, mode: str) -> dict[str, Any]:
     groups = configurations(results)
     selected = f"best_{metric}"
     scores = {key: [trial[selected] for trial in group.trials if selected in trial] for key, group in groups.items()}
-    key = best_key(scores, mode)
+    key = best_group(scores, mode)
     return dict(groups[key].values) if key is not None else {}
 
 

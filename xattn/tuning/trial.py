@@ -117,9 +117,8 @@ def preflight(spec: StudySpec, mirror: str | None) -> None:
             lambda: region_folds(data, spec.comparison.folds, method=method, seed=spec.seed, val_fraction=val_fraction),
         )
     if spec.comparison.nulls is not None:
-        null_data(
-            data, spec.comparison.nulls.method, seed=spec.seed
-        )  # a one-line error where the data cannot have them
+        # A one-line error where the data cannot have them.
+        null_data(data, spec.comparison.nulls.method, seed=spec.seed)
     data = data.select_genes(select_genes(data, spec.data.genes, split.train))
     kinds = {spec.data.genevec, spec.model.fixed.get("genevec", spec.data.genevec)}
     if "genevec" in spec.searched:
