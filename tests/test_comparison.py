@@ -36,7 +36,12 @@ def test_differences_are_paired_on_fold_and_seed():
     result = compare_runs(runs, reference="cross")
     by_family = {entry["family"]: entry for entry in result["families"]}
     assert by_family["cross"]["n_runs"] == 12 and by_family["base"]["n_runs"] == 13
-    assert by_family["cross"]["test_pearson_mean"] == pytest.approx(np.mean(list(reference.values())))
+    # Every arm is summarised over the paired runs: seeds, then folds, averaged as Fisher's z.
+    assert by_family["base"]["n_paired_runs"] == 12
+    assert by_family["cross"]["test_pearson_mean"] == pytest.approx(
+        np.tanh(np.arctanh(list(reference.values())).mean())
+    )
+    assert by_family["base"]["test_pearson_mean"] == pytest.approx(np.tanh(np.arctanh(list(baseline.values())).mean()))
     diff = by_family["base"]["vs_reference"]
     # The fold is the unit: seeds averaged within a fold (r through Fisher's z), then K = 4 differences.
     fold_diffs = np.array([
@@ -54,6 +59,55 @@ def test_differences_are_paired_on_fold_and_seed():
     assert "Nadeau-Bengio" in diff["p_method"] and diff["mdd80"] > half_width
     # Pairing removes the fold effect: the paired CI is far narrower than the unpaired spread.
     assert diff["ci95_high"] - diff["ci95_low"] < 0.05 < np.std(list(reference.values()))
+
+
+def checkpoint_split(client, run) -> dict:
+    from xattn.tracking.runs import read_artifact_json
+
+    return read_artifact_json(client, run.info.run_id, "checkpoint/config.json")["split"]
+
+
+def assert_nested_selection(client, runs, folds: int) -> None:
+    """No outer test region takes part in choosing its fold's configuration: each fold's final
+    runs retrain the best search trial of that fold's own search (by validation), and every
+    trial of that search trained and validated on regions outside the fold's test regions."""
+    search = [r for r in runs if r.data.tags["xattn.role"] == "search" and r.info.status == "FINISHED"]
+    finals = [r for r in runs if r.data.tags["xattn.role"] == "final" and "xattn.null_index" not in r.data.tags]
+    for family in {r.data.tags["xattn.family"] for r in search}:
+        for fold in map(str, range(folds)):
+            fold_finals = [
+                r for r in finals if r.data.tags["xattn.arm"] == family and r.data.tags["xattn.fold"] == fold
+            ]
+            test = set(checkpoint_split(client, fold_finals[0])["test"])
+            trials = [r for r in search if r.data.tags["xattn.family"] == family and r.data.tags["xattn.fold"] == fold]
+            assert trials, f"{family} fold {fold}: no search of its own"
+            for trial in trials:
+                split = checkpoint_split(client, trial)
+                assert set(split["test"]) == test and not (set(split["train"]) | set(split["val"])) & test
+            best = min(trials, key=lambda r: r.data.metrics["best_val_loss"])  # the spec selects on val_loss
+            searched = [key for key in best.data.params if any(key in t.data.params for t in trials)]
+            for final in fold_finals:
+                assert {k: final.data.params[k] for k in searched} == {k: best.data.params[k] for k in searched}
+
+
+def assert_deployed_refit(client, result, runs, folds: int) -> None:
+    """The registered model is the configuration selected on all regions, refit on all regions,
+    with the nested estimate (the study family's fold means) on its run and its card."""
+    from xattn.tracking.model_registry import resolve
+
+    refit = next(r for r in runs if r.data.tags["xattn.role"] == "refit")
+    version = resolve(client, result.best["model_uri"])
+    assert version.run_id == refit.info.run_id and "nested estimate" in version.description
+    split = checkpoint_split(client, refit)
+    assert split["val"] == [] and split["test"] == [] and len(split["train"]) == 100  # every region of hcp-s100
+    selection = [r for r in runs if r.data.tags["xattn.role"] == "search" and r.data.tags["xattn.fold"] == "all"]
+    best = min(selection, key=lambda r: r.data.metrics["best_val_loss"])
+    assert refit.data.params["learning_rate"] == best.data.params["learning_rate"]
+    assert result.best["run_id"] == best.info.run_id
+    estimate = client.get_run(refit.info.run_id).data.metrics
+    assert estimate["nested_folds"] == folds
+    assert estimate["nested_test_pearson_ci95_low"] < estimate["nested_test_pearson"]
+    assert "test_pearson" not in estimate  # the refit has no held-out regions of its own
 
 
 @pytest.mark.e2e
@@ -95,12 +149,15 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
     for run in runs:
         key = (run.data.tags["xattn.arm"], run.data.tags["xattn.role"])
         roles[key] = roles.get(key, 0) + 1
+    # Nested: each family searches every outer fold; the study's family also searches all
+    # regions once more, for the configuration it refits and deploys.
     assert roles == {
-        ("cross_attention", "search"): trials,
-        ("shared_self_attention_pooling", "search"): trials,
+        ("cross_attention", "search"): folds * trials + trials,
+        ("shared_self_attention_pooling", "search"): folds * trials,
         ("cross_attention", "final"): folds * seeds,
         ("shared_self_attention_pooling", "final"): folds * seeds,
         ("cross_attention:both-ways", "final"): folds * seeds,
+        ("cross_attention", "refit"): 1,
     }
     finals = [r for r in runs if r.data.tags["xattn.role"] == "final"]
     for arm in ("cross_attention", "shared_self_attention_pooling", "cross_attention:both-ways"):
@@ -108,13 +165,19 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
             (r.data.tags["xattn.fold"], r.data.tags["xattn.seed"]) for r in finals if r.data.tags["xattn.arm"] == arm
         }
         assert keys == {(str(f), str(s)) for f in range(folds) for s in range(seeds)}
-    # the variant is the study's best configuration with its overrides, and says so in its params
-    best = client.get_run(result.best["run_id"]).data.params
+    assert_nested_selection(client, runs, folds)
+    assert_deployed_refit(client, result, runs, folds)
+    # the variant is its fold's selected configuration with its overrides, and says so in its params
+    selected = {
+        r.data.tags["xattn.fold"]: r.data.params["learning_rate"]
+        for r in finals
+        if r.data.tags["xattn.arm"] == "cross_attention"
+    }
     for run in finals:
         if run.data.tags["xattn.arm"] == "cross_attention:both-ways":
             assert run.data.tags["xattn.family"] == "cross_attention"
             assert run.data.params["bidirectional"] == "True" and run.data.params["direction_combine"] == "product"
-            assert run.data.params["learning_rate"] == best["learning_rate"]
+            assert run.data.params["learning_rate"] == selected[run.data.tags["xattn.fold"]]
             assert run.data.tags["mlflow.runName"].startswith("cross_attention:both-ways-final-fold")
 
     comparison = load_comparison(client, spec.name)
@@ -125,9 +188,9 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
         "shared_self_attention_pooling",
     ]
     # the search's agreement with test r, per family and over both families' trials (a variant has no search)
-    assert [e["search_trials"] for e in comparison["families"]] == [0, trials, trials]
-    assert comparison["search_agreement"]["n_trials"] == 2 * trials
-    assert result.agreement["all"]["n_trials"] == 2 * trials
+    assert [e["search_trials"] for e in comparison["families"]] == [0, folds * trials, folds * trials]
+    assert comparison["search_agreement"]["n_trials"] == 2 * folds * trials
+    assert result.agreement["all"]["n_trials"] == 2 * folds * trials
     baseline = comparison["families"][2]
     assert baseline["n_runs"] == folds * seeds and baseline["vs_reference"]["n_pairs"] == folds * seeds
     parent = client.get_run(result.parent_run_id)

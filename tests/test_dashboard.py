@@ -69,9 +69,11 @@ def test_the_dashboard_lists_the_study_then_stops(finished, tmp_path):
         status, listed = get_json(f"http://127.0.0.1:{port}/api/studies")
         assert status == 200
         studies = {s["study_name"]: s for s in listed["study_summaries"]}
-        # the study's own search and the compared family's, each pointing at the same MLflow run
-        assert set(studies) == {result.optuna_study, f"{result.optuna_study}-cge"}
-        for name, family in ((result.optuna_study, "cross_attention"), (f"{result.optuna_study}-cge", "cge")):
+        # nested: each family's search of each outer fold, and the study's search of all regions,
+        # each pointing at the same MLflow run
+        folded = {f"{result.optuna_study}{family}-fold{k}" for family in ("", "-cge") for k in range(2)}
+        assert set(studies) == {result.optuna_study} | folded
+        for name, family in ((result.optuna_study, "cross_attention"), (f"{result.optuna_study}-cge-fold1", "cge")):
             study = studies[name]
             assert study["directions"] == ["maximize"]
             attrs = {attr["key"]: attr["value"] for attr in study["user_attrs"]}

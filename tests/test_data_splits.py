@@ -180,3 +180,21 @@ def test_inner_folds_partition_the_non_test_regions_with_the_same_test_set(metho
     assert [s.to_dict() for s in inner_folds(coords, split, 4)] == [s.to_dict() for s in inner]  # seeded
     with pytest.raises(DataError, match="inner_folds=1 does not fit"):
         inner_folds(coords, split, 1)
+
+
+def test_the_deployed_models_splits_see_every_region():
+    """Selection on all regions validates on a patch of them and tests on none; a refit trains on
+    every region; both are drawn from their own seeded stream, apart from every outer fold's."""
+    from xattn.data.splits import whole_data_split
+
+    coords = np.random.default_rng(0).normal(size=(40, 3))
+    selection = whole_data_split(coords, method="spatial", seed=3, val_fraction=0.2)
+    assert selection.test.size == 0 and selection.val.size == 8 and selection.fold == -1
+    assert sorted([*selection.train, *selection.val]) == list(range(40))
+    assert whole_data_split(coords, method="spatial", seed=3, val_fraction=0.2) == selection
+    assert not any(
+        np.array_equal(selection.val, fold.val) for fold in region_folds(coords, 4, method="spatial", seed=3)
+    )
+    refit = whole_data_split(coords, method="spatial", seed=3, val_fraction=0.2, refit=True)
+    assert refit.train.tolist() == list(range(40)) and refit.val.size == refit.test.size == 0
+    assert refit.pairs("val").shape == (0, 2)

@@ -27,7 +27,7 @@ from xattn.reporting.figures import NULL_FIGURES
 from xattn.reporting.plots import network_of
 from xattn.reporting.study_data import epoch_curve
 from xattn.studies import FIGURES_ENV, run_study
-from xattn.tracking.runs import best_child
+from xattn.tracking.runs import held_out_run
 from xattn.tracking.store import Workspace
 from xattn.tuning.spec_file import parse_spec
 
@@ -129,7 +129,8 @@ def test_learning_curves_have_one_line_per_trial_with_its_logged_history(compare
         "and tags.`xattn.family` = 'cross_attention'",
     )
     data, _ = figure_in(compared.folder / "learning_curves.html")
-    assert len(data) == len(runs) == TRIALS
+    # nested: the study's family searches each outer fold, then all regions
+    assert len(data) == len(runs) == TRIALS * (FOLDS + 1)
     by_name = {trace["meta"]["trial"]: trace for trace in data}
     for run in runs:
         trace = by_name[run.data.tags["mlflow.runName"]]
@@ -172,7 +173,9 @@ def test_comparison_figures_pair_each_fold_and_seed_across_families(compared):
 @pytest.mark.e2e
 def test_best_model_figures_reproduce_its_test_predictions(compared, mirror):
     client, result = compared.client, compared.result
-    best = best_child(client, client.get_run(result.parent_run_id))
+    # Nested: the study's selection on all regions has no test regions; outer fold 0's final stands for it.
+    best = held_out_run(client, client.get_run(result.parent_run_id))
+    assert best.data.tags["xattn.role"] == "final" and best.data.tags["xattn.fold"] == "0"
     config = json.loads(open(client.download_artifacts(best.info.run_id, "checkpoint/config.json")).read())
     test_regions = config["split"]["test"]
     n_pairs = len(test_regions) * (len(test_regions) - 1)

@@ -161,13 +161,22 @@ def test_a_study_with_inner_folds_retrains_registers_and_shows_one_configuration
     client = MlflowClient(workspace.tracking_uri)
     runs = client.search_runs([result.experiment_id], f"tags.`{tags.PARENT_RUN}` = '{result.parent_run_id}'")
     search = [run for run in runs if run.data.tags[tags.ROLE] == "search"]
-    assert (
-        len(search) == 3 * 2 and len({run.data.params["learning_rate"] for run in search}) <= 2
-    )  # a value suggested twice
+    # nested: 2 outer folds and all regions, 3 suggestions each, every one on 2 inner folds
+    assert len(search) == 3 * 3 * 2
     finals = [run for run in runs if run.data.tags[tags.ROLE] == "final" and run.data.tags[tags.FAMILY] == "mlp"]
-    assert len(finals) == 2 and all(run.data.params == finals[0].data.params for run in finals)
+    assert len(finals) == 2
+    for final in finals:  # each fold retrains its own search's configuration, one key for all its inner folds
+        fold = final.data.tags[tags.FOLD]
+        own = [run for run in search if run.data.tags[tags.FOLD] == fold]
+        assert len({run.data.params["learning_rate"] for run in own}) <= 2  # a value suggested twice
+        chosen = best_child(client, client.get_run(result.parent_run_id), children=own)
+        assert final.data.params["learning_rate"] == chosen.data.params["learning_rate"]
+    everywhere = [run for run in search if run.data.tags[tags.FOLD] == tags.WHOLE_DATA_FOLD]
+    best = client.get_run(result.best["run_id"])
+    chosen = best_child(client, client.get_run(result.parent_run_id), children=everywhere)
+    assert best.data.tags[tags.CONFIGURATION] == chosen.data.tags[tags.CONFIGURATION]
     registered = client.get_run(client.get_model_version_by_alias(spec.name, "best").run_id)
-    assert registered.info.run_id == result.best["run_id"]
-    assert registered.data.params == finals[0].data.params  # the finals retrain the registered configuration
-    title, shown, _ = progress.ended[0]
-    assert title == "search mlp" and shown == registered.data.tags[tags.CONFIGURATION]
+    assert registered.data.tags[tags.ROLE] == "refit"  # the configuration selected on all regions, refit
+    assert registered.data.params["learning_rate"] == best.data.params["learning_rate"]
+    shown = {title: configuration for title, configuration, _ in progress.ended}
+    assert shown["search mlp (all regions)"] == best.data.tags[tags.CONFIGURATION]

@@ -325,6 +325,21 @@ def test_train_config_from_params():
 def test_pair_data_validation(data):
     with pytest.raises(DataError, match="val_pairs index regions outside"):
         dataclasses.replace(data, val_pairs=data.val_pairs + 100)
-    empty = dataclasses.replace(data, test_pairs=data.test_pairs[:0])
-    with pytest.raises(DataError, match="test_pairs is empty"):
+    empty = dataclasses.replace(data, train_pairs=data.train_pairs[:0])
+    with pytest.raises(DataError, match="train_pairs is empty"):
         fit(new_model(), empty, TrainConfig(max_epochs=1))
+
+
+def test_a_refit_without_validation_or_test_pairs_trains_its_epochs_and_keeps_the_last_weights(data):
+    """A refit on every region has nothing to validate or test on: it trains max_epochs (no
+    early stopping, whatever the patience) and the model ends with the last epoch's weights."""
+    refit = dataclasses.replace(data, val_pairs=data.val_pairs[:0], test_pairs=data.test_pairs[:0])
+    model = new_model()
+    seen = []
+    result = fit(model, refit, TrainConfig(max_epochs=4, patience_steps=1), on_epoch=lambda e: seen.append(e))
+    assert result.epochs_run == 4 and result.best_epoch == 4 and not result.stopped_early
+    assert result.test == {} and all(e.improved for e in seen)
+    last = {k: v.clone() for k, v in model.state_dict().items()}
+    again = new_model()
+    fit(again, refit, TrainConfig(max_epochs=4, patience_steps=1))
+    assert all(torch.equal(last[k], v) for k, v in again.state_dict().items())  # seeded: the same last weights

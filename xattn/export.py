@@ -18,7 +18,7 @@ from typing import Any
 from xattn.errors import DataError, StoreError
 from xattn.paths import ensure_can_create
 from xattn.tracking import tags
-from xattn.tracking.runs import CheckpointCache, best_child, download_checkpoint, find_parent_run
+from xattn.tracking.runs import CheckpointCache, deployed_run, download_checkpoint, find_parent_run
 from xattn.tracking.store import Workspace, connect
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
 
@@ -55,7 +55,7 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
         study = (version.tags or {}).get(tags.STUDY, version.name)
     else:
         parent = find_parent_run(client, study, run_id)
-        best = best_child(client, parent)
+        best = deployed_run(client, parent)
     staging, metrics = _stage(client, study, parent, best, out.parent if out.parent.exists() else None)
     try:
         if version is not None:

@@ -19,10 +19,19 @@ import yaml
 from xattn.data import data_mirror
 from xattn.errors import StoreError, StudyNotFound, first_line
 from xattn.tracking import parent_run, tags
-from xattn.tracking.runs import CheckpointCache, best_child, child_runs, find_parent_run, unfinished_parent_run
+from xattn.tracking.runs import (
+    CheckpointCache,
+    best_child,
+    child_runs,
+    deployed_run,
+    find_parent_run,
+    held_out_run,
+    unfinished_parent_run,
+)
 from xattn.tracking.store import Workspace, check_optuna_storage, check_tracking_store, check_writable, connect, masked
 from xattn.tuning import phases, selection
 from xattn.tuning.cluster import check_ray_address, check_trial_fits, init_ray
+from xattn.tuning.deploy import deploy
 from xattn.tuning.spec import StudySpec, spec_from_yaml
 from xattn.tuning.trial import preflight
 
@@ -70,8 +79,12 @@ def run_study(
     client = open_stores(workspace)
     context = _open_study_run(spec, workspace, client, address, mirror, progress)
     try:
-        results = phases.search(spec, context)
-        comparison = phases.compare(spec, context, results) if spec.compares else None
+        if spec.compares:  # nested: every outer fold selects its own configuration, then all regions
+            comparison = phases.compare(spec, context)
+            deploy(spec, context, comparison)
+        else:
+            phases.search(spec, context)
+            comparison = None
     except KeyboardInterrupt:
         parent_run.end(client, context.parent_run_id, "KILLED")
         raise
@@ -204,7 +217,7 @@ def _summarise(spec: StudySpec, context: phases.Context, comparison: dict[str, A
                 "metrics": dict(run.data.metrics),
             }
             parent_run.log_best(client, parent_run_id, run)
-            best.update(_register(client, spec, parent, run, checkpoints))
+            best.update(_register(client, spec, parent, deployed_run(client, parent, children), checkpoints))
         if os.environ.get(FIGURES_ENV, "1") != "0":
             from xattn.reporting import log_study_figures
 
@@ -212,7 +225,8 @@ def _summarise(spec: StudySpec, context: phases.Context, comparison: dict[str, A
                 client, parent_run_id, context.workspace.optuna_storage, mirror=context.mirror, checkpoints=checkpoints
             )
             if run is not None and run.data.tags.get(tags.FAMILY) == "cross_attention":
-                _log_attention(client, run.info.run_id, context.mirror, checkpoints)
+                shown = held_out_run(client, parent, children)  # attention needs test pairs
+                _log_attention(client, shown.info.run_id, context.mirror, checkpoints)
     parent_run.complete(client, parent_run_id, found_best=best is not None)
     result = StudyResult(
         name=spec.name,
@@ -231,8 +245,9 @@ def _summarise(spec: StudySpec, context: phases.Context, comparison: dict[str, A
 
 
 def _register(client, spec: StudySpec, parent, run, checkpoints: CheckpointCache) -> dict[str, Any]:
-    """Register the best trial as the study's model, alias `best`; a store without a model
-    registry loses only that (the study's results are all in its runs)."""
+    """Register the deployed run (a nested study's refit on all regions, else the best trial) as
+    the study's model, alias `best`; a store without a model registry loses only that (the
+    study's results are all in its runs)."""
     from mlflow.exceptions import MlflowException
 
     from xattn.export import export_manifest

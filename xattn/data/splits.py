@@ -28,6 +28,7 @@ METHODS = ("random", "spatial")
 PARTS = ("train", "val", "test")
 MIN_PART_REGIONS = 2  # a part needs two regions to hold a pair
 KMEANS_ITERATIONS = 25
+WHOLE_DATA_STREAM = 2**31 - 1  # the seed sequence entry of the split with no test fold
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +115,21 @@ def region_folds(
     return [_split_fold(coords, test, fold, method, seed, val_fraction) for fold, test in enumerate(test_sets)]
 
 
+def whole_data_split(
+    data_or_coords: ConnectomeData | np.ndarray, *, method: str, seed: int, val_fraction: float, refit: bool = False
+) -> RegionSplit:
+    """A split with no test regions, for the model a study deploys: `val_fraction` of all
+    regions validate (a grown patch for "spatial", as in every fold) and the rest train, which
+    is where the deployable configuration is selected; with `refit`, every region trains (no
+    validation either). Fold -1 marks it in checkpoints."""
+    coords, _ = _coords_of(data_or_coords)
+    everything = np.arange(len(coords))
+    empty = np.empty(0, dtype=np.int64)
+    if refit:
+        return RegionSplit(train=everything, val=empty, test=empty, fold=-1, method=method, seed=seed)
+    return _split_fold(coords, empty, -1, method, seed, val_fraction)
+
+
 def inner_folds(data_or_coords: ConnectomeData | np.ndarray, split: RegionSplit, n_inner: int) -> list[RegionSplit]:
     """`n_inner` splits of `split`'s non-test regions with the same test set: the non-test
     regions are partitioned by the split's method (balanced k-means patches, as the test
@@ -135,12 +151,17 @@ def _split_fold(
 ) -> RegionSplit:
     remaining = np.setdiff1d(np.arange(len(coords)), test)
     n_val = _val_size(remaining.size, val_fraction)
-    rng = np.random.default_rng([seed, fold])
+    rng = _fold_rng(seed, fold)
     if method == "spatial":
         val = _grown_patch(coords, remaining, n_val, rng)
     else:
         val = rng.permutation(remaining)[:n_val]
     return RegionSplit(train=np.setdiff1d(remaining, val), val=val, test=test, fold=fold, method=method, seed=seed)
+
+
+def _fold_rng(seed: int, fold: int) -> np.random.Generator:
+    """The random stream of one fold; fold -1 (no test fold: whole_data_split) has its own too."""
+    return np.random.default_rng([seed, fold if fold >= 0 else WHOLE_DATA_STREAM])
 
 
 def _val_size(n_remaining: int, val_fraction: float) -> int:
@@ -165,7 +186,7 @@ def _validation_groups(
 ) -> list[np.ndarray]:
     """The non-test regions partitioned into `n_groups` (sizes differ by at most one)."""
     remaining = np.setdiff1d(np.arange(len(coords)), test)
-    rng = np.random.default_rng([seed, fold])
+    rng = _fold_rng(seed, fold)
     if method == "spatial":
         return [remaining[group] for group in _balanced_kmeans(coords[remaining], n_groups, rng)]
     return np.array_split(rng.permutation(remaining), n_groups)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from xattn.reporting.plots import CannotDraw, TrialCurve
 from xattn.tracking import tags
-from xattn.tracking.runs import best_child, child_runs
+from xattn.tracking.runs import child_runs, held_out_run
 from xattn.tuning.comparison import FinalResult, arm_of
 
 if TYPE_CHECKING:
@@ -104,12 +104,13 @@ def final_results(client: MlflowClient, parent: Run, metric: str = "test_pearson
 def best_predictions(
     client: MlflowClient, parent: Run, mirror: str | None, checkpoints: CheckpointCache | None = None
 ) -> tuple[str, pd.DataFrame]:
-    """The best trial's run name and its predictions on its test pairs (reporting.predictions)."""
+    """The best trial's run name and its predictions on its test pairs (reporting.predictions);
+    in a nested study, the run that stands for it on held-out regions (`held_out_run`)."""
     from xattn.errors import StudyNotFound
     from xattn.reporting.predictions import run_test_predictions
 
     try:
-        best = best_child(client, parent)
+        best = held_out_run(client, parent)
     except StudyNotFound as error:
         raise CannotDraw(str(error)) from None
     if not any(a.path == "checkpoint" for a in client.list_artifacts(best.info.run_id)):

@@ -6,6 +6,7 @@ tag, linked to its Ray Tune trial id and Optuna trial number.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class MlflowTrialLogger(Callback):
         arm: str | None = None,
         configuration: Callable[[dict[str, Any], str], str] | None = None,
         null_of: Callable[[dict[str, Any]], tuple[str, int] | None] | None = None,
+        params_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         """`fixed`: the hyperparameters every trial shares (the spec's model.fixed), logged with
         each trial's own, so a run's params are its whole configuration.
@@ -55,7 +57,8 @@ class MlflowTrialLogger(Callback):
         The phase that runs the trials says what their configs mean (tracking knows no phase):
         `configuration(config, trial_id)` is the search configuration a trial belongs to,
         recorded as tags.CONFIGURATION (xattn.tuning.selection); `null_of(config)` the
-        (method, index) of the null a null run trains on."""
+        (method, index) of the null a null run trains on; `params_of(config)` the hyperparameters
+        a trial's config stands for (a final run's config holds every fold's selection)."""
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -68,6 +71,7 @@ class MlflowTrialLogger(Callback):
         self.arm = arm or family  # the comparison arm of final runs: the family or "family:variant"
         self.configuration = configuration
         self.null_of = null_of
+        self.params_of = params_of or dict
         self.run_ids: dict[str, str] = {}
         self.workers: dict[str, str] = {}
 
@@ -92,8 +96,8 @@ class MlflowTrialLogger(Callback):
             inner = trial.config.get(TRIAL_INDEX)
             # The name says what the run is, so the runs table reads without extra columns.
             null = self.null_of(trial.config) if self.null_of is not None else None
-            if self.role == "final":
-                name = f"{self.arm}-final-fold{fold}-seed{seed}"
+            if self.role in ("final", "refit"):
+                name = f"{self.arm}-{self.role}-fold{fold}-seed{seed}"
             elif null is not None:
                 name = f"{self.family}-null-{null[0]}{null[1]}-fold{fold}-seed{seed}"
             else:
@@ -119,7 +123,7 @@ class MlflowTrialLogger(Callback):
                 run_tags[tags.CONFIGURATION] = self.configuration(trial.config, trial.trial_id)
             run = self.client.create_run(self.experiment_id, tags=run_tags)
             run_id = run.info.run_id
-            config = {**self.fixed, **trial.config}
+            config = {**self.fixed, **self.params_of(trial.config)}
             params = [Param(k, _short(v)) for k, v in sorted(config.items()) if not k.startswith("_")]
             self.client.log_batch(run_id, params=params)
         self.run_ids[trial.trial_id] = run_id
@@ -153,7 +157,8 @@ class MlflowTrialLogger(Callback):
         result = trial.last_result or {}
         now = int(time.time() * 1000)
         step = int(result.get("epoch", 0))
-        metrics = [Metric(k, float(result[k]), now, step) for k in FINAL_METRICS if k in result]
+        # A refit has no validation or test pairs: its NaN metrics are left out, not logged as values.
+        metrics = [Metric(k, float(result[k]), now, step) for k in FINAL_METRICS if _finite(result.get(k))]
         run_tags = [RunTag(tags.EPOCHS_RUN, str(step))]
         if status == "FAILED" and trial.error_file:
             run_tags.append(RunTag(tags.FAILURE, _last_line(trial.error_file)))
@@ -170,6 +175,10 @@ class MlflowTrialLogger(Callback):
         for path in files:
             self.client.log_artifact(run_id, str(path), "checkpoint")
         self.client.set_terminated(run_id, status)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _short(value: Any) -> str:

@@ -133,6 +133,20 @@ def _ensure_registered_model(client: MlflowClient, name: str, description: str) 
 
 
 def _describe(parent: Run, run: Run) -> str:
+    if run.data.tags.get(tags.ROLE) == "refit":
+        metrics = run.data.metrics
+        estimate = [metrics.get(f"nested_test_pearson{suffix}") for suffix in ("", "_ci95_low", "_ci95_high")]
+        nested = (
+            "; nested estimate (of the selection procedure, not of this refit, over "
+            f"{metrics.get('nested_folds', 0):.0f} outer folds): test r {estimate[0]:.3f} "
+            f"[{estimate[1]:.3f}, {estimate[2]:.3f}]"
+            if None not in estimate
+            else ""
+        )
+        return (
+            f"the configuration selected on all regions, refit on all regions, of study run {parent.info.run_id}"
+            + nested
+        )
     metric = parent.data.tags.get(tags.METRIC, "")
     value = run.data.metrics.get(metric)
     trial = run.data.tags.get(tags.OPTUNA_TRIAL_NUMBER, "?")

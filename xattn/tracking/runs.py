@@ -143,6 +143,10 @@ def best_child(client: MlflowClient, parent: Run, family: str | None = None, chi
         and run.data.tags.get(tags.ROLE, "search") == "search"
         and run.data.tags.get(tags.FAMILY, family) == family
     ]
+    # A nested study searches every outer fold and then all regions: its study-level best is
+    # the selection on all regions, not a winner of one fold among the others.
+    whole = [run for run in finished if run.data.tags.get(tags.FOLD) == tags.WHOLE_DATA_FOLD]
+    finished = whole or finished
     if not finished:
         raise StudyNotFound(f"study run {parent.info.run_id} has no finished trial with metric {metric!r}")
     # With inner folds a configuration is several runs: the best mean wins, and its first
@@ -152,6 +156,38 @@ def best_child(client: MlflowClient, parent: Run, family: str | None = None, chi
         groups.setdefault(configuration_of(run), []).append(run)
     best = best_group({key: [run.data.metrics[metric] for run in runs] for key, runs in groups.items()}, mode)
     return min(groups[best], key=lambda run: int(run.data.tags.get(tags.INNER_FOLD, 0)))
+
+
+def held_out_run(client: MlflowClient, parent: Run, children: list[Run] | None = None) -> Run:
+    """The run whose test predictions stand for the study's best model: its best search trial,
+    or, when that saw every region (a nested study's selection on all regions has no test
+    regions), the study family's final run of outer fold 0 (its first seed)."""
+    children = children if children is not None else child_runs(client, parent)
+    best = best_child(client, parent, children=children)
+    if best.data.tags.get(tags.FOLD) != tags.WHOLE_DATA_FOLD:
+        return best
+    family = parent.data.tags.get(tags.FAMILY)
+    finals = [
+        run
+        for run in children
+        if run.data.tags.get(tags.ROLE) == "final"
+        and run.data.tags.get(tags.ARM, run.data.tags.get(tags.FAMILY)) == family
+        and run.info.status == "FINISHED"
+        and run.data.tags.get(tags.FOLD, "").isdigit()
+    ]
+    if not finals:
+        return best
+    return min(finals, key=lambda run: (int(run.data.tags[tags.FOLD]), int(run.data.tags.get(tags.SEED) or 0)))
+
+
+def deployed_run(client: MlflowClient, parent: Run, children: list[Run] | None = None) -> Run:
+    """The run a study deploys (registers and exports): its refit on all regions when it has
+    one (a nested study), else its best search trial (`best_child`)."""
+    children = children if children is not None else child_runs(client, parent)
+    refits = [run for run in children if run.data.tags.get(tags.ROLE) == "refit" and run.info.status == "FINISHED"]
+    if refits:
+        return max(refits, key=lambda run: run.info.start_time)
+    return best_child(client, parent, children=children)
 
 
 def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 # What a run is.
 STUDY = "xattn.study"  # on the experiment and on its study runs: the study's name
-ROLE = "xattn.role"  # "study", "search", "final" or "null"
+ROLE = "xattn.role"  # "study", "search", "final", "null" or "refit" (the deployable model)
 FAMILY = "xattn.family"  # the model family a run trains (a study run: the study's own family)
 ARM = "xattn.arm"  # a final run's comparison arm: its family, or "family:variant"
-FOLD = "xattn.fold"
+FOLD = "xattn.fold"  # the outer fold; WHOLE_DATA_FOLD for the deployable model's search and refit
 SEED = "xattn.seed"
 INNER_FOLD = "xattn.inner_fold"  # a search run's inner fold, when the spec asks for inner folds
 CONFIGURATION = "xattn.configuration"  # the search configuration a trial belongs to (tuning.selection)
 NULL_METHOD = "xattn.null_method"
 NULL_INDEX = "xattn.null_index"
+
+WHOLE_DATA_FOLD = "all"  # the FOLD of runs that see every region (no outer test fold)
 
 # The identity of a trial in Ray Tune and Optuna.
 RAY_TRIAL_ID = "xattn.ray_trial_id"

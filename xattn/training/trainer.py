@@ -142,7 +142,9 @@ def fit(
 
     "Best" is the lowest val_loss or the highest val_pearson (`config.monitor`). Training
     stops after `patience_steps` optimizer steps without a better one (never before
-    `min_steps`), or after `max_epochs`. Moves model and data to `config.device`.
+    `min_steps`), or after `max_epochs`. Moves model and data to `config.device`. With no
+    validation pairs (a refit on every region) it trains `max_epochs` and keeps the last
+    weights; with no test pairs it reports no test metrics.
 
     To resume after `start_epoch` completed epochs, pass the checkpointed weights (already
     loaded into `model`) and `optimizer_state`; the incoming weights are then evaluated first
@@ -161,16 +163,17 @@ def fit(
         )
     model.to(device)
     data = data.to(device)
-    for name in ("train_pairs", "val_pairs", "test_pairs"):
-        if len(getattr(data, name)) == 0:
-            raise DataError(f"pair data: {name} is empty; every split needs at least one pair")
+    if len(data.train_pairs) == 0:
+        raise DataError("pair data: train_pairs is empty; every split needs at least one training pair")
+    # A refit on every region has no validation pairs: it trains `max_epochs` and keeps the last weights.
+    refit = len(data.val_pairs) == 0
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     steps_per_epoch = len(batch_sizes(len(data.train_pairs), config.batch_size))
 
     best = _Best()
-    if start_epoch > 0:
+    if start_epoch > 0 and not refit:
         val = evaluate(model, data, data.val_pairs, prefix="val_", **_eval_kwargs(config))
         if math.isfinite(val["val_mse"]):
             best = _snapshot(model, data, config, start_epoch, val)
@@ -182,10 +185,13 @@ def fit(
         train_loss = train_epoch(model, data, optimizer, config, epoch)
         step = epoch * steps_per_epoch
         lr = learning_rate_at(config, step, steps_per_epoch, plateau_scale_of(optimizer))
-        val = evaluate(model, data, data.val_pairs, prefix="val_", **_eval_kwargs(config))
-        if not math.isfinite(val["val_mse"]):
+        if refit:
+            val = {"val_mse": math.nan, "val_pearson": math.nan}
+        else:
+            val = evaluate(model, data, data.val_pairs, prefix="val_", **_eval_kwargs(config))
+        if not refit and not math.isfinite(val["val_mse"]):
             raise TrainingDiverged(f"training diverged at epoch {epoch}: validation loss is {val['val_mse']}")
-        improved = best.state is None or _better(config.monitor, val, best)
+        improved = refit or best.state is None or _better(config.monitor, val, best)
         if improved:
             best = _snapshot(model, data, config, epoch, val)
             since_best = since_plateau = 0
@@ -195,7 +201,7 @@ def fit(
         if config.lr_schedule == "plateau" and since_plateau >= plateau_steps(config) and step > config.warmup_steps:
             reduce_plateau_scale(optimizer)
             since_plateau = 0
-        stop = since_best >= config.patience_steps and step >= config.min_steps
+        stop = not refit and since_best >= config.patience_steps and step >= config.min_steps
         report = EpochReport(
             epoch=epoch, step=step, train_loss=train_loss, val_loss=val["val_mse"], val_pearson=val["val_pearson"],
             best_val_loss=best.val_loss, best_val_pearson=best.val_pearson, best_epoch=best.epoch,
@@ -305,7 +311,9 @@ def batch_loss(model: nn.Module, data: PairData, batch: Tensor, precision: str) 
 def _snapshot(model: nn.Module, data: PairData, config: TrainConfig, epoch: int, val: dict[str, float]) -> _Best:
     """Copy the current (new best) weights and evaluate them on the test pairs."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    test = evaluate(model, data, data.test_pairs, prefix="test_", **_eval_kwargs(config))
+    test = (
+        evaluate(model, data, data.test_pairs, prefix="test_", **_eval_kwargs(config)) if len(data.test_pairs) else {}
+    )
     return _Best(val_loss=val["val_mse"], val_pearson=val["val_pearson"], epoch=epoch, state=state, test=test)
 
 

@@ -71,13 +71,18 @@ def compare_results(results: list[FinalResult], reference: str, metric: str = "t
         by_family[result.family][(str(result.fold), str(result.seed))] = result.metrics
     families = []
     reference_runs = by_family.get(reference, {})
+    # Every arm is summarised on the (fold, seed) runs all arms finished, so their means are comparable.
+    paired = set.intersection(*(set(runs) for runs in by_family.values())) if by_family else set()
     for family in [reference] + sorted(f for f in by_family if f != reference):
         matched = by_family[family]
-        entry: dict[str, Any] = {"family": family, "n_runs": len(matched)}
+        entry: dict[str, Any] = {"family": family, "n_runs": len(matched), "n_paired_runs": len(paired)}
         for name in METRICS:
-            values = np.array([m[name] for m in matched.values() if name in m])
-            entry[f"{name}_mean"] = float(values.mean()) if values.size else math.nan
+            # Seeds averaged within a fold (r through Fisher's z), then the folds: the fold is the unit.
+            folds = statistics.fold_means({key: matched[key] for key in paired}, name)
+            values = np.array([folds[fold] for fold in sorted(folds, key=_numeric)])
+            entry[f"{name}_mean"] = statistics.mean_of(list(values), name) if values.size else math.nan
             entry[f"{name}_sd"] = float(values.std(ddof=1)) if values.size > 1 else math.nan
+            entry[f"fold_{name}"] = {fold: folds[fold] for fold in sorted(folds, key=_numeric)}
         if family != reference:
             entry["vs_reference"] = paired_difference(reference_runs, matched, metric)
         families.append(entry)
@@ -182,7 +187,7 @@ def null_comparison(
 def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for entry in comparison["families"]:
-        row = {k: v for k, v in entry.items() if k not in ("vs_reference", "nulls")}
+        row = {k: v for k, v in entry.items() if k not in ("vs_reference", "nulls") and not k.startswith("fold_")}
         for key, value in entry.get("vs_reference", {}).items():
             if key != "metric":
                 row[f"diff.{key}"] = value

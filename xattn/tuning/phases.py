@@ -39,8 +39,10 @@ class Context:
     agreement: selection.Agreement
 
 
-def search(spec: StudySpec, context: Context, optuna_study: str | None = None):
-    """Tune `spec.model.family` over `spec.search.space`: Optuna TPE suggests, ASHA stops early."""
+def search(spec: StudySpec, context: Context, optuna_study: str | None = None, *, whole: str | None = None):
+    """Tune `spec.model.family` over `spec.search.space` on fold `spec.data.split.fold` (or, with
+    `whole` "selection", on every region but a validation patch): Optuna TPE suggests, ASHA
+    stops early. Returns the ResultGrid."""
     init_ray(context.address)
     import optuna
     from ray import tune
@@ -99,13 +101,14 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None):
 
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, optuna_number, spec.model.family,
-            role="search", fold=spec.data.split.fold, seed=spec.seed, fixed=spec.trial_params({}),
-            configuration=selection.configuration_key,
+            role="search", fold=tags.WHOLE_DATA_FOLD if whole else spec.data.split.fold, seed=spec.seed,
+            fixed=spec.trial_params({}), configuration=selection.configuration_key,
         )  # fmt: skip
 
+    part = "all regions" if whole else f"fold {spec.data.split.fold + 1}/{spec.data.split.folds}"
     if context.progress is not None and context.spec.compares:
         context.progress.start_phase(
-            f"search {spec.model.family}", spec.search_trials, spec.search.metric, spec.search.mode
+            f"search {spec.model.family} ({part})", spec.search_trials, spec.search.metric, spec.search.mode
         )
     tune_config = tune.TuneConfig(
         search_alg=searcher,
@@ -114,7 +117,10 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None):
         max_concurrent_trials=spec.budget.max_concurrent,
         reuse_actors=True,  # a new trial in a warm worker: no process start, no torch import
     )
-    results = _fit_phase(spec, context, "search", trainable(spec, context.mirror), make_logger, tune_config=tune_config)
+    name = "all" if whole else f"fold{spec.data.split.fold}"
+    results = fit_phase(
+        spec, context, "search", trainable(spec, context.mirror, whole), make_logger, tune_config=tune_config, part=name
+    )
     _fail_orphaned_optuna_trials(context.workspace.optuna_storage, study_name)
     _log_agreement(spec, context, results)
     return results
@@ -134,7 +140,7 @@ def _log_agreement(spec: StudySpec, context: Context, results) -> None:
 
 def finals(
     spec: StudySpec,
-    config: dict[str, Any],
+    configs: dict[int, dict[str, Any]],
     comparison,
     context: Context,
     arm: str | None = None,
@@ -145,7 +151,8 @@ def finals(
     title: str | None = None,
     null_of=None,
 ) -> None:
-    """Retrain one configuration on every outer fold for every seed (identical across arms).
+    """Retrain each outer fold's selected configuration (`configs[fold]`) on that fold for every
+    seed (folds and seeds identical across arms).
 
     The null phase (`nulls`) runs the same grid with `role` "null" and the null draws in
     `extra_space` (`runs_per_cell` of them per fold and seed)."""
@@ -153,6 +160,7 @@ def finals(
     from ray import tune
 
     from xattn.tuning.trainable import trainable
+    from xattn.tuning.trial import SELECTED, own_configuration
 
     arm = arm or spec.model.family
     final = spec.model_copy(deep=True)
@@ -163,6 +171,7 @@ def finals(
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
             role=role, fold=None, seed=None, fixed=spec.trial_params({}), arm=arm, null_of=null_of,
+            params_of=own_configuration,
         )  # fmt: skip
 
     if context.progress is not None:
@@ -170,33 +179,59 @@ def finals(
         title = title or f"final {arm} ({comparison.folds} folds x {comparison.seeds} seeds)"
         context.progress.start_phase(title, total, "test_pearson", "max")
     grid = {"_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)}
-    _fit_phase(
+    fit_phase(
         spec, context, role, trainable(final, context.mirror), make_logger, arm=arm,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent, reuse_actors=True),
-        param_space={**config, **grid, **(extra_space or {})},
+        param_space={SELECTED: {str(k): dict(v) for k, v in configs.items()}, **grid, **(extra_space or {})},
     )  # fmt: skip
 
 
-def compare(spec: StudySpec, context: Context, main_results) -> dict[str, Any]:
-    """Tune the compared families, then retrain every arm (each family's best configuration,
-    and each variant: the study's best with the variant's overrides) on the same folds and seeds."""
+def outer_fold(spec: StudySpec, fold: int, folds: int) -> StudySpec:
+    """`spec` searching on outer fold `fold` of `folds`: its training and validation regions are
+    that fold's non-test regions, so its test regions choose nothing."""
+    folded = spec.model_copy(deep=True)
+    folded.data.split = folded.data.split.model_copy(update={"folds": folds, "fold": fold})
+    return folded
+
+
+def select_per_fold(spec: StudySpec, context: Context, optuna_study: str) -> dict[int, dict[str, Any]]:
+    """Nested selection: a search of `spec` (one family of the study) on each of the study's
+    outer folds, each with its own Optuna study; every fold's configuration is its own search's
+    best (by validation only)."""
+    selected = {}
+    folds = context.spec.comparison.folds
+    for fold in range(folds):
+        results = search(outer_fold(spec, fold, folds), context, optuna_study=f"{optuna_study}-fold{fold}")
+        selected[fold] = selection.best_configuration(results, spec.search.metric, spec.search.mode)
+    return selected
+
+
+def compare(spec: StudySpec, context: Context) -> dict[str, Any]:
+    """Select every family's configuration per outer fold (nested; the study's family always,
+    the others when `comparison.tune`), then retrain every arm (each family's selections, and
+    each variant: the study's family's selections with the variant's overrides) on the same
+    folds and seeds."""
     from xattn.tuning.comparison import compare_runs, log_comparison, variant_arm
 
-    metric, mode = spec.search.metric, spec.search.mode
-    configs = {spec.model.family: selection.best_configuration(main_results, metric, mode)}
+    folds = range(spec.comparison.folds)
+    configs = {spec.model.family: select_per_fold(spec, context, context.optuna_study)}
     for family in spec.compare_with:
         family_spec = spec.for_family(family)
         if spec.comparison.tune:
-            results = search(family_spec, context, optuna_study=f"{context.optuna_study}-{family}")
-            configs[family] = selection.best_configuration(results, family_spec.search.metric, family_spec.search.mode)
+            configs[family] = select_per_fold(family_spec, context, f"{context.optuna_study}-{family}")
         else:
-            configs[family] = {}
-    for family, config in configs.items():
-        finals(spec.for_family(family), config, spec.comparison, context)
-    best = configs[spec.model.family]
+            configs[family] = {fold: {} for fold in folds}
+    for family, selected in configs.items():
+        finals(spec.for_family(family), selected, spec.comparison, context)
     for variant, overrides in spec.comparison.variants.items():
-        config = {k: v for k, v in best.items() if k not in overrides}  # the spec's fixed overrides now hold them
-        finals(spec.for_variant(variant), config, spec.comparison, context, arm=variant_arm(spec.model.family, variant))
+        # The spec's fixed overrides now hold the variant's values.
+        selected = {
+            f: {k: v for k, v in config.items() if k not in overrides}
+            for f, config in configs[spec.model.family].items()
+        }
+        finals(
+            spec.for_variant(variant), selected, spec.comparison, context, arm=variant_arm(spec.model.family, variant)
+        )
     runs = child_runs(context.client, context.client.get_run(context.parent_run_id))
     comparison = compare_runs(
         [run for run in runs if run.data.tags.get(tags.ROLE) == "final"], reference=spec.comparison_reference
@@ -212,7 +247,9 @@ def compare(spec: StudySpec, context: Context, main_results) -> dict[str, Any]:
     return comparison
 
 
-def nulls(spec: StudySpec, context: Context, configs: dict[str, dict[str, Any]], comparison: dict[str, Any]) -> None:
+def nulls(
+    spec: StudySpec, context: Context, configs: dict[str, dict[int, dict[str, Any]]], comparison: dict[str, Any]
+) -> None:
     """Is a family's test r more than space? Retrain every family's configuration on the spec's
     nulls and add each family's null test (comparison.null_test) to its entry of `comparison`.
 
@@ -266,9 +303,10 @@ def _callbacks(context: Context, logger) -> list:
     return [logger] + ([context.progress] if context.progress is not None else [])
 
 
-def _fit_phase(
-    spec: StudySpec, context: Context, role: str, trainable, make_logger, *, tune_config, param_space=None, arm=None
-):
+def fit_phase(
+    spec: StudySpec, context: Context, role: str, trainable, make_logger, *, tune_config, param_space=None, arm=None,
+    part: str | None = None,
+):  # fmt: skip
     """Run one phase's Ray Tune experiment, or resume it where an earlier driver left it.
 
     `make_logger(searcher)` builds the MLflow callback for the phase's (possibly restored)
@@ -277,7 +315,7 @@ def _fit_phase(
     from ray import tune
 
     arm = arm or spec.model.family
-    name = f"{spec.name}-{context.parent_run_id[:8]}-{role}-{arm.replace(':', '-')}"
+    name = f"{spec.name}-{context.parent_run_id[:8]}-{role}-{arm.replace(':', '-')}" + (f"-{part}" if part else "")
     path = context.workspace.ray_storage / name
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(

@@ -278,9 +278,8 @@ class TrialProgress(Callback):
         result = trial.last_result or {}
         key = result_key(self.metric)
         value = result.get(key)
+        # A search trial's test r stays out of sight while the search runs: selection is on validation only.
         shown = f"{key}={value:.4f}" if value is not None else "no result"
-        if key != "test_pearson" and "test_pearson" in result:
-            shown += f"  test_pearson={result['test_pearson']:.3f}"
         best = f"best so far {self.best:.4f}" if self.best is not None else "no best yet"
         eta = self._eta()
         timing = f"elapsed {_duration(self._elapsed())}, ETA {_duration(eta) if eta is not None else '-'}"

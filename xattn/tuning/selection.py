@@ -71,13 +71,19 @@ def mean_metrics(trials: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(float(trial[k]) for trial in trials) / len(trials) for k in keys}
 
 
-def best_configuration(results, metric: str, mode: str) -> dict[str, Any]:
-    """The values of the search's best configuration by `best_<metric>`, or {} when no trial finished."""
+def best_of(results, metric: str, mode: str) -> Configuration | None:
+    """The search's best configuration by `best_<metric>`, or None when no trial finished."""
     groups = configurations(results)
     selected = f"best_{metric}"
     scores = {key: [trial[selected] for trial in group.trials if selected in trial] for key, group in groups.items()}
     key = best_group(scores, mode)
-    return dict(groups[key].values) if key is not None else {}
+    return groups[key] if key is not None else None
+
+
+def best_configuration(results, metric: str, mode: str) -> dict[str, Any]:
+    """The values of the search's best configuration by `best_<metric>`, or {} when no trial finished."""
+    best = best_of(results, metric, mode)
+    return dict(best.values) if best is not None else {}
 
 
 class Agreement:
@@ -87,12 +93,15 @@ class Agreement:
     def __init__(self, metric: str, mode: str) -> None:
         self.metric, self.mode = metric, mode
         self.by_family: dict[str, dict[str, Any]] = {}
+        self._trials: dict[str, list[dict[str, float]]] = {}  # a family's configurations over its searches
         self._pooled: list[dict[str, float]] = []  # every family's configurations, for ALL_FAMILIES
 
     def add(self, family: str, results, *, prefix: str, pooled: bool) -> dict[str, dict[str, Any]]:
-        """Record the search of `family`; return the agreements to log, by metric prefix."""
+        """Record one search of `family` (a nested study searches once per outer fold); return the
+        agreements so far to log, by metric prefix."""
         trials = [mean_metrics(group.trials) for group in configurations(results).values()]
-        logged = {prefix: self._record(family, trials)}
+        self._trials.setdefault(family, []).extend(trials)
+        logged = {prefix: self._record(family, self._trials[family])}
         if pooled:
             # Across every family's trials too: the study as a whole selects on this signal.
             self._pooled.extend(trials)

@@ -116,7 +116,9 @@ class NullSpec(Strict):
 
 
 class ComparisonSpec(Strict):
-    folds: Whole = Field(4, ge=2, description="outer region folds K of the final runs")
+    folds: Whole = Field(
+        4, ge=2, description="outer region folds K: each searches on its own non-test regions (nested), then its finals"
+    )
     seeds: Whole = Field(3, ge=1, description="seeds S per fold of the final runs")
     tune: bool = Field(True, description="tune every family with the study's budget; false: fixed settings")
     baselines: dict[str, BaselineSpec] = Field(default_factory=dict)
@@ -233,6 +235,15 @@ class StudySpec(Strict):
                     if self.search.scheduler == "asha"
                     else ""
                 )
+            )
+        if self.compares:
+            searched = 1 + (len(self.compare_with) if self.comparison.tune else 0)
+            k = self.comparison.folds
+            notes.append(
+                f"nested selection: {searched} {'families search' if searched > 1 else 'family searches'} each of "
+                f"the {k} outer folds on its non-test regions ({self.search_trials} trials a fold, "
+                f"{searched * k * self.search_trials} in all), then {self.model.family} searches all regions "
+                f"({self.search_trials} trials) and its selection is refit on all regions as the deployed model"
             )
         nulls = self.comparison.nulls
         if nulls is not None and self.compare_with:

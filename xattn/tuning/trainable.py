@@ -16,12 +16,12 @@ from ray import tune
 from xattn.training.checkpoint import load_checkpoint_weights, load_optimizer_state, save_checkpoint
 from xattn.training.trainer import EpochReport, TrainingDiverged, fit
 from xattn.tuning.spec import StudySpec
-from xattn.tuning.trial import prepare_trial
+from xattn.tuning.trial import WHOLE, prepare_trial
 
 DIVERGED_MARKER = "diverged.txt"
 
 
-def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str | None) -> None:
+def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str | None, whole: str | None) -> None:
     # Ray retries a trial that raised (budget.max_failures); a diverged one would only
     # diverge again from the same checkpoint and seed, so its retries fail at once.
     marker = Path(tune.get_context().get_trial_dir()) / DIVERGED_MARKER
@@ -29,7 +29,7 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str 
         raise TrainingDiverged(marker.read_text())
     spec = StudySpec.model_validate(spec_json)
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    trial = prepare_trial(spec, config, mirror=mirror)
+    trial = prepare_trial(spec, {**config, WHOLE: whole} if whole else config, mirror=mirror)
     model, extra = trial.model, trial.checkpoint_extra
 
     start_epoch, optimizer_state = 0, None
@@ -70,7 +70,9 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str 
         raise
 
 
-def trainable(spec: StudySpec, mirror: str | None) -> Any:
-    """The trainable Ray Tune schedules, with the trial's CPU/GPU share attached."""
-    fn = tune.with_parameters(run_trial, spec_json=spec.model_dump(mode="json"), mirror=mirror)
+def trainable(spec: StudySpec, mirror: str | None, whole: str | None = None) -> Any:
+    """The trainable Ray Tune schedules, with the trial's CPU/GPU share attached; `whole`: the
+    deployable model's split for every trial (xattn.tuning.trial.WHOLE), which a searcher's
+    configs cannot carry."""
+    fn = tune.with_parameters(run_trial, spec_json=spec.model_dump(mode="json"), mirror=mirror, whole=whole)
     return tune.with_resources(fn, {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})

@@ -23,6 +23,20 @@ from xattn.tuning.spec import StudySpec
 
 NULL_METHOD = "_null_method"  # trial config keys of a null run, beside the final runs' _fold and _seed
 NULL_INDEX = "_null_index"
+# A final run's configuration depends on its fold (each outer fold selects its own): the phase
+# passes every fold's as {str(fold): values} and the trial takes its own.
+SELECTED = "_selected"
+WHOLE = "_whole"  # "selection" or "refit": the deployable model's split (xattn.experiment.WHOLE_DATA)
+EPOCHS = "_epochs"  # a refit's epochs: it has no validation pairs to stop on
+
+
+def own_configuration(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial config with its fold's selected configuration (SELECTED) merged in."""
+    config = dict(config)
+    selected = config.pop(SELECTED, None)
+    if selected is not None:
+        config.update(selected[str(config.get("_fold", 0))])
+    return config
 
 
 @dataclass
@@ -41,7 +55,9 @@ def prepare_trial(
 ) -> PreparedTrial:
     """Data, split, model and optimiser settings of one trial of `spec`.
 
-    Final (comparison) runs name their outer fold and seed as `_fold` and `_seed`; the split
+    Final (comparison) runs name their outer fold and seed as `_fold` and `_seed`, and their
+    fold's configuration among every fold's (`SELECTED`); the deployable model's runs name
+    their whole-data split (`WHOLE`) and a refit its epochs (`EPOCHS`). The split
     itself is always drawn with the study's seed, and so is a null run's null (named as
     `_null_method` and `_null_index`, drawn per outer fold: `xattn.tuning.phases.nulls`), so
     every family and seed sees the same regions in fold k. A search trial of a spec with
@@ -49,7 +65,9 @@ def prepare_trial(
     defaults to CUDA when the spec asks for GPUs and one is there.
     """
     spec = spec.model_copy(deep=True)
-    config = dict(config)
+    config = own_configuration(config)
+    whole = config.pop(WHOLE, None)
+    epochs = config.pop(EPOCHS, None)
     if "_fold" in config:
         spec.data.split = spec.data.split.model_copy(update={"fold": config.pop("_fold")})
     seed = config.pop("_seed", spec.seed)
@@ -61,13 +79,14 @@ def prepare_trial(
         device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
 
     experiment = prepare_experiment(
-        spec.data, params, seed, split_seed=spec.seed, mirror=mirror, inner_fold=inner_fold, null=null, device=device
-    )
+        spec.data, params, seed, split_seed=spec.seed, mirror=mirror, inner_fold=inner_fold, null=null, whole=whole,
+        device=device,
+    )  # fmt: skip
     model = build_trial_model(experiment, spec.model.family, params, seed).to(device)
     budget = spec.budget
     train_config = TrainConfig.from_params(
-        params, max_epochs=budget.max_epochs, patience_steps=budget.patience_steps, min_steps=budget.min_steps,
-        monitor=spec.search.metric, seed=seed, device=device,
+        params, max_epochs=int(epochs or budget.max_epochs), patience_steps=budget.patience_steps,
+        min_steps=budget.min_steps, monitor=spec.search.metric, seed=seed, device=device,
     )  # fmt: skip
     extra = experiment.checkpoint_extra(spec.data, params, seed)
     if null is not None:
