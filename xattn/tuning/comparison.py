@@ -171,17 +171,28 @@ def null_test(real: list[float], nulls: dict[int, list[float]], runs_per_null: i
 def null_comparison(
     finals, nulls, method: str, runs_per_null: int, metric: str = "test_pearson"
 ) -> dict[str, dict[str, Any]]:
-    """`null_test` per family from FINISHED MLflow final and null runs."""
+    """`null_test` per arm from FINISHED MLflow final and null runs, for every arm that was
+    retrained on `method` nulls.
+
+    Real and null runs are grouped by arm (`arm_of`: a family, or "family:variant"), not by
+    family: a variant's final runs carry its family's tag, and pooling them would set the
+    family's nulls against a mixture of arms. An arm without null runs (variants are not
+    retrained on nulls) gets no test rather than an empty one.
+    """
     real: dict[str, list[float]] = defaultdict(list)
     drawn: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in finals:
         if run.info.status == "FINISHED" and metric in run.data.metrics:
-            real[run.data.tags[tags.FAMILY]].append(run.data.metrics[metric])
+            real[arm_of(run)].append(run.data.metrics[metric])
+    tested = set()
     for run in nulls:
         run_tags = run.data.tags
-        if run.info.status == "FINISHED" and metric in run.data.metrics and run_tags.get(tags.NULL_METHOD) == method:
-            drawn[run_tags[tags.FAMILY]][int(run_tags[tags.NULL_INDEX])].append(run.data.metrics[metric])
-    return {family: null_test(real[family], drawn.get(family, {}), runs_per_null, method) for family in real}
+        if run_tags.get(tags.NULL_METHOD) != method:
+            continue
+        tested.add(arm_of(run))
+        if run.info.status == "FINISHED" and metric in run.data.metrics:
+            drawn[arm_of(run)][int(run_tags[tags.NULL_INDEX])].append(run.data.metrics[metric])
+    return {arm: null_test(real[arm], drawn.get(arm, {}), runs_per_null, method) for arm in real if arm in tested}
 
 
 def comparison_frame(comparison: dict[str, Any]) -> pd.DataFrame:

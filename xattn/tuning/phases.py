@@ -250,14 +250,15 @@ def compare(spec: StudySpec, context: Context) -> dict[str, Any]:
 def nulls(
     spec: StudySpec, context: Context, configs: dict[str, dict[int, dict[str, Any]]], comparison: dict[str, Any]
 ) -> None:
-    """Is a family's test r more than space? Retrain every family's configuration on the spec's
-    nulls and add each family's null test (comparison.null_test) to its entry of `comparison`.
+    """Is a family's test r more than space? Retrain every family's configurations on the spec's
+    nulls and add each arm's null test (comparison.null_test) to its entry of `comparison`.
 
-    With `comparison.nulls: {method, n}`, every compared family's best configuration is
-    retrained on `n` null datasets (`xattn.data.nulls`) of each outer fold, with the final runs'
-    splits, seeds and budget. Null i of fold k is the same draw for every family and seed, so
-    the families face the same nulls. Null runs are MLflow child runs tagged `xattn.role = null`,
-    `xattn.null_method` and `xattn.null_index`; the phase resumes like the others.
+    With `comparison.nulls: {method, n}`, every compared family's configuration of each outer
+    fold is retrained on `n` null datasets (`xattn.data.nulls`), with the final runs' splits,
+    seeds and budget. Null i is one map of the expression, the same in every outer fold and
+    for every family and seed, as the real statistic is one map scored over the folds. Null runs
+    are MLflow child runs tagged `xattn.role = null`, `xattn.null_method` and
+    `xattn.null_index`; the phase resumes like the others.
     """
     from ray import tune
 

@@ -107,12 +107,17 @@ class BaselineSpec(Strict):
 
 
 class NullSpec(Strict):
-    """Spatial null models: every compared family retrained on `n` null datasets per fold."""
+    """Spatial null models: every compared family retrained on `n` null datasets, each one map
+    of the expression scored over every outer fold (xattn.data.nulls)."""
 
-    method: Literal["spin", "variogram", "shuffle"] = Field(
-        "spin", description="spin (sphere rotations) | variogram (brainsmash surrogates) | shuffle (permuted regions)"
+    method: Literal["msr", "spin", "variogram", "shuffle"] = Field(
+        "msr",
+        description="msr (sign flips in the eigenbasis of a fitted spatial covariance; calibrated) | spin (sphere "
+        "rotations) | variogram (brainsmash surrogates) | shuffle (permuted regions)",
     )
-    n: Whole = Field(10, ge=1, description="null datasets N; the p-value's resolution is 1 / (N + 1)")
+    n: Whole = Field(
+        99, ge=1, description="null datasets N; the smallest p is 1 / (N + 1): 0.01 at N = 99, 0.05 at N = 19"
+    )
 
 
 class ComparisonSpec(Strict):

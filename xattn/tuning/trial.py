@@ -59,7 +59,7 @@ def prepare_trial(
     fold's configuration among every fold's (`SELECTED`); the deployable model's runs name
     their whole-data split (`WHOLE`) and a refit its epochs (`EPOCHS`). The split
     itself is always drawn with the study's seed, and so is a null run's null (named as
-    `_null_method` and `_null_index`, drawn per outer fold: `xattn.tuning.phases.nulls`), so
+    `_null_method` and `_null_index`, one map for every outer fold: `xattn.tuning.phases.nulls`), so
     every family and seed sees the same regions in fold k. A search trial of a spec with
     `split.inner_folds` names its inner fold as Ray's repeat index (`INNER_FOLD`). `device`
     defaults to CUDA when the spec asks for GPUs and one is there.
@@ -101,17 +101,15 @@ def null_drawn(config: dict[str, Any]) -> tuple[str, int] | None:
 
 
 def null_of_trial(config: dict[str, Any], seed: int, fold: int) -> dict[str, Any] | None:
-    """Pop a null run's keys from its trial config; the null it trains on, or None for real data."""
+    """Pop a null run's keys from its trial config; the null it trains on, or None for real data.
+
+    The null's seed leaves out the fold: null i is one map, scored over every outer fold as the
+    real expression is (the fold is recorded, not drawn from)."""
     method = config.pop(NULL_METHOD, None)
     index = config.pop(NULL_INDEX, None)
     if method is None:
         return None
-    return {
-        "method": method,
-        "index": int(index),
-        "fold": int(fold),
-        "seed": null_seed(seed, method, int(index), int(fold)),
-    }
+    return {"method": method, "index": int(index), "fold": int(fold), "seed": null_seed(seed, method, int(index))}
 
 
 def _naming_field(field: str, check):
