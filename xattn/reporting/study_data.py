@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from xattn.reporting.plots import CannotDraw, TrialCurve
 from xattn.tracking import tags
-from xattn.tracking.runs import child_runs, held_out_run
-from xattn.tuning.comparison import FinalResult, arm_of
+from xattn.tracking.runs import arm_of, child_runs, held_out_run
+from xattn.tuning.comparison import FinalResult
 
 if TYPE_CHECKING:
     import optuna

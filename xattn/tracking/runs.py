@@ -158,6 +158,11 @@ def best_child(client: MlflowClient, parent: Run, family: str | None = None, chi
     return min(groups[best], key=lambda run: int(run.data.tags.get(tags.INNER_FOLD, 0)))
 
 
+def arm_of(run: Run) -> str:
+    """The comparison arm of an MLflow final run (runs from before variants existed: the family)."""
+    return run.data.tags.get(tags.ARM, run.data.tags[tags.FAMILY])
+
+
 def held_out_run(client: MlflowClient, parent: Run, children: list[Run] | None = None) -> Run:
     """The run whose test predictions stand for the study's best model: its best search trial,
     or, when that saw every region (a nested study's selection on all regions has no test
@@ -171,8 +176,8 @@ def held_out_run(client: MlflowClient, parent: Run, children: list[Run] | None =
         run
         for run in children
         if run.data.tags.get(tags.ROLE) == "final"
-        and run.data.tags.get(tags.ARM, run.data.tags.get(tags.FAMILY)) == family
         and run.info.status == "FINISHED"
+        and arm_of(run) == family
         and run.data.tags.get(tags.FOLD, "").isdigit()
     ]
     if not finals:

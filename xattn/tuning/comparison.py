@@ -28,14 +28,10 @@ import pandas as pd
 from scipy import stats
 
 from xattn.tracking import tags
+from xattn.tracking.runs import arm_of
 from xattn.tuning import statistics
 
 METRICS = ("test_pearson", "test_mse", "test_r2")
-
-
-def arm_of(run) -> str:
-    """The comparison arm of an MLflow final run (runs from before variants existed: the family)."""
-    return run.data.tags.get(tags.ARM, run.data.tags[tags.FAMILY])
 
 
 def variant_arm(family: str, variant: str) -> str:

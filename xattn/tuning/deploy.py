@@ -14,8 +14,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-
 from xattn.tracking import tags
 from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tuning import phases, selection, statistics
@@ -62,7 +60,7 @@ def nested_estimate(comparison: dict[str, Any], family: str) -> dict[str, float]
     95% interval (xattn.tuning.statistics.corrected_t, taken on z and mapped back to r)."""
     entry = next((e for e in comparison["families"] if e["family"] == family), None)
     folds = (entry or {}).get("fold_test_pearson") or {}
-    z = np.arctanh(np.clip(np.array(list(folds.values()), dtype=np.float64), -0.999999, 0.999999))
+    z = statistics.fisher_z(list(folds.values()))
     interval = statistics.corrected_t(z)
     return {
         NESTED: math.tanh(interval["mean_difference"]) if z.size else math.nan,
@@ -75,12 +73,8 @@ def nested_estimate(comparison: dict[str, Any], family: str) -> dict[str, float]
 def log_nested_estimate(context: phases.Context, family: str, comparison: dict[str, Any]) -> None:
     from xattn.tracking.runs import child_runs
 
-    refits = [
-        run
-        for run in child_runs(context.client, context.client.get_run(context.parent_run_id))
-        if run.data.tags.get(tags.ROLE) == "refit" and run.info.status == "FINISHED"
-    ]
-    for run in refits:
-        for key, value in nested_estimate(comparison, family).items():
-            if math.isfinite(value):
+    estimate = {key: value for key, value in nested_estimate(comparison, family).items() if math.isfinite(value)}
+    for run in child_runs(context.client, context.client.get_run(context.parent_run_id)):
+        if run.data.tags.get(tags.ROLE) == "refit" and run.info.status == "FINISHED":
+            for key, value in estimate.items():
                 context.client.log_metric(run.info.run_id, key, value)

@@ -163,8 +163,7 @@ def finals(
     from xattn.tuning.trial import SELECTED, own_configuration
 
     arm = arm or spec.model.family
-    final = spec.model_copy(deep=True)
-    final.data.split = final.data.split.model_copy(update={"folds": comparison.folds, "fold": 0})
+    final = outer_fold(spec, 0, comparison.folds)  # each trial names its own fold (`_fold`)
     seeds = [spec.seed + offset for offset in range(comparison.seeds)]
 
     def make_logger(_searcher) -> MlflowTrialLogger:

@@ -31,10 +31,15 @@ def fold_means(runs: dict[tuple[str, str], dict[str, float]], metric: str) -> di
     return {fold: mean_of(values, metric) for fold, values in by_fold.items()}
 
 
+def fisher_z(correlations) -> np.ndarray:
+    """Fisher's z of correlations, clipped off +-1 (where z is infinite)."""
+    return np.arctanh(np.clip(np.asarray(correlations, dtype=np.float64), -0.999999, 0.999999))
+
+
 def mean_of(values: list[float], metric: str) -> float:
-    """The mean of `values`; of correlations, through Fisher's z (clipped off +-1, where z is infinite)."""
+    """The mean of `values`; of correlations, through Fisher's z."""
     if metric.endswith("pearson") or metric.endswith("spearman"):
-        return float(np.tanh(np.mean(np.arctanh(np.clip(values, -0.999999, 0.999999)))))
+        return float(np.tanh(np.mean(fisher_z(values))))
     return float(np.mean(values))
 
 
