@@ -90,6 +90,39 @@ def assert_nested_selection(client, runs, folds: int) -> None:
                 assert {k: final.data.params[k] for k in searched} == {k: best.data.params[k] for k in searched}
 
 
+def assert_winners_are_finals(client, runs, spec, mirror, folds: int, seeds: int) -> None:
+    """A fold's search winner trained exactly its first-seed final (same split, seed, configuration
+    and budget): it is recorded as that final, with its metrics and checkpoint, and retraining the
+    final's config reproduces it. Other seeds are trained."""
+    import json
+
+    from xattn.training.trainer import fit
+    from xattn.tuning.phases import outer_fold
+    from xattn.tuning.trial import SELECTED, prepare_trial
+
+    by_id = {r.info.run_id: r for r in runs}
+    finals = [r for r in runs if r.data.tags["xattn.role"] == "final" and r.data.tags["xattn.arm"] == "cross_attention"]
+    copied = {r.data.tags["xattn.fold"]: r for r in finals if "xattn.trained_as" in r.data.tags}
+    assert set(copied) == set(map(str, range(folds)))
+    assert all(r.data.tags["xattn.seed"] == "0" for r in copied.values())
+    assert sum("xattn.trained_as" not in r.data.tags for r in finals) == folds * (seeds - 1)
+    for fold, final in copied.items():
+        winner = by_id[final.data.tags["xattn.trained_as"]]
+        assert winner.data.tags["xattn.role"] == "search" and winner.data.tags["xattn.fold"] == fold
+        assert final.data.metrics == winner.data.metrics and final.data.params == winner.data.params
+        assert {a.path for a in client.list_artifacts(final.info.run_id, "checkpoint")} == {
+            a.path for a in client.list_artifacts(winner.info.run_id, "checkpoint")
+        }
+    # Retrained as a final run would be, fold 0's winner gives the same result.
+    selected = {k: json.loads(copied["0"].data.params[k]) for k in spec.search.space}
+    trial = prepare_trial(
+        outer_fold(spec, 0, folds), {SELECTED: {"0": selected}, "_fold": 0, "_seed": 0}, mirror=mirror
+    )
+    last = []
+    fit(trial.model, trial.experiment.pairs, trial.train_config, on_epoch=last.append)
+    assert last[-1].test["test_pearson"] == pytest.approx(copied["0"].data.metrics["test_pearson"], abs=1e-6)
+
+
 def assert_deployed_refit(client, result, runs, folds: int) -> None:
     """The registered model is the configuration selected on all regions, refit on all regions,
     with the nested estimate (the study family's fold means) on its run and its card."""
@@ -166,6 +199,7 @@ def test_small_comparison_study(tmp_path, mirror, ray_local):
         }
         assert keys == {(str(f), str(s)) for f in range(folds) for s in range(seeds)}
     assert_nested_selection(client, runs, folds)
+    assert_winners_are_finals(client, runs, spec, str(mirror), folds, seeds)
     assert_deployed_refit(client, result, runs, folds)
     # the variant is its fold's selected configuration with its overrides, and says so in its params
     selected = {

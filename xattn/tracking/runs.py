@@ -195,6 +195,26 @@ def deployed_run(client: MlflowClient, parent: Run, children: list[Run] | None =
     return best_child(client, parent, children=children)
 
 
+def copy_run(client: MlflowClient, source: Run, run_tags: dict[str, str]) -> str:
+    """A finished run in `source`'s experiment with `run_tags` and everything `source` logged:
+    params, every step of every metric, the epochs-run tag and its checkpoint. A final run whose
+    search already trained it (same split, seed and budget) is recorded this way, not retrained."""
+    from mlflow.entities import Param, RunTag
+
+    run_id = client.create_run(source.info.experiment_id, tags=run_tags).info.run_id
+    metrics = [m for key in sorted(source.data.metrics) for m in client.get_metric_history(source.info.run_id, key)]
+    params = [Param(k, v) for k, v in sorted(source.data.params.items())]
+    kept = [RunTag(k, source.data.tags[k]) for k in (tags.EPOCHS_RUN,) if k in source.data.tags]
+    client.log_batch(run_id, params=params, tags=kept)
+    for start in range(0, len(metrics), 1000):  # MLflow's cap per batch
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    with tempfile.TemporaryDirectory(prefix="xattn-copy-") as folder:
+        local = client.download_artifacts(source.info.run_id, CHECKPOINT_ARTIFACT, folder)
+        client.log_artifacts(run_id, local, CHECKPOINT_ARTIFACT)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str:
     """The text of artifact `path` of run `run_id`."""
     with tempfile.TemporaryDirectory(prefix="xattn-artifact-") as folder:

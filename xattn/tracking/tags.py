@@ -31,6 +31,7 @@ FAILURE = "xattn.failure"  # why a trial failed, in one line
 WORKER = "xattn.worker"  # HOST:PID of the Ray worker that ran a trial
 CHECKPOINT_MISSING = "xattn.checkpoint_missing"
 ORPHANED = "xattn.orphaned"  # a run whose trial no resumed Tune experiment knows
+TRAINED_AS = "xattn.trained_as"  # a final run that is its fold's search winner: the search run's id
 
 # A study run's selection and lifecycle.
 METRIC = "xattn.metric"  # the selection metric, best_<metric>

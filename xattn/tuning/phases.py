@@ -16,7 +16,7 @@ from typing import Any
 
 from xattn.tracking import parent_run, tags
 from xattn.tracking.callback import MlflowTrialLogger
-from xattn.tracking.runs import child_runs
+from xattn.tracking.runs import arm_of, child_runs, copy_run, stopped_early_at
 from xattn.tracking.store import Workspace, masked
 from xattn.tuning import selection
 from xattn.tuning.cluster import init_ray
@@ -150,9 +150,12 @@ def finals(
     runs_per_cell: int = 1,
     title: str | None = None,
     null_of=None,
+    winners: dict[int, str] | None = None,
 ) -> None:
     """Retrain each outer fold's selected configuration (`configs[fold]`) on that fold for every
-    seed (folds and seeds identical across arms).
+    seed (folds and seeds identical across arms). A fold's search winner (`winners[fold]`, its
+    Ray trial id) that trained to its own end is that fold's final for the first seed: same
+    split, seed, configuration and budget. It is recorded as a final run, not trained again.
 
     The null phase (`nulls`) runs the same grid with `role` "null" and the null draws in
     `extra_space` (`runs_per_cell` of them per fold and seed)."""
@@ -160,7 +163,7 @@ def finals(
     from ray import tune
 
     from xattn.tuning.trainable import trainable
-    from xattn.tuning.trial import SELECTED, own_configuration
+    from xattn.tuning.trial import CELL, SELECTED, own_configuration
 
     arm = arm or spec.model.family
     final = outer_fold(spec, 0, comparison.folds)  # each trial names its own fold (`_fold`)
@@ -173,16 +176,69 @@ def finals(
             params_of=own_configuration,
         )  # fmt: skip
 
+    reused = _record_winners_as_finals(spec, context, winners or {}, arm, seeds[0])
+    cells = [[fold, seed] for fold in range(comparison.folds) for seed in seeds if (fold, seed) not in reused]
+    if context.progress is not None and reused:
+        context.progress.note(
+            f"final {arm}: {len(reused)} of {comparison.folds} folds' search winners trained their final already "
+            f"(same split, seed and budget); {len(cells)} final runs to train"
+        )
+    if not cells:
+        return
     if context.progress is not None:
-        total = comparison.folds * comparison.seeds * runs_per_cell
+        total = len(cells) * runs_per_cell
         title = title or f"final {arm} ({comparison.folds} folds x {comparison.seeds} seeds)"
         context.progress.start_phase(title, total, "test_pearson", "max")
-    grid = {"_fold": tune.grid_search(list(range(comparison.folds))), "_seed": tune.grid_search(seeds)}
+    grid = {
+        CELL: tune.grid_search(cells),
+        "_fold": tune.sample_from(lambda trial: trial.config[CELL][0]),
+        "_seed": tune.sample_from(lambda trial: trial.config[CELL][1]),
+    }
     fit_phase(
         spec, context, role, trainable(final, context.mirror), make_logger, arm=arm,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent, reuse_actors=True),
         param_space={SELECTED: {str(k): dict(v) for k, v in configs.items()}, **grid, **(extra_space or {})},
     )  # fmt: skip
+
+
+def _record_winners_as_finals(
+    spec: StudySpec, context: Context, winners: dict[int, str], arm: str, seed: int
+) -> set[tuple[int, int]]:
+    """Record each fold's search winner as its final run of `seed` where it trained exactly what
+    that final would: the search's seed, to its own end (not stopped by the scheduler), with its
+    checkpoint. Returns the (fold, seed) cells recorded, including those a killed driver recorded."""
+    if not winners or seed != spec.seed:
+        return set()
+    client = context.client
+    children = child_runs(client, client.get_run(context.parent_run_id))
+    searched = {
+        (run.data.tags.get(tags.FOLD), run.data.tags.get(tags.RAY_TRIAL_ID)): run
+        for run in children
+        if run.data.tags.get(tags.ROLE) == "search" and run.data.tags.get(tags.FAMILY) == spec.model.family
+    }
+    recorded = set()
+    for run in children:
+        if run.data.tags.get(tags.ROLE) == "final" and arm_of(run) == arm and tags.TRAINED_AS in run.data.tags:
+            if run.info.status == "FINISHED":
+                recorded.add(int(run.data.tags[tags.FOLD]))
+            else:  # a killed driver's half-made copy: kept, marked, made again
+                client.set_tag(run.info.run_id, tags.ORPHANED, "the driver was killed while recording this run")
+                client.set_terminated(run.info.run_id, "KILLED")
+    reused = set()
+    for fold, trial_id in sorted(winners.items()):
+        run = searched.get((str(fold), trial_id))
+        if run is None or run.info.status != "FINISHED" or tags.CHECKPOINT_MISSING in run.data.tags:
+            continue
+        if stopped_early_at(run, spec.budget.max_epochs) is not None:
+            continue
+        if fold not in recorded:
+            copy_run(client, run, {
+                tags.PARENT_RUN: context.parent_run_id, tags.RUN_NAME: f"{arm}-final-fold{fold}-seed{seed}",
+                tags.ROLE: "final", tags.FAMILY: spec.model.family, tags.ARM: arm, tags.FOLD: str(fold),
+                tags.SEED: str(seed), tags.TRAINED_AS: run.info.run_id,
+            })  # fmt: skip
+        reused.add((fold, seed))
+    return reused
 
 
 def outer_fold(spec: StudySpec, fold: int, folds: int) -> StudySpec:
@@ -193,16 +249,22 @@ def outer_fold(spec: StudySpec, fold: int, folds: int) -> StudySpec:
     return folded
 
 
-def select_per_fold(spec: StudySpec, context: Context, optuna_study: str) -> dict[int, dict[str, Any]]:
+def select_per_fold(
+    spec: StudySpec, context: Context, optuna_study: str
+) -> tuple[dict[int, dict[str, Any]], dict[int, str]]:
     """Nested selection: a search of `spec` (one family of the study) on each of the study's
     outer folds, each with its own Optuna study; every fold's configuration is its own search's
-    best (by validation only)."""
-    selected = {}
+    best (by validation only). Returns the configurations by fold, and by fold the Ray trial id
+    of a winner that is one trial on the fold's own split (no inner folds)."""
+    selected, winners = {}, {}
     folds = context.spec.comparison.folds
     for fold in range(folds):
         results = search(outer_fold(spec, fold, folds), context, optuna_study=f"{optuna_study}-fold{fold}")
-        selected[fold] = selection.best_configuration(results, spec.search.metric, spec.search.mode)
-    return selected
+        best = selection.best_of(results, spec.search.metric, spec.search.mode)
+        selected[fold] = dict(best.values) if best is not None else {}
+        if best is not None and not spec.data.split.inner_folds and len(best.trials) == 1:
+            winners[fold] = str(best.trials[0]["trial_id"])
+    return selected, winners
 
 
 def compare(spec: StudySpec, context: Context) -> dict[str, Any]:
@@ -213,15 +275,16 @@ def compare(spec: StudySpec, context: Context) -> dict[str, Any]:
     from xattn.tuning.comparison import compare_runs, log_comparison, variant_arm
 
     folds = range(spec.comparison.folds)
-    configs = {spec.model.family: select_per_fold(spec, context, context.optuna_study)}
+    configs, winners = {}, {}
+    configs[spec.model.family], winners[spec.model.family] = select_per_fold(spec, context, context.optuna_study)
     for family in spec.compare_with:
         family_spec = spec.for_family(family)
         if spec.comparison.tune:
-            configs[family] = select_per_fold(family_spec, context, f"{context.optuna_study}-{family}")
+            configs[family], winners[family] = select_per_fold(family_spec, context, f"{context.optuna_study}-{family}")
         else:
             configs[family] = {fold: {} for fold in folds}
     for family, selected in configs.items():
-        finals(spec.for_family(family), selected, spec.comparison, context)
+        finals(spec.for_family(family), selected, spec.comparison, context, winners=winners.get(family))
     for variant, overrides in spec.comparison.variants.items():
         # The spec's fixed overrides now hold the variant's values.
         selected = {

@@ -103,6 +103,10 @@ class TrialProgress(Callback):
             self.total, self.metric, self.mode = total, metric, mode
         self._print(f"[bold]{escape(title)}[/]: {total} trials")
 
+    def note(self, line: str) -> None:
+        """A line between phases: what a phase did without running trials."""
+        self._print(escape(line))
+
     # --- the live display ------------------------------------------------------------------
 
     def __enter__(self) -> TrialProgress:

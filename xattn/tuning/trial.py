@@ -28,6 +28,7 @@ NULL_INDEX = "_null_index"
 SELECTED = "_selected"
 WHOLE = "_whole"  # "selection" or "refit": the deployable model's split (xattn.experiment.WHOLE_DATA)
 EPOCHS = "_epochs"  # a refit's epochs: it has no validation pairs to stop on
+CELL = "_cell"  # a final run's [fold, seed]: the grid Ray searches, from which _fold and _seed are set
 
 
 def own_configuration(config: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +67,7 @@ def prepare_trial(
     """
     spec = spec.model_copy(deep=True)
     config = own_configuration(config)
+    config.pop(CELL, None)
     whole = config.pop(WHOLE, None)
     epochs = config.pop(EPOCHS, None)
     if "_fold" in config:
