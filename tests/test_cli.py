@@ -168,6 +168,10 @@ def test_quickstart_from_the_cli(tmp_path):
         in resumed.stderr
     )
 
+    # As the study's output prints it: no --out, so exports/STUDY (git-ignored), files ending in a newline.
+    xattn("export", "quickstart", cwd=tmp_path, check=True)
+    assert (tmp_path / "exports" / "quickstart" / "manifest.json").read_text().endswith("}\n")
+    assert "exports/" in (REPO / ".gitignore").read_text().splitlines()
     xattn("export", "quickstart", "--out", tmp_path / "best", cwd=tmp_path, check=True)
     (tmp_path / "best" / "stale.txt").write_text("from an earlier export")
     xattn("export", "quickstart", "--out", tmp_path / "best", "--force", cwd=tmp_path, check=True)  # replaces an export

@@ -168,7 +168,7 @@ def test_off_a_terminal_every_event_is_one_plain_line():
         "stopped early ab12_00001 [2/2] at epoch 4 of 20 by the scheduler: best_val_pearson=0.4100"
     )
     assert "best so far 0.8100" in lines[3]
-    assert lines[4] == "search: 2/2 trials done, 1 stopped early in 0:00:00; best best_val_pearson=0.8100"
+    assert lines[4] == "search: 2/2 trials done in 0:00:00 (1 stopped early by the scheduler); best val_pearson 0.8100"
 
 
 def test_each_phase_counts_afresh():
@@ -279,7 +279,7 @@ def test_ray_tune_tells_asha_stops_from_trials_that_ended(ray_local, tmp_path):
     assert lines[1].startswith("stopped early") and "at epoch 1 of 4" in lines[1], out.getvalue()
     assert lines[2].startswith("finished") and "after 2 epochs" in lines[2], out.getvalue()
     assert "best so far 1.5000" in lines[2]
-    assert lines[3].startswith("search: 3/3 trials done, 1 stopped early")
+    assert lines[3].startswith("search: 3/3 trials done in ") and "(1 stopped early by the scheduler)" in lines[3]
 
 
 @pytest.mark.e2e
@@ -323,7 +323,7 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     shown = float(re.search(r"best so far (-?[\d.]+)", outcomes[-1]).group(1))
     assert shown == pytest.approx(best, abs=1e-4)
     (summary,) = [line for line in lines if line.startswith("search cross_attention: 3/3 trials done")]
-    assert f"best best_val_pearson={best:.4f}" in summary
+    assert f"best val_pearson {best:.4f}" in summary
     assert result["trial_counts"] == {"finished": 3}
 
     # `study show` tells the same story: the best trial, the epochs, the early stops.

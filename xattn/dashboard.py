@@ -13,7 +13,7 @@ from pathlib import Path
 
 from xattn.errors import StoreError, first_line
 from xattn.processes import check_port, run_server
-from xattn.tracking.store import masked
+from xattn.tracking.store import shown
 
 
 def open_storage(url: str):
@@ -35,7 +35,7 @@ def open_storage(url: str):
         return optuna.storages.RDBStorage(url)
     except Exception as error:  # noqa: BLE001 - an old schema, a foreign database, a bad driver
         raise StoreError(
-            f"cannot open the Optuna storage {masked(url)} ({first_line(error)}): check --optuna-storage"
+            f"cannot open the Optuna storage {shown(url)} ({first_line(error)}): check --optuna-storage"
         ) from None
 
 

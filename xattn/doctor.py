@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xattn.errors import StoreError, XattnError, first_line
-from xattn.tracking.store import Workspace, check_optuna_storage, connect, masked
+from xattn.tracking.store import Workspace, check_optuna_storage, connect, shown
 from xattn.tuning.cluster import tcp_unreachable
 
 PROBE_EXPERIMENT = "xattn-doctor-probe"
@@ -70,21 +70,21 @@ def check_tracking_store(workspace: Workspace):
     try:
         client = connect(workspace)
     except StoreError as error:
-        return None, Check("tracking store", masked(uri), False, _explain_http(str(error)))
+        return None, Check("tracking store", shown(uri), False, _explain_http(str(error)))
     version = f"client MLflow {mlflow.__version__}"
     if uri.startswith(("http://", "https://")):
         server = _server_version(uri)
         version = f"server MLflow {server}, {version}"
         if server and server.split(".")[0] != mlflow.__version__.split(".")[0]:
-            return client, Check("tracking store", masked(uri), False, f"{version}: major versions differ, match them")
+            return client, Check("tracking store", shown(uri), False, f"{version}: major versions differ, match them")
     try:
         experiment_id = _probe_experiment(client, workspace.artifact_location(PROBE_EXPERIMENT))
         client.delete_experiment(experiment_id)
     except Exception as error:  # noqa: BLE001 - the store answers reads but refuses writes
         return None, Check(
-            "tracking store", masked(uri), False, f"reachable but not writable: {_explain_http(str(error))}"
+            "tracking store", shown(uri), False, f"reachable but not writable: {_explain_http(str(error))}"
         )
-    return client, Check("tracking store", masked(uri), True, f"reachable and writable; {version}")
+    return client, Check("tracking store", shown(uri), True, f"reachable and writable; {version}")
 
 
 def check_artifacts(client, workspace: Workspace) -> Check:
@@ -104,7 +104,7 @@ def check_artifacts(client, workspace: Workspace) -> Check:
             client.delete_experiment(experiment_id)
     except Exception as error:  # noqa: BLE001
         return Check(target, "", False, f"cannot log and read back an artifact: {_explain_http(str(error))}")
-    return Check(target, masked(where), text == "ok", "an artifact was logged and read back")
+    return Check(target, shown(where), text == "ok", "an artifact was logged and read back")
 
 
 def check_optuna(url: str) -> Check:
@@ -115,17 +115,17 @@ def check_optuna(url: str) -> Check:
         storage = optuna.storages.RDBStorage(url)
         current, head = storage.get_current_version(), storage.get_head_version()
     except StoreError as error:
-        return Check("Optuna storage", masked(url), False, str(error))
+        return Check("Optuna storage", shown(url), False, str(error))
     except Exception as error:  # noqa: BLE001
-        return Check("Optuna storage", masked(url), False, f"{type(error).__name__}: {first_line(error)}")
+        return Check("Optuna storage", shown(url), False, f"{type(error).__name__}: {first_line(error)}")
     if current != head:
         return Check(
             "Optuna storage",
-            masked(url),
+            shown(url),
             False,
             f"schema {current}, Optuna {optuna.__version__} needs {head}: run `optuna storage upgrade --storage URL`",
         )
-    return Check("Optuna storage", masked(url), True, f"reachable; schema current (Optuna {optuna.__version__})")
+    return Check("Optuna storage", shown(url), True, f"reachable; schema current (Optuna {optuna.__version__})")
 
 
 def check_ray(address: str | None) -> Check:

@@ -106,10 +106,10 @@ def _stage(
             "params": dict(best.data.params),
             "metrics": dict(best.data.metrics),
         }
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         files = sorted(p.name for p in staging.iterdir())
         manifest = {"files": {name: file_sha256(staging / name) for name in files}, "run_id": best.info.run_id}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

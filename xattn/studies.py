@@ -28,7 +28,7 @@ from xattn.tracking.runs import (
     held_out_run,
     unfinished_parent_run,
 )
-from xattn.tracking.store import Workspace, check_optuna_storage, check_tracking_store, check_writable, connect, masked
+from xattn.tracking.store import Workspace, check_optuna_storage, check_tracking_store, check_writable, connect, shown
 from xattn.tuning import phases, selection
 from xattn.tuning.cluster import check_ray_address, check_trial_fits, init_ray
 from xattn.tuning.deploy import deploy
@@ -110,7 +110,7 @@ def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
     spec = spec_from_yaml(parent_run.spec_text(client, parent))
     progress = kwargs.get("progress")
     if progress is not None:
-        progress.console.print(f"resuming study {name}; tracking {masked(workspace.tracking_uri)}", highlight=False)
+        progress.console.print(f"resuming study {name}; tracking {shown(workspace.tracking_uri)}", highlight=False)
         progress.total, progress.metric, progress.mode = spec.search_trials, spec.search.metric, spec.search.mode
         progress.title, progress.max_epochs = f"search {spec.model.family}", spec.budget.max_epochs
     return run_study(spec, workspace, **kwargs)

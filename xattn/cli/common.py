@@ -15,7 +15,7 @@ import yaml
 from rich.console import Console
 
 from xattn.errors import StudyNotFound, XattnError
-from xattn.tracking.store import DEFAULT_WORKSPACE, Workspace, masked
+from xattn.tracking.store import DEFAULT_WORKSPACE, Workspace, shown
 
 app = typer.Typer(help="Hyperparameter studies of cross-attention models of brain connectivity.", no_args_is_help=True)
 study_app = typer.Typer(help="Run and inspect studies.", no_args_is_help=True)
@@ -160,5 +160,5 @@ def store_flags(ws: Workspace, *, tracking: bool = True, optuna: bool = False) -
     if tracking and ws.tracking_uri != defaults.tracking_uri:
         flags.append(("--tracking-uri", ws.tracking_uri))
     if optuna and ws.optuna_storage != defaults.optuna_storage:
-        flags.append(("--optuna-storage", masked(ws.optuna_storage)))
+        flags.append(("--optuna-storage", shown(ws.optuna_storage)))
     return "".join(f" {flag} {shlex.quote(value)}" for flag, value in flags)

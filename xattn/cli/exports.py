@@ -5,6 +5,7 @@ attention learned.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -21,9 +22,11 @@ def export(
     study: str = typer.Argument(
         ..., help="Study name, or a registered model: models:/NAME@best or models:/NAME/VERSION."
     ),
-    out: Path = typer.Option(..., "--out", help="Folder to write the export to."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Folder to write the export to (default: exports/STUDY, below the current folder)."
+    ),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out folder."),
+    force: bool = typer.Option(False, "--force", help="Replace the --out folder if it is not empty."),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     as_json: bool = JsonOpt,
@@ -33,6 +36,7 @@ def export(
 
     from xattn.export import export_best
 
+    out = out or Path("exports") / re.sub(r"[^A-Za-z0-9._-]+", "-", study.removeprefix("models:/")).strip("-")
     info = export_best(study, out, ws, run_id=run_id, force=force)
     console.print(f"exported trial {info['run_id']} of {study} to {info['out']}", highlight=False)
     console.print(f"  check it: xattn evaluate {shlex.quote(str(out))}", highlight=False)

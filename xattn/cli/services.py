@@ -22,7 +22,7 @@ from xattn.cli.common import (
     open_workspace,
     stored_workspace,
 )
-from xattn.tracking.store import masked
+from xattn.tracking.store import shown
 
 
 @app.command("doctor")
@@ -74,7 +74,7 @@ def ui(
 
     ws = open_workspace(workspace, tracking_uri, create=False)
     if ws.tracking_uri.startswith(("http://", "https://")):
-        console.print(f"the tracking store is a server: open {masked(ws.tracking_uri)} in a browser", highlight=False)
+        console.print(f"the tracking store is a server: open {shown(ws.tracking_uri)} in a browser", highlight=False)
         return
     ws = stored_workspace(workspace, tracking_uri)
 
@@ -108,7 +108,7 @@ def dashboard(
 
     def announce(url: str, studies: list[str]) -> None:
         console.print(
-            f"Optuna dashboard on {url} (Ctrl-C to stop); {len(studies)} Optuna studies in {masked(ws.optuna_storage)}",
+            f"Optuna dashboard on {url} (Ctrl-C to stop); {len(studies)} Optuna studies in {shown(ws.optuna_storage)}",
             highlight=False,
         )
 

@@ -28,7 +28,7 @@ from xattn.cli.common import (
     stored_workspace,
     study_app,
 )
-from xattn.tracking.store import connect, masked
+from xattn.tracking.store import connect, shown
 
 
 @study_app.command("run")
@@ -70,7 +70,7 @@ def study_run(
 
     console.print(
         f"study [bold]{spec.name}[/]: {spec.model.family} on {spec.data.dataset or 'user files'}, "
-        f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {masked(ws.tracking_uri)}",
+        f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {shown(ws.tracking_uri)}",
         highlight=False,
         soft_wrap=True,  # one line in a log too, like the progress lines below it
     )
@@ -168,7 +168,7 @@ def _print_result(result, ws) -> None:
     console.print(f"  xattn ui{stores}", highlight=False)
     # MLflow 3.17's UI opens every experiment as a GenAI app unless the link asks for runs.
     ui_base = (
-        masked(ws.tracking_uri).rstrip("/")
+        shown(ws.tracking_uri).rstrip("/")
         if ws.tracking_uri.startswith(("http://", "https://"))
         else "http://127.0.0.1:5000"
     )

@@ -31,7 +31,7 @@ from xattn.tracking.runs import (
     read_artifact_text,
     trial_row,
 )
-from xattn.tracking.store import Workspace, connect, masked
+from xattn.tracking.store import Workspace, connect, shown
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"
 REPORTS_FOLDER = "reports"
@@ -175,8 +175,8 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
             "duration": _duration(
                 parent.info.start_time, parent.info.end_time if parent.info.status != "RUNNING" else None
             ),
-            "tracking_uri": masked(workspace.tracking_uri),
-            "optuna_storage": masked(workspace.optuna_storage),
+            "tracking_uri": shown(workspace.tracking_uri),
+            "optuna_storage": shown(workspace.optuna_storage),
             "written": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
             "written_on": socket.gethostname(),
         },

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from xattn.errors import ModelNotFound, StoreError
 from xattn.tracking import tags
-from xattn.tracking.store import masked
+from xattn.tracking.store import shown
 
 BEST_ALIAS = "best"
 CHECKPOINT = "checkpoint"
@@ -112,7 +112,7 @@ def _unless_missing(error: MlflowException, client: MlflowClient) -> None:
     if error.error_code not in NOT_FOUND:
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise StoreError(
-            f"cannot read the model registry of {masked(client.tracking_uri)} ({reason}): check --tracking-uri"
+            f"cannot read the model registry of {shown(client.tracking_uri)} ({reason}): check --tracking-uri"
         ) from None
 
 

@@ -160,6 +160,12 @@ def masked(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def shown(uri: str) -> str:
+    """`uri` as a person reads it: any password masked, and without the SQLite wait that xattn
+    adds to the stores it makes itself (SQLITE_WAIT)."""
+    return masked(uri).removesuffix(SQLITE_WAIT)
+
+
 def check_writable(workspace: Workspace) -> None:
     """A one-line error unless the workspace folder, and the folder of a SQLite tracking file
     not made yet, can be written (nothing is made)."""

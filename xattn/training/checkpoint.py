@@ -77,7 +77,7 @@ def save_checkpoint(
         hashes = {name: file_sha256(path) for name, path in staged.items()}
         document["checkpoint"] = {"format": FORMAT, "files": hashes}
         text = json.dumps(document, indent=2, default=_json_default)
-        staged[CONFIG] = _stage(directory, CONFIG, lambda path: path.write_text(text))
+        staged[CONFIG] = _stage(directory, CONFIG, lambda path: path.write_text(text + "\n"))
         for name in (WEIGHTS, OPTIMIZER, CONFIG):  # config last: it commits the save
             if name in staged:
                 os.replace(staged.pop(name), directory / name)

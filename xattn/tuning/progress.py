@@ -246,12 +246,15 @@ class TrialProgress(Callback):
         with self._lock:
             self._absorb(trials)
             self.phase_ended = self.clock()
-            parts = [f"{self.done}/{self.total} trials done"]
-            parts += [
-                f"{n} {text}" for n, text in ((self.stopped_early, "stopped early"), (self.failed, "failed")) if n
+            done = f"{self.done}/{self.total} trials done in {_duration(self._elapsed())}"
+            outcomes = [
+                f"{n} {text}"
+                for n, text in ((self.stopped_early, "stopped early by the scheduler"), (self.failed, "failed"))
+                if n
             ]
-            best = f"best {result_key(self.metric)}={self.best:.4f}" if self.best is not None else "no trial result"
-            line = f"{escape(self.title)}: {', '.join(parts)} in {_duration(self._elapsed())}; {best}"
+            done += f" ({', '.join(outcomes)})" if outcomes else ""
+            best = f"best {self.metric} {self.best:.4f}" if self.best is not None else "no trial result"
+            line = f"{escape(self.title)}: {done}; {best}"
         self._print(line)
 
     def _absorb(self, trials: list) -> None:
