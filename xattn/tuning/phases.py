@@ -64,6 +64,8 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None, *
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
         study_name=study_name,
         storage=optuna.storages.RDBStorage(context.workspace.optuna_storage),
+        epoch_metric=spec.search.metric,
+        max_epochs=spec.budget.max_epochs,
         # What an optuna-dashboard reader needs to find the same trials in MLflow.
         user_attrs={
             "xattn_study": context.spec.name,

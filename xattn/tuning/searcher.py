@@ -14,6 +14,7 @@ trials are recorded in MLflow.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -25,8 +26,24 @@ from xattn.tuning.spec import ParamSpec
 
 
 class ResumableOptunaSearch(OptunaSearch):
-    def __init__(self, *args: Any, user_attrs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """Optuna's record of each trial matches MLflow's: the intermediate value at step k is
+    `epoch_metric` of epoch k (Ray's OptunaSearch reports the objective, a best-so-far value,
+    at each report), and a trial the scheduler stopped before `max_epochs` is PRUNED, with its
+    best value as the user attribute "best_value" (Optuna gives a pruned trial its last
+    intermediate value)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        user_attrs: dict[str, Any] | None = None,
+        epoch_metric: str | None = None,
+        max_epochs: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._user_attrs = dict(user_attrs or {})  # before super(): it creates the study
+        self._epoch_metric = epoch_metric
+        self._max_epochs = max_epochs
+        self._stopped: set[str] = set()  # trials the scheduler stopped early
         super().__init__(*args, **kwargs)
 
     def _setup_study(self, mode) -> None:
@@ -39,11 +56,29 @@ class ResumableOptunaSearch(OptunaSearch):
             self._ot_study.set_user_attr(key, value)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not self._finished_in_storage(trial_id):
+        if self._finished_in_storage(trial_id):
+            return
+        if self._epoch_metric is None:
             super().on_trial_result(trial_id, result)
+            return
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        # `done` on a result of a running trial: the scheduler stops it here (tuning.progress).
+        if result.get("done") and self._max_epochs is not None and epoch < self._max_epochs:
+            self._stopped.add(trial_id)
+        value = result.get(self._epoch_metric)
+        if trial_id not in self._completed_trials and isinstance(value, (int, float)) and math.isfinite(value):
+            self._ot_trials[trial_id].report(float(value), epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if self._finished_in_storage(trial_id):
+            self._completed_trials.add(trial_id)
+            return
+        if trial_id in self._stopped and not error and trial_id not in self._completed_trials:
+            trial = self._ot_trials[trial_id]
+            best = (result or {}).get(self._metric)
+            if isinstance(best, (int, float)) and math.isfinite(best):
+                trial.set_user_attr("best_value", float(best))
+            self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result, error)
