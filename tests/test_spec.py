@@ -164,3 +164,14 @@ def test_a_variant_fixes_its_overrides_and_stops_searching_them():
     assert variant.model.fixed == {"nhead": 2, "d_model": 64, "bidirectional": True}
     assert set(variant.searched) == {"learning_rate"}
     assert spec.comparison_reference == "cross_attention"
+
+
+def test_nulls_can_draw_fewer_for_named_families_and_only_for_compared_ones():
+    raw = minimal(compare_with=["mlp", "shared_self_attention"])
+    raw["comparison"] = {"folds": 2, "seeds": 1, "nulls": {"n": 99, "n_by_family": {"shared_self_attention": 19}}}
+    spec = parse_spec(raw)
+    assert [spec.comparison.nulls.n_for(f) for f in ("cross_attention", "mlp", "shared_self_attention")] == [99, 99, 19]
+    assert "on 99 or 19 msr nulls x 2 folds x 1 seeds: 434 runs" in " ".join(spec.notes())
+    raw["comparison"]["nulls"]["n_by_family"] = {"cge": 19}
+    with pytest.raises(SpecError, match="n_by_family names cge, which the study does not compare"):
+        parse_spec(raw)

@@ -95,6 +95,9 @@ class BudgetSpec(Strict):
 class ResourcesSpec(Strict):
     cpus: float = Field(1, gt=0, description="CPUs per trial")
     gpus: float = Field(0, ge=0, description="GPUs per trial; fractions pack trials on one GPU")
+    require_gpu: bool = Field(
+        False, description="refuse to start when a trial asking for GPUs would find no CUDA device (else: train on CPU)"
+    )
 
 
 class BaselineSpec(Strict):
@@ -118,6 +121,13 @@ class NullSpec(Strict):
     n: Whole = Field(
         99, ge=1, description="null datasets N; the smallest p is 1 / (N + 1): 0.01 at N = 99, 0.05 at N = 19"
     )
+    n_by_family: dict[str, Whole] = Field(
+        default_factory=dict,
+        description="N for these families instead of `n` (19 still reaches p = 0.05: for the slow attention baselines)",
+    )
+
+    def n_for(self, family: str) -> int:
+        return int(self.n_by_family.get(family, self.n))
 
 
 class ComparisonSpec(Strict):
@@ -171,6 +181,16 @@ class StudySpec(Strict):
         if value == "all_baselines" or value == ["all_baselines"]:
             return list(BASELINES)
         return value
+
+    @model_validator(mode="after")
+    def _nulls_of_compared_families(self) -> StudySpec:
+        nulls = self.comparison.nulls
+        unknown = sorted(set(nulls.n_by_family) - {self.model.family, *self.compare_with}) if nulls else []
+        if unknown:
+            raise ValueError(
+                f"comparison.nulls.n_by_family names {', '.join(unknown)}, which the study does not compare"
+            )
+        return self
 
     def for_family(self, family: str) -> StudySpec:
         """The same study (data, split, budget, seed) for another model family."""
@@ -252,12 +272,13 @@ class StudySpec(Strict):
             )
         nulls = self.comparison.nulls
         if nulls is not None and self.compare_with:
-            families = 1 + len(self.compare_with)
-            per_family = nulls.n * self.comparison.folds * self.comparison.seeds
+            families = [self.model.family, *self.compare_with]
+            cells = self.comparison.folds * self.comparison.seeds
+            runs = sum(nulls.n_for(family) for family in families) * cells
+            counts = sorted({nulls.n_for(family) for family in families}, reverse=True)
             notes.append(
-                f"the null comparison retrains {families} families on {nulls.n} {nulls.method} nulls x "
-                f"{self.comparison.folds} folds x {self.comparison.seeds} seeds: {families * per_family} runs, "
-                f"{nulls.n} times the {families * self.comparison.folds * self.comparison.seeds} final runs"
+                f"the null comparison retrains {len(families)} families on {' or '.join(map(str, counts))} "
+                f"{nulls.method} nulls x {self.comparison.folds} folds x {self.comparison.seeds} seeds: {runs} runs"
             )
         return notes
 
