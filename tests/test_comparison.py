@@ -295,3 +295,19 @@ def test_few_trials_get_an_exact_agreement_p_that_states_its_floor():
     observed = stats.spearmanr(x, y)[0]
     expected = np.mean([abs(rho) >= abs(observed) - 1e-12 for rho in rhos])
     assert validation_test_agreement(seven, "val_pearson", "max")["p_value"] == pytest.approx(expected)
+
+
+def test_within_fold_agreement_removes_what_fold_difficulty_adds_to_the_pooled_one():
+    from xattn.tuning.comparison import GROUP, validation_test_agreement
+
+    # Two folds, one easy: pooled, validation "predicts" test; within each fold it ranks them backwards.
+    trials = [
+        {"best_val_pearson": val, "test_pearson": test, GROUP: fold}
+        for fold, offset in (("a", 0.0), ("b", 0.5))
+        for val, test in ((0.1 + offset, 0.3 + offset), (0.2 + offset, 0.2 + offset), (0.3 + offset, 0.1 + offset))
+    ]
+    agreement = validation_test_agreement(trials, "val_pearson", "max")
+    assert agreement["spearman"] > 0.5
+    assert agreement["spearman_within_folds"] == pytest.approx(-1.0) and agreement["n_folds"] == 2
+    # one search only: nothing to centre on
+    assert "spearman_within_folds" not in validation_test_agreement(trials[:3], "val_pearson", "max")

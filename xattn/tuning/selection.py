@@ -95,11 +95,18 @@ class Agreement:
         self.by_family: dict[str, dict[str, Any]] = {}
         self._trials: dict[str, list[dict[str, float]]] = {}  # a family's configurations over its searches
         self._pooled: list[dict[str, float]] = []  # every family's configurations, for ALL_FAMILIES
+        self._searches: dict[str, list[int]] = {}
 
     def add(self, family: str, results, *, prefix: str, pooled: bool) -> dict[str, dict[str, Any]]:
         """Record one search of `family` (a nested study searches once per outer fold); return the
         agreements so far to log, by metric prefix."""
-        trials = [mean_metrics(group.trials) for group in configurations(results).values()]
+        from xattn.tuning.comparison import GROUP
+
+        search = len(self._searches.setdefault(family, []))  # a nested study searches once per outer fold
+        self._searches[family].append(search)
+        trials = [
+            {**mean_metrics(group.trials), GROUP: f"{family}-{search}"} for group in configurations(results).values()
+        ]
         self._trials.setdefault(family, []).extend(trials)
         logged = {prefix: self._record(family, self._trials[family])}
         if pooled:
