@@ -115,30 +115,32 @@ def mlflow_server(backend: str, folder: Path, *, admin_password: str | None = No
 
 
 @contextlib.contextmanager
-def ray_cluster(folder: Path, *, worker_cpus: int = 1):
-    """A Ray head (`ray start --head`) and one worker node (`ray start --address`), with token
-    authentication as a shared cluster should have; yields the address and the environment
-    a driver needs to join (the token)."""
+def ray_cluster(folder: Path, *, worker_cpus: int = 1, head_cpus: int = 1, head_gpus: int = 0, workers: int = 1):
+    """A Ray head (`ray start --head`) and `workers` worker nodes (`ray start --address`), with
+    token authentication as a shared cluster should have; yields the address and the environment
+    a driver needs to join (the token). `head_gpus` are logical: Ray schedules them and sets each
+    trial's CUDA_VISIBLE_DEVICES as on a GPU node, whether or not a GPU is there."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
     common = ["--block", "--disable-usage-stats"]
     head = start([str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                  "--num-cpus", "1", "--include-dashboard", "false", *common],
+                  "--num-cpus", str(head_cpus), "--num-gpus", str(head_gpus), "--include-dashboard", "false", *common],
                  folder / "ray-head.log", env)  # fmt: skip
     processes = [head]
     try:
         wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() is None, "ray head", head)
-        worker = start([str(BIN / "ray"), "start", "--address", address, "--node-ip-address", "127.0.0.1",
-                        "--num-cpus", str(worker_cpus), *common], folder / "ray-worker.log", env)  # fmt: skip
-        processes.append(worker)
+        for index in range(workers):
+            join = [str(BIN / "ray"), "start", "--address", address, "--node-ip-address", "127.0.0.1"]
+            worker = start([*join, "--num-cpus", str(worker_cpus), *common], folder / f"ray-worker{index}.log", env)
+            processes.append(worker)
         status = [str(BIN / "ray"), "status", "--address", address]
 
-        def two_nodes() -> bool:
+        def all_nodes() -> bool:
             shown = subprocess.run(status, capture_output=True, text=True, timeout=30, env={**os.environ, **env})
-            return shown.stdout.count("node_") >= 2
+            return shown.stdout.count("node_") >= 1 + workers
 
-        wait_until(two_nodes, "ray worker", worker)
+        wait_until(all_nodes, "ray nodes", processes[-1])
         yield address, env
     finally:
         for process in reversed(processes):

@@ -306,7 +306,7 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     assert "Token authentication" in log, log
     printed = [line.strip() for line in process.stdout.splitlines()]
     for command in (
-        f"xattn export quickstart --out exports/quickstart --workspace {workspace}",
+        f"xattn export quickstart --workspace {workspace}",
         "xattn evaluate exports/quickstart",
     ):
         assert any(line.startswith(command) for line in printed), process.stdout

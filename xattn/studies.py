@@ -30,7 +30,7 @@ from xattn.tracking.runs import (
 )
 from xattn.tracking.store import Workspace, check_optuna_storage, check_tracking_store, check_writable, connect, shown
 from xattn.tuning import phases, selection
-from xattn.tuning.cluster import check_ray_address, check_trial_fits, init_ray
+from xattn.tuning.cluster import check_gpu, check_ray_address, check_trial_fits, init_ray
 from xattn.tuning.deploy import deploy
 from xattn.tuning.spec import StudySpec, spec_from_yaml
 from xattn.tuning.trial import preflight
@@ -75,9 +75,14 @@ def run_study(
     resumed: every phase's Ray Tune experiment is restored, finished trials are kept and
     unfinished ones continue from their last checkpoint, logging to the same child runs.
     """
-    mirror = _check(spec, workspace, address, mirror)
+    mirror, cluster = _check(spec, workspace, address, mirror)
     client = open_stores(workspace)
     context = _open_study_run(spec, workspace, client, address, mirror, progress)
+    client.set_tag(context.parent_run_id, tags.CLUSTER_RESOURCES, cluster["resources"])
+    if cluster["gpu_fallback"]:
+        client.set_tag(context.parent_run_id, tags.GPU_FALLBACK, cluster["gpu_fallback"])
+        if progress is not None:
+            progress.note(cluster["gpu_fallback"])
     try:
         if spec.compares:  # nested: every outer fold selects its own configuration, then all regions
             comparison = phases.compare(spec, context)
@@ -116,8 +121,11 @@ def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
     return run_study(spec, workspace, **kwargs)
 
 
-def _check(spec: StudySpec, workspace: Workspace, address: str | None, mirror: str | None) -> str | None:
-    """Everything a study needs, checked before any store is written; returns the data mirror."""
+def _check(
+    spec: StudySpec, workspace: Workspace, address: str | None, mirror: str | None
+) -> tuple[str | None, dict[str, str | None]]:
+    """Everything a study needs, checked before any store is written; returns the data mirror,
+    and the cluster's resources with the line that says GPU trials will train on CPU (or None)."""
     mirror_path = data_mirror(mirror)
     mirror = str(mirror_path) if mirror_path else None
     preflight(spec, mirror)
@@ -128,8 +136,11 @@ def _check(spec: StudySpec, workspace: Workspace, address: str | None, mirror: s
     # A cluster that cannot be joined, or that cannot fit a trial, stops the study before
     # anything is written.
     ray = init_ray(address)
-    check_trial_fits(spec.resources.cpus, spec.resources.gpus, ray.cluster_resources(), address)
-    return mirror
+    resources = ray.cluster_resources()
+    check_trial_fits(spec.resources.cpus, spec.resources.gpus, resources, address)
+    fallback = check_gpu(spec.resources.cpus, spec.resources.gpus, spec.resources.require_gpu)
+    shown_resources = ", ".join(f"{key} {resources[key]:g}" for key in ("CPU", "GPU", "memory") if key in resources)
+    return mirror, {"resources": shown_resources, "gpu_fallback": fallback}
 
 
 def open_stores(workspace: Workspace):

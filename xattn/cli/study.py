@@ -158,9 +158,11 @@ def _print_result(result, ws) -> None:
     for family, agreement in result.agreement.items():
         if agreement["spearman"] == agreement["spearman"]:  # not NaN: three trials or more
             whose = "every family's" if family == "all" else f"{family}'s"
+            within = agreement.get("spearman_within_folds")
+            within = f"; within its {agreement['n_folds']} folds {within:+.2f}" if within is not None else ""
             console.print(
                 f"search: validation {agreement['metric']} ranks {whose} {agreement['n_trials']} trials by test r "
-                f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
+                f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g}){within}",
                 highlight=False,
             )
     stores = store_flags(ws)
@@ -176,7 +178,7 @@ def _print_result(result, ws) -> None:
         f"    then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning", highlight=False
     )
     console.print(f"  xattn study show {result.name}{stores}", highlight=False)
-    console.print(f"  xattn export {result.name} --out exports/{result.name}{stores}", highlight=False)
+    console.print(f"  xattn export {result.name}{stores}   (into exports/{result.name})", highlight=False)
     console.print(
         f"  xattn evaluate exports/{result.name}   (after export: rebuilds the best model, checks its test metrics)",
         highlight=False,

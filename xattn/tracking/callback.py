@@ -32,6 +32,9 @@ FINAL_METRICS = (
     "test_r2",
 )
 
+# What a trial reports about where it trained (xattn.tuning.trainable), and the tag each becomes.
+WHERE = {"device": tags.DEVICE, "gpu_ids": tags.GPU_IDS, "precision": tags.PRECISION, "gpu_fallback": tags.GPU_FALLBACK}
+
 
 class MlflowTrialLogger(Callback):
     def __init__(
@@ -137,7 +140,8 @@ class MlflowTrialLogger(Callback):
         worker = f"{result.get('hostname')}:{result.get('pid')}"
         if self.workers.get(trial.trial_id) != worker:  # first result, or a retry in a new process
             self.workers[trial.trial_id] = worker
-            self.client.set_tag(run_id, tags.WORKER, worker)
+            where = {tags.WORKER: worker, **{tag: result[key] for key, tag in WHERE.items() if key in result}}
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in where.items()])
         now = int(time.time() * 1000)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]

@@ -33,6 +33,13 @@ CHECKPOINT_MISSING = "xattn.checkpoint_missing"
 ORPHANED = "xattn.orphaned"  # a run whose trial no resumed Tune experiment knows
 TRAINED_AS = "xattn.trained_as"  # a final run that is its fold's search winner: the search run's id
 
+# Where a run trained (a trial run), and what the cluster held (a study run).
+DEVICE = "xattn.device"  # "cpu", or "cuda:0 (GPU name)"
+GPU_IDS = "xattn.gpu_ids"  # the GPU ids Ray gave a trial, comma-separated ("" for none)
+PRECISION = "xattn.precision"  # the floating-point precision a trial trained in
+CLUSTER_RESOURCES = "xattn.cluster_resources"  # the Ray cluster's CPUs, GPUs and memory at the study's start
+GPU_FALLBACK = "xattn.gpu_fallback"  # why trials that asked for GPUs trained on CPU
+
 # A study run's selection and lifecycle.
 METRIC = "xattn.metric"  # the selection metric, best_<metric>
 MODE = "xattn.mode"  # "min" or "max"

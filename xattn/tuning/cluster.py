@@ -40,8 +40,63 @@ def check_ray_address(address: str | None) -> None:
 
 
 def ray_init_error(address: str | None, error: Exception) -> StoreError:
-    """ray.init's ConnectionError (no cluster for "auto", a port that is not Ray's) as one line."""
-    return StoreError(f"cannot join the Ray cluster at {address or 'auto'} ({first_line(error)}): {FIX}")
+    """ray.init's error (no cluster for "auto", a port that is not Ray's, a token it lacks) as one line."""
+    where = address or "auto"
+    # Ray does not say that a cluster refused a driver for want of a token: where the driver sends
+    # none to a cluster that answered, the token is the likeliest reason, and the one `ray start` sets up.
+    sends_no_token = os.environ.get("RAY_AUTH_MODE") != "token" and address not in (None, "auto", "local")
+    if "token" in str(error).lower() or sends_no_token:
+        return StoreError(
+            f"cannot join the Ray cluster at {where} ({first_line(error)}) without its authentication token: "
+            "set RAY_AUTH_MODE=token, with the token in ~/.ray/auth_token, $RAY_AUTH_TOKEN or the file "
+            "$RAY_AUTH_TOKEN_PATH names (`ray start` wrote it to ~/.ray/auth_token on the head node)"
+        )
+    return StoreError(f"cannot join the Ray cluster at {where} ({first_line(error)}): {FIX}")
+
+
+def trials_at_once(cpus: float, gpus: float, cluster: dict[str, float], limit: int | None) -> int:
+    """How many trials asking for `cpus` and `gpus` each the cluster holds at once (at least 1),
+    at most `limit` (budget.max_concurrent). Ray Tune lets a searcher keep only this many trials
+    waiting for resources; left at its default (1), a trial waits for the previous one's worker
+    to start, and short trials never fill a cluster's fractional GPUs."""
+    fits = [cluster.get("CPU", 0.0) / cpus]
+    if gpus > 0:
+        fits.append(cluster.get("GPU", 0.0) / gpus)
+    n = max(1, int(min(fits) + 1e-9))
+    return min(n, limit) if limit else n
+
+
+def where_trials_train(cpus: float, gpus: float) -> dict[str, str]:
+    """Where a trial asking for `gpus` would train: a Ray task with the trial's resources reports
+    its node, the GPU ids Ray gave it and whether torch sees a CUDA device there."""
+    import ray
+
+    @ray.remote
+    def probe() -> dict[str, str]:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        return {
+            "node": socket.gethostname(),
+            "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()),
+            "device": f"cuda ({torch.cuda.get_device_name()})" if cuda else "cpu",
+        }
+
+    return ray.get(probe.options(num_cpus=cpus, num_gpus=gpus).remote(), timeout=300)
+
+
+def check_gpu(cpus: float, gpus: float, require: bool) -> str | None:
+    """With `gpus` > 0: a one-line StoreError when `require` and a trial would find no CUDA
+    device; else the line that says trials will train on CPU, or None when they find one."""
+    if gpus <= 0:
+        return None
+    found = where_trials_train(cpus, gpus)
+    if found["device"] != "cpu":
+        return None
+    line = f"asked for {gpus:g} GPU per trial, but torch sees no CUDA device on {found['node']}"
+    if require:
+        raise StoreError(f"{line}: install a CUDA build of torch there, or set resources.require_gpu: false")
+    return f"{line}: training on CPU"
 
 
 def check_trial_fits(cpus: float, gpus: float, cluster: dict[str, float], address: str | None) -> None:
@@ -86,7 +141,7 @@ def init_ray(address: str | None):
                     logging_level=logging.WARNING,
                     configure_logging=not logs.configured(),  # the CLI sends Ray's logs to the workspace's log
                 )
-        except ConnectionError as error:
+        except (ConnectionError, RuntimeError) as error:  # RuntimeError: Ray's authentication errors
             raise ray_init_error(address, error) from None
         finally:
             if callable(on_sigterm) and threading.current_thread() is threading.main_thread():

@@ -19,7 +19,7 @@ from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tracking.runs import arm_of, child_runs, copy_run, stopped_early_at
 from xattn.tracking.store import Workspace, shown
 from xattn.tuning import selection
-from xattn.tuning.cluster import init_ray
+from xattn.tuning.cluster import init_ray, trials_at_once
 from xattn.tuning.spec import StudySpec
 
 
@@ -116,7 +116,7 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None, *
         search_alg=searcher,
         scheduler=scheduler,
         num_samples=spec.search_trials,
-        max_concurrent_trials=spec.budget.max_concurrent,
+        max_concurrent_trials=_trials_at_once(spec),
         reuse_actors=True,  # a new trial in a warm worker: no process start, no torch import
     )
     name = "all" if whole else f"fold{spec.data.split.fold}"
@@ -128,14 +128,21 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None, *
     return results
 
 
+def _trials_at_once(spec: StudySpec) -> int:
+    import ray
+
+    resources = spec.resources
+    return trials_at_once(resources.cpus, resources.gpus, ray.cluster_resources(), spec.budget.max_concurrent)
+
+
 def _log_agreement(spec: StudySpec, context: Context, results) -> None:
     """Log to the study run how well the search's validation metric ranked its trials by test r."""
     own = spec.model.family == context.spec.model.family
     prefix = "search." if own else f"search.{spec.model.family}."
     logged = context.agreement.add(spec.model.family, results, prefix=prefix, pooled=bool(context.spec.compare_with))
     for prefix, agreement in logged.items():
-        for name in ("spearman", "p_value", "n_trials"):
-            value = float(agreement[name])
+        for name in ("spearman", "spearman_within_folds", "p_value", "n_trials"):
+            value = float(agreement.get(name, math.nan))
             if math.isfinite(value):
                 context.client.log_metric(context.parent_run_id, f"{prefix}val_test_{name}", value)
 
@@ -198,7 +205,7 @@ def finals(
     }
     fit_phase(
         spec, context, role, trainable(final, context.mirror), make_logger, arm=arm,
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.budget.max_concurrent, reuse_actors=True),
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=_trials_at_once(spec), reuse_actors=True),
         param_space={SELECTED: {str(k): dict(v) for k, v in configs.items()}, **grid, **(extra_space or {})},
     )  # fmt: skip
 
@@ -303,6 +310,7 @@ def compare(spec: StudySpec, context: Context) -> dict[str, Any]:
     for entry in comparison["families"]:
         agreement = context.agreement.get(entry["family"], {})
         entry["search_val_test_spearman"] = agreement.get("spearman", math.nan)
+        entry["search_val_test_spearman_within_folds"] = agreement.get("spearman_within_folds", math.nan)
         entry["search_trials"] = agreement.get("n_trials", 0)
     comparison["search_agreement"] = context.agreement.get(selection.ALL_FAMILIES)
     if spec.comparison.nulls is not None:
@@ -333,10 +341,11 @@ def nulls(
     folds, seeds = spec.comparison.folds, spec.comparison.seeds
     for family, config in configs.items():
         family_spec = spec.for_family(family)
-        total = drawn.n * folds * seeds
-        title = f"null {family} ({drawn.n} {drawn.method} nulls x {folds} folds x {seeds} seeds = {total} runs)"
-        extra = {NULL_METHOD: drawn.method, NULL_INDEX: tune.grid_search(list(range(drawn.n)))}
-        finals(family_spec, config, spec.comparison, context, role="null", extra_space=extra, runs_per_cell=drawn.n,
+        n = drawn.n_for(family)
+        total = n * folds * seeds
+        title = f"null {family} ({n} {drawn.method} nulls x {folds} folds x {seeds} seeds = {total} runs)"
+        extra = {NULL_METHOD: drawn.method, NULL_INDEX: tune.grid_search(list(range(n)))}
+        finals(family_spec, config, spec.comparison, context, role="null", extra_space=extra, runs_per_cell=n,
                title=title, null_of=null_drawn)  # fmt: skip
     children = child_runs(context.client, context.client.get_run(context.parent_run_id))
     finished = [run for run in children if run.data.tags.get(tags.ROLE) == "final"]

@@ -6,14 +6,17 @@ store, so SQLite never sees concurrent writers and nested runs stay nested).
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from xattn.training.checkpoint import load_checkpoint_weights, load_optimizer_state, save_checkpoint
+from xattn.training.config import TrainConfig
 from xattn.training.trainer import EpochReport, TrainingDiverged, fit
 from xattn.tuning.spec import StudySpec
 from xattn.tuning.trial import WHOLE, prepare_trial
@@ -39,8 +42,11 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str 
             start_epoch = load_checkpoint_weights(directory, model)
             optimizer_state = load_optimizer_state(directory)
 
+    where = where_it_trains(spec, trial.train_config)
+
     def report(epoch: EpochReport) -> None:
         metrics = {
+            **where,
             "epoch": epoch.epoch,
             "train_loss": epoch.train_loss,
             "val_loss": epoch.val_loss,
@@ -68,6 +74,23 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str 
     except TrainingDiverged as error:
         marker.write_text(str(error))
         raise
+
+
+def where_it_trains(spec: StudySpec, config: TrainConfig) -> dict[str, str]:
+    """The device a trial trains on (with the GPU's name), the GPU ids Ray gave it, its precision,
+    and, when it asked for GPUs and torch sees none, that it fell back to the CPU."""
+    device = torch.device(config.device)
+    name = "cpu"
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        name = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    where = {"device": name, "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()), "precision": config.precision}
+    if spec.resources.gpus > 0 and device.type == "cpu":
+        where["gpu_fallback"] = (
+            f"asked for {spec.resources.gpus:g} GPU, but torch sees no CUDA device on {socket.gethostname()}: "
+            "trained on CPU"
+        )
+    return where
 
 
 def trainable(spec: StudySpec, mirror: str | None, whole: str | None = None) -> Any:
