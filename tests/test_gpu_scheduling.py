@@ -34,11 +34,13 @@ def write_spec(folder: Path, name: str) -> Path:
 
 
 def study(folder: Path, spec: Path, address: str, env: dict, *flags) -> subprocess.CompletedProcess:
+    """`xattn study run` in a fresh process; an `env` value of None removes that variable."""
+    merged = {**os.environ, "COLUMNS": "300", "XATTN_FIGURES": "0", **env}
     return subprocess.run(
         [sys.executable, "-m", "xattn.cli", "study", "run", str(spec), "--workspace", str(folder / "ws"),
          "--address", address, *map(str, flags)],
         cwd=folder, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "COLUMNS": "300", "XATTN_FIGURES": "0", **env},
+        env={key: value for key, value in merged.items() if value is not None},
     )  # fmt: skip
 
 
@@ -103,7 +105,8 @@ def test_require_gpu_refuses_before_any_trial_starts(one_gpu, tmp_path):
 
 def test_a_driver_without_the_clusters_token_is_told_how_to_send_it(one_gpu, tmp_path):
     address, _ = one_gpu
-    process = study(tmp_path, write_spec(tmp_path, "tokenless"), address, {})  # the driver sends no token
+    tokenless = {"RAY_AUTH_MODE": None, "RAY_AUTH_TOKEN": None, "RAY_AUTH_TOKEN_PATH": None}  # it sends none
+    process = study(tmp_path, write_spec(tmp_path, "tokenless"), address, tokenless)
     assert process.returncode != 0
     (line,) = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert "RAY_AUTH_MODE=token" in line and "auth_token" in line

@@ -42,14 +42,15 @@ def check_ray_address(address: str | None) -> None:
 def ray_init_error(address: str | None, error: Exception) -> StoreError:
     """ray.init's error (no cluster for "auto", a port that is not Ray's, a token it lacks) as one line."""
     where = address or "auto"
-    # Ray does not say that a cluster refused a driver for want of a token: where the driver sends
-    # none to a cluster that answered, the token is the likeliest reason, and the one `ray start` sets up.
-    sends_no_token = os.environ.get("RAY_AUTH_MODE") != "token" and address not in (None, "auto", "local")
-    if "token" in str(error).lower() or sends_no_token:
+    # Ray does not say that a cluster refused a driver for want of its token (none sent, or
+    # another): at an address that answered, that is the likeliest reason, and `ray start`
+    # turns token authentication on by default.
+    if "token" in str(error).lower() or address not in (None, "auto", "local"):
         return StoreError(
-            f"cannot join the Ray cluster at {where} ({first_line(error)}) without its authentication token: "
-            "set RAY_AUTH_MODE=token, with the token in ~/.ray/auth_token, $RAY_AUTH_TOKEN or the file "
-            "$RAY_AUTH_TOKEN_PATH names (`ray start` wrote it to ~/.ray/auth_token on the head node)"
+            f"cannot join the Ray cluster at {where} ({first_line(error)}): if it uses token authentication "
+            "(`ray start`'s default), set RAY_AUTH_MODE=token with the cluster's token in ~/.ray/auth_token, "
+            "$RAY_AUTH_TOKEN or the file $RAY_AUTH_TOKEN_PATH names (`ray start` wrote it to ~/.ray/auth_token "
+            f"on the head node); else {FIX}"
         )
     return StoreError(f"cannot join the Ray cluster at {where} ({first_line(error)}): {FIX}")
 

@@ -17,7 +17,7 @@ from typing import Any
 from xattn.tracking import parent_run, tags
 from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tracking.runs import arm_of, child_runs, copy_run, stopped_early_at
-from xattn.tracking.store import Workspace, shown
+from xattn.tracking.store import Workspace, masked
 from xattn.tuning import selection
 from xattn.tuning.cluster import init_ray, trials_at_once
 from xattn.tuning.spec import StudySpec
@@ -72,7 +72,7 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None, *
             "xattn_family": spec.model.family,
             "mlflow_experiment_id": context.experiment_id,
             "mlflow_parent_run_id": context.parent_run_id,
-            "mlflow_tracking_uri": shown(context.workspace.tracking_uri),
+            "mlflow_tracking_uri": masked(context.workspace.tracking_uri),  # for a client to open: as given
         },
     )
     if inner:
