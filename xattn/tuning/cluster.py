@@ -69,7 +69,7 @@ def trials_at_once(cpus: float, gpus: float, cluster: dict[str, float], limit: i
 
 def where_trials_train(cpus: float, gpus: float) -> dict[str, str]:
     """Where a trial asking for `gpus` would train: a Ray task with the trial's resources reports
-    its node, the GPU ids Ray gave it and whether torch sees a CUDA device there."""
+    its node and whether torch sees a CUDA device there."""
     import ray
 
     @ray.remote
@@ -77,11 +77,7 @@ def where_trials_train(cpus: float, gpus: float) -> dict[str, str]:
         import torch
 
         cuda = torch.cuda.is_available()
-        return {
-            "node": socket.gethostname(),
-            "gpu_ids": ",".join(str(i) for i in ray.get_gpu_ids()),
-            "device": f"cuda ({torch.cuda.get_device_name()})" if cuda else "cpu",
-        }
+        return {"node": socket.gethostname(), "device": f"cuda ({torch.cuda.get_device_name()})" if cuda else "cpu"}
 
     return ray.get(probe.options(num_cpus=cpus, num_gpus=gpus).remote(), timeout=300)
 
