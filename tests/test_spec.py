@@ -175,3 +175,24 @@ def test_nulls_can_draw_fewer_for_named_families_and_only_for_compared_ones():
     raw["comparison"]["nulls"]["n_by_family"] = {"cge": 19}
     with pytest.raises(SpecError, match="n_by_family names cge, which the study does not compare"):
         parse_spec(raw)
+
+
+def test_a_baseline_override_adds_to_the_family_defaults_instead_of_replacing_them():
+    """`comparison.baselines.<family>.fixed: {num_layers: 1}` keeps the family's default width and
+    token encoding (a replaced default once trained gene2vec at the model's own d_model, 5x slower)."""
+    from xattn.tuning.search_space import DEFAULT_FIXED, DEFAULT_SPACES
+
+    baselines = {
+        "shared_self_attention_gene2vec": {"fixed": {"num_layers": 1, "batch_size": 256}},
+        "mlp": {"space": {"learning_rate": [1.0e-3, 3.0e-3], "head_batchnorm": [True, False]}},
+    }
+    spec = parse_spec(minimal(compare_with=list(baselines), **{"comparison.baselines": baselines}))
+    gene2vec = spec.for_family("shared_self_attention_gene2vec")
+    defaults = DEFAULT_FIXED["shared_self_attention_gene2vec"]
+    assert gene2vec.model.fixed == {**defaults, "num_layers": 1, "batch_size": 256}
+    assert gene2vec.model.fixed["d_model"] == defaults["d_model"] == 32
+    assert "num_layers" not in gene2vec.search.space  # fixed now, searched by default
+    assert set(gene2vec.search.space) == set(DEFAULT_SPACES["shared_self_attention_gene2vec"]) - {"num_layers"}
+    mlp = spec.for_family("mlp")
+    assert set(mlp.search.space) == {"learning_rate", "head_batchnorm"}  # the spec's space replaces the default
+    assert "head_batchnorm" not in mlp.model.fixed and mlp.model.fixed["deep_hidden_dims"] == [256, 128]

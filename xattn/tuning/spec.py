@@ -193,18 +193,21 @@ class StudySpec(Strict):
         return self
 
     def for_family(self, family: str) -> StudySpec:
-        """The same study (data, split, budget, seed) for another model family."""
+        """The same study (data, split, budget, seed) for another model family.
+
+        Its settings are the family's defaults (xattn/tuning/search_space.py) with the spec's
+        `comparison.baselines.<family>` on top: `fixed` adds to and overrides the default fixed
+        settings, `space` replaces the default space; what one fixes the other no longer
+        searches, and what the space searches is no longer fixed."""
         from xattn.tuning.search_space import DEFAULT_FIXED, DEFAULT_SPACES
 
         if family == self.model.family:
             return self
         override = self.comparison.baselines.get(family, BaselineSpec())
         space = override.space if override.space is not None else DEFAULT_SPACES.get(family, {})
-        fixed = override.fixed if override.fixed is not None else DEFAULT_FIXED.get(family, {})
-        if override.fixed is None:  # what the spec's own space searches is no longer fixed by default
-            fixed = {k: v for k, v in fixed.items() if k not in space}
-        elif override.space is None:  # and what it fixes is no longer searched by default
-            space = {k: v for k, v in space.items() if k not in fixed}
+        space = {k: v for k, v in space.items() if k not in (override.fixed or {})}
+        fixed = {**DEFAULT_FIXED.get(family, {}), **(override.fixed or {})}
+        fixed = {k: v for k, v in fixed.items() if k not in space}
         raw = self.model_dump(mode="json", exclude={"compare_with", "comparison"})
         raw["model"] = {"family": family, "fixed": dict(fixed)}
         raw["search"]["space"] = {
