@@ -547,7 +547,7 @@ def test_printed_commands_name_the_stores_they_need_and_paste_whole(tmp_path, mo
     other = Workspace.open(None, f"sqlite:///{tmp_path / 'lab.db'}", "postgresql://me:secret@db/optuna", create=False)
     assert (
         store_flags(other, optuna=True)
-        == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage 'postgresql://me:***@db/optuna'"
+        == f" --tracking-uri sqlite:///{tmp_path / 'lab.db'} --optuna-storage postgresql://me@db/optuna"
     )
 
 

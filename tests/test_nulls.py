@@ -296,7 +296,10 @@ NULL_STUDY = {
 @pytest.mark.e2e
 def test_null_runs_are_tagged_child_runs_that_resume_after_a_crash(tmp_path):
     """A real study killed with SIGKILL inside its null phase: resumed, it keeps the null runs
-    that had finished, runs the rest once, and reports each family's null test."""
+    that had finished, runs the rest once, and reports each family's null test. The reference
+    families train their nulls stacked, several to a Ray trial (xattn.tuning.null_bundle): each
+    null is still its own run, with every epoch's metrics and its checkpoint, and the test r it
+    would have had trained alone."""
     import os
     import signal
     import subprocess
@@ -349,6 +352,23 @@ def test_null_runs_are_tagged_child_runs_that_resume_after_a_crash(tmp_path):
     assert cells == sorted((f, str(i), str(k)) for f in ("cge", "distance_decay") for i in range(2) for k in range(2))
     assert {r.data.tags["xattn.null_method"] for r in runs} == {"shuffle"}
     assert set(finished_before) <= {run.info.run_id for run in runs}, "a null run that had finished ran again"
+    assert {run.data.tags[tags.STACKED] for run in runs} == {"2"}  # both nulls of a fold in one trial
+    run = min(
+        runs, key=lambda r: (r.data.tags["xattn.family"], r.data.tags["xattn.fold"], r.data.tags["xattn.null_index"])
+    )
+    epochs = int(run.data.tags[tags.EPOCHS_RUN])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_pearson")] == list(range(1, epochs + 1))
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {
+        "checkpoint/config.json", "checkpoint/weights.safetensors",
+    }  # fmt: skip
+    alone = parse_spec(NULL_STUDY).for_family(run.data.tags["xattn.family"])
+    alone.data.split = alone.data.split.model_copy(update={"folds": 2})
+    trial = prepare_trial(alone, {
+        "_fold": int(run.data.tags["xattn.fold"]), "_seed": 0,
+        "_null_method": "shuffle", "_null_index": int(run.data.tags["xattn.null_index"]),
+    }, mirror=None)  # fmt: skip
+    trained_alone = fit(trial.model, trial.experiment.pairs, trial.train_config)
+    assert run.data.metrics["test_pearson"] == pytest.approx(trained_alone.test["test_pearson"], abs=1e-5)
 
     comparison = load_comparison(client, NULL_STUDY["name"])
     finals = client.search_runs(

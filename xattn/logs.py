@@ -17,6 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from xattn.passwords import mask
+
 LOG_FILE = "xattn.log"
 # Loggers that come with their own stderr handler (Ray) or that the CLI wants at INFO.
 LIBRARY_LOGGERS = ("ray", "mlflow", "alembic", "optuna")
@@ -25,6 +27,14 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _configured = False
 _verbose = False
 _handlers: list[logging.Handler] = []  # what configure and log_to_workspace added to the root logger
+
+
+class MaskedFormatter(logging.Formatter):
+    """Log lines, tracebacks included, with every password masked (xattn.passwords): a library's
+    error may quote a URI whole."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(super().format(record))
 
 
 class WorkspaceLog(logging.Handler):
@@ -37,7 +47,7 @@ class WorkspaceLog(logging.Handler):
     def __init__(self, path: Path, backlog: int = 10_000) -> None:
         super().__init__(logging.INFO)
         self.path = path
-        self.setFormatter(logging.Formatter(FORMAT))
+        self.setFormatter(MaskedFormatter(FORMAT))
         self._pending: collections.deque[logging.LogRecord] = collections.deque(maxlen=backlog)
         self._stream = None
 
@@ -78,7 +88,7 @@ def configure(verbose: bool) -> None:
         handler.close()
     if verbose:
         console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter(FORMAT))
+        console.setFormatter(MaskedFormatter(FORMAT))
         _add(console)
     else:
         # Without any handler Python's last resort would print warnings to stderr.

@@ -18,6 +18,7 @@ import yaml
 
 from xattn.data import data_mirror
 from xattn.errors import StoreError, StudyNotFound, first_line
+from xattn.passwords import mask
 from xattn.tracking import parent_run, tags
 from xattn.tracking.runs import (
     CheckpointCache,
@@ -29,7 +30,7 @@ from xattn.tracking.runs import (
     unfinished_parent_run,
 )
 from xattn.tracking.store import Workspace, check_optuna_storage, check_tracking_store, check_writable, connect, shown
-from xattn.tuning import phases, selection
+from xattn.tuning import null_phase, phases, selection
 from xattn.tuning.cluster import check_gpu, check_ray_address, check_trial_fits, init_ray
 from xattn.tuning.deploy import deploy
 from xattn.tuning.spec import StudySpec, spec_from_yaml
@@ -54,7 +55,8 @@ class StudyResult:
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The result as `--json` prints it: the tracking URI's password masked."""
+        return {**asdict(self), "tracking_uri": mask(self.tracking_uri)}
 
 
 def run_study(
@@ -85,7 +87,12 @@ def run_study(
             progress.note(cluster["gpu_fallback"])
     try:
         if spec.compares:  # nested: every outer fold selects its own configuration, then all regions
-            comparison = phases.compare(spec, context)
+            from xattn.tuning.comparison import log_comparison
+
+            comparison, configs = phases.compare(spec, context)
+            if spec.comparison.nulls is not None:
+                null_phase.nulls(spec, context, configs, comparison)
+            log_comparison(client, context.parent_run_id, comparison)
             deploy(spec, context, comparison)
         else:
             phases.search(spec, context)

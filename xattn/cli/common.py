@@ -15,6 +15,7 @@ import yaml
 from rich.console import Console
 
 from xattn.errors import StudyNotFound, XattnError
+from xattn.passwords import PASSWORD_FROM_ENVIRONMENT, has_password, mask, without_password
 from xattn.tracking.store import DEFAULT_WORKSPACE, Workspace, shown
 
 app = typer.Typer(help="Hyperparameter studies of cross-attention models of brain connectivity.", no_args_is_help=True)
@@ -96,7 +97,7 @@ def friendly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except XattnError as error:
-            err_console.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] {mask(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             # A study handles its own (marked KILLED, resume command printed). Every other
@@ -111,7 +112,7 @@ def friendly(command: Callable) -> Callable:
             logging.getLogger("xattn").error("%s failed", command.__name__, exc_info=True)
             where = f"{error.filename}: " if error.filename else ""
             err_console.print(
-                f"[red]error:[/] {where}{error.strerror or error} (-v shows the traceback)",
+                f"[red]error:[/] {mask(f'{where}{error.strerror or error}')} (-v shows the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -158,7 +159,12 @@ def store_flags(ws: Workspace, *, tracking: bool = True, optuna: bool = False) -
     defaults = Workspace.open(ws.root, create=False)
     flags = [("--workspace", str(ws.root))] if ws.root != default_root else []
     if tracking and ws.tracking_uri != defaults.tracking_uri:
-        flags.append(("--tracking-uri", ws.tracking_uri))
+        flags.append(("--tracking-uri", without_password(ws.tracking_uri)))
     if optuna and ws.optuna_storage != defaults.optuna_storage:
-        flags.append(("--optuna-storage", shown(ws.optuna_storage)))
+        flags.append(("--optuna-storage", without_password(shown(ws.optuna_storage))))
     return "".join(f" {flag} {shlex.quote(value)}" for flag, value in flags)
+
+
+def password_note(ws: Workspace) -> str | None:
+    """What a printed command lacks when a store's URI carries a password (store_flags leaves it out)."""
+    return PASSWORD_FROM_ENVIRONMENT if has_password(ws.tracking_uri) or has_password(ws.optuna_storage) else None

@@ -24,6 +24,7 @@ from xattn.cli.common import (
     friendly,
     open_workspace,
     parse_sets,
+    password_note,
     store_flags,
     stored_workspace,
     study_app,
@@ -123,6 +124,8 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
             f"continue it with `xattn study resume {name}{store_flags(ws, optuna=True)}`",
             highlight=False,
         )
+        if password_note(ws):
+            err_console.print(password_note(ws), highlight=False)
         raise typer.Exit(130) from None
     _print_result(result, ws)
     if as_json:
@@ -188,6 +191,8 @@ def _print_result(result, ws) -> None:
         highlight=False,
     )
     console.print(f"  xattn dashboard{store_flags(ws, tracking=False, optuna=True)}", highlight=False)
+    if password_note(ws):
+        console.print(f"  ({password_note(ws)})", highlight=False)
     if result.best and result.best.get("model_uri"):
         console.print(
             f"  the best trial is model {result.best['model_uri']} (version {result.best['model_version']})",

@@ -10,9 +10,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from xattn.errors import StoreError, first_line
+from xattn.passwords import mask
 from xattn.paths import ensure_can_create, ensure_not_a_file
 
 if TYPE_CHECKING:  # MLflow takes seconds to import: commands that fail on their input should not wait for it
@@ -59,7 +60,7 @@ class Workspace:
         )
         if same_database(tracking_uri, optuna_storage):
             raise StoreError(
-                f"the tracking store and the Optuna storage are one database ({masked(optuna_storage)}): "
+                f"the tracking store and the Optuna storage are one database ({mask(optuna_storage)}): "
                 "MLflow and Optuna each need their own (both keep their schema version in one alembic_version table): "
                 "pass another --optuna-storage"
             )
@@ -101,7 +102,7 @@ def check_tracking_uri(uri: str, source: str) -> str:
     # A bare path is a local folder to MLflow; a dialect may name its driver (postgresql+psycopg2).
     if scheme and scheme.split("+")[0] not in TRACKING_SCHEMES:
         raise StoreError(
-            f"{source} {masked(uri)}: MLflow has no tracking store for scheme {scheme!r}; use {TRACKING_EXAMPLES}"
+            f"{source} {mask(uri)}: MLflow has no tracking store for scheme {scheme!r}; use {TRACKING_EXAMPLES}"
         )
     if scheme in ("", "file") and not os.environ.get("MLFLOW_ALLOW_FILE_STORE"):
         raise StoreError(
@@ -147,23 +148,10 @@ def same_database(tracking_uri: str, optuna_storage: str) -> bool:
         return False
 
 
-def masked(uri: str) -> str:
-    """`uri` with any password replaced by ***."""
-    try:
-        parts = urlsplit(uri)
-        password = parts.password
-    except ValueError:  # not a URL at all (an unclosed [ or a bad port): nothing to hide in it
-        return uri
-    if password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def shown(uri: str) -> str:
     """`uri` as a person reads it: any password masked, and without the SQLite wait that xattn
     adds to the stores it makes itself (SQLITE_WAIT)."""
-    return masked(uri).removesuffix(SQLITE_WAIT)
+    return mask(uri).removesuffix(SQLITE_WAIT)
 
 
 def check_writable(workspace: Workspace) -> None:
@@ -191,8 +179,7 @@ def connect(workspace: Workspace) -> MlflowClient:
         client.search_experiments(max_results=1)
     except Exception as error:  # noqa: BLE001 - any failure here means the store is unusable
         raise StoreError(
-            f"cannot use the tracking store {masked(workspace.tracking_uri)} ({first_line(error)}): "
-            "check --tracking-uri"
+            f"cannot use the tracking store {mask(workspace.tracking_uri)} ({first_line(error)}): check --tracking-uri"
         ) from None
     finally:
         for key, value in saved.items():
@@ -224,7 +211,7 @@ def _probe_database(uri: str) -> None:
         engine.dispose()
     except Exception as error:  # noqa: BLE001 - a missing driver, an unreachable server, a bad password
         raise StoreError(
-            f"cannot use the tracking store {masked(uri)} ({first_line(error)}): check --tracking-uri"
+            f"cannot use the tracking store {mask(uri)} ({first_line(error)}): check --tracking-uri"
         ) from None
 
 

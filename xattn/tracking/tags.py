@@ -32,6 +32,7 @@ WORKER = "xattn.worker"  # HOST:PID of the Ray worker that ran a trial
 CHECKPOINT_MISSING = "xattn.checkpoint_missing"
 ORPHANED = "xattn.orphaned"  # a run whose trial no resumed Tune experiment knows
 TRAINED_AS = "xattn.trained_as"  # a final run that is its fold's search winner: the search run's id
+STACKED = "xattn.stacked"  # a null run trained in one stack with others (tuning.null_bundle): how many
 
 # Where a run trained (a trial run), and what the cluster held (a study run).
 DEVICE = "xattn.device"  # "cpu", or "cuda:0 (GPU name)"

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xattn.passwords import mask
 from xattn.tracking import parent_run, tags
 from xattn.tracking.callback import MlflowTrialLogger
 from xattn.tracking.runs import arm_of, child_runs, copy_run, stopped_early_at
-from xattn.tracking.store import Workspace, masked
+from xattn.tracking.store import Workspace
 from xattn.tuning import selection
 from xattn.tuning.cluster import init_ray, trials_at_once
 from xattn.tuning.spec import StudySpec
@@ -72,7 +73,7 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None, *
             "xattn_family": spec.model.family,
             "mlflow_experiment_id": context.experiment_id,
             "mlflow_parent_run_id": context.parent_run_id,
-            "mlflow_tracking_uri": masked(context.workspace.tracking_uri),  # for a client to open: as given
+            "mlflow_tracking_uri": mask(context.workspace.tracking_uri),  # for a client to open: as given
         },
     )
     if inner:
@@ -276,12 +277,13 @@ def select_per_fold(
     return selected, winners
 
 
-def compare(spec: StudySpec, context: Context) -> dict[str, Any]:
+def compare(spec: StudySpec, context: Context) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
     """Select every family's configuration per outer fold (nested; the study's family always,
     the others when `comparison.tune`), then retrain every arm (each family's selections, and
     each variant: the study's family's selections with the variant's overrides) on the same
-    folds and seeds."""
-    from xattn.tuning.comparison import compare_runs, log_comparison, variant_arm
+    folds and seeds. Returns the comparison (not yet logged: the null phase adds to it) and
+    every family's configuration by fold."""
+    from xattn.tuning.comparison import compare_runs, variant_arm
 
     folds = range(spec.comparison.folds)
     configs, winners = {}, {}
@@ -313,47 +315,7 @@ def compare(spec: StudySpec, context: Context) -> dict[str, Any]:
         entry["search_val_test_spearman_within_folds"] = agreement.get("spearman_within_folds", math.nan)
         entry["search_trials"] = agreement.get("n_trials", 0)
     comparison["search_agreement"] = context.agreement.get(selection.ALL_FAMILIES)
-    if spec.comparison.nulls is not None:
-        nulls(spec, context, configs, comparison)
-    log_comparison(context.client, context.parent_run_id, comparison)
-    return comparison
-
-
-def nulls(
-    spec: StudySpec, context: Context, configs: dict[str, dict[int, dict[str, Any]]], comparison: dict[str, Any]
-) -> None:
-    """Is a family's test r more than space? Retrain every family's configurations on the spec's
-    nulls and add each arm's null test (comparison.null_test) to its entry of `comparison`.
-
-    With `comparison.nulls: {method, n}`, every compared family's configuration of each outer
-    fold is retrained on `n` null datasets (`xattn.data.nulls`), with the final runs' splits,
-    seeds and budget. Null i is one map of the expression, the same in every outer fold and
-    for every family and seed, as the real statistic is one map scored over the folds. Null runs
-    are MLflow child runs tagged `xattn.role = null`, `xattn.null_method` and
-    `xattn.null_index`; the phase resumes like the others.
-    """
-    from ray import tune
-
-    from xattn.tuning.comparison import null_comparison
-    from xattn.tuning.trial import NULL_INDEX, NULL_METHOD, null_drawn
-
-    drawn = spec.comparison.nulls
-    folds, seeds = spec.comparison.folds, spec.comparison.seeds
-    for family, config in configs.items():
-        family_spec = spec.for_family(family)
-        n = drawn.n_for(family)
-        total = n * folds * seeds
-        title = f"null {family} ({n} {drawn.method} nulls x {folds} folds x {seeds} seeds = {total} runs)"
-        extra = {NULL_METHOD: drawn.method, NULL_INDEX: tune.grid_search(list(range(n)))}
-        finals(family_spec, config, spec.comparison, context, role="null", extra_space=extra, runs_per_cell=n,
-               title=title, null_of=null_drawn)  # fmt: skip
-    children = child_runs(context.client, context.client.get_run(context.parent_run_id))
-    finished = [run for run in children if run.data.tags.get(tags.ROLE) == "final"]
-    null_runs = [run for run in children if run.data.tags.get(tags.ROLE) == "null"]
-    tests = null_comparison(finished, null_runs, drawn.method, folds * seeds)
-    for entry in comparison["families"]:
-        if entry["family"] in tests:
-            entry["nulls"] = tests[entry["family"]]
+    return comparison, configs
 
 
 def _run_config(spec: StudySpec, context: Context, name: str, logger):
