@@ -5,7 +5,7 @@ a baseline is compared with the study's own family on the runs that share (fold,
 difference is paired; its interval and p-value count folds, not runs (xattn.tuning.statistics),
 and the p-values of several baselines are Holm-adjusted together.
 
-With nulls (xattn.tuning.phases.nulls), each family's real mean test r is also set against the
+With nulls (xattn.tuning.null_phase), each family's real mean test r is also set against the
 mean r of each null dataset it was retrained on:
 
     p = (1 + #{nulls with r >= real r}) / (1 + N)

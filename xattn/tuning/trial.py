@@ -60,7 +60,7 @@ def prepare_trial(
     fold's configuration among every fold's (`SELECTED`); the deployable model's runs name
     their whole-data split (`WHOLE`) and a refit its epochs (`EPOCHS`). The split
     itself is always drawn with the study's seed, and so is a null run's null (named as
-    `_null_method` and `_null_index`, one map for every outer fold: `xattn.tuning.phases.nulls`), so
+    `_null_method` and `_null_index`, one map for every outer fold: `xattn.tuning.null_phase`), so
     every family and seed sees the same regions in fold k. A search trial of a spec with
     `split.inner_folds` names its inner fold as Ray's repeat index (`INNER_FOLD`). `device`
     defaults to CUDA when the spec asks for GPUs and one is there.
