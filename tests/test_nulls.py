@@ -74,6 +74,15 @@ def test_p_value_counts_nulls_at_least_as_good_with_the_plus_one_correction():
     assert result["mean"] == pytest.approx(np.mean([0.15, 0.6, 0.7]))
 
 
+def test_a_null_within_rounding_of_the_real_r_is_a_tie_that_counts_against_the_model():
+    """distance_decay ignores expression: its nulls score its real r, give or take the summation
+    order of stacked training (hcp-s100: 0.31015 real, nulls 1e-9 below it gave p = 0.05)."""
+    real = 0.31014977690044626
+    below = {i: [real - 5e-10] for i in range(19)}
+    assert null_test([real], below, runs_per_null=1, method="msr")["p"] == 1.0
+    assert null_test([real], {0: [real - 1e-3]}, runs_per_null=1, method="msr")["p"] == 0.5
+
+
 def test_null_i_is_one_map_for_every_fold_and_a_new_map_for_every_index():
     def seed_of(index, fold):
         return null_of_trial({"_null_method": "msr", "_null_index": index}, 0, fold)["seed"]
