@@ -121,3 +121,26 @@ def test_whole_gpus_go_one_trial_to_each_gpu(tmp_path):
     runs = trial_runs(tmp_path, "gpu2")
     assert most_at_once(runs) == 2
     assert sorted(run.data.tags["xattn.gpu_ids"] for run in runs) == ["0", "1"]
+
+
+GPU_SPECS = sorted(
+    path for path in (REPO / "studies").glob("*.yaml") if yaml.safe_load(path.read_text())["resources"]["gpus"] > 0
+)
+
+
+@pytest.mark.parametrize("spec", GPU_SPECS, ids=lambda path: path.stem)
+def test_the_shipped_gpu_specs_run_on_a_gpu_cluster(one_gpu, tmp_path, spec):
+    """Each shipped spec that asks for GPUs passes preflight and trains one trial of one epoch per
+    phase on the logical-GPU cluster (small data, two outer folds), so a change that breaks one
+    fails here rather than on a user's GPU node."""
+    address, env = one_gpu
+    name = yaml.safe_load(spec.read_text())["name"]
+    smaller = ["--set", "data.dataset=hcp-s100-r08"]
+    if yaml.safe_load(spec.read_text()).get("compare_with"):
+        smaller += ["--set", "comparison.folds=2", "--set", "comparison.seeds=1"]
+    process = study(tmp_path, spec, address, env, "--trials", 1, "--max-epochs", 1, *smaller)
+    assert process.returncode == 0, process.stdout + process.stderr
+    runs = trial_runs(tmp_path, name)
+    assert runs and all(run.info.status == "FINISHED" for run in runs)
+    assert {run.data.tags["xattn.gpu_ids"] for run in runs} == {"0"}  # Ray gave each its GPU share
+    assert all("torch sees no CUDA device" in run.data.tags["xattn.gpu_fallback"] for run in runs)
