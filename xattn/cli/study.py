@@ -124,8 +124,9 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
             f"continue it with `xattn study resume {name}{store_flags(ws, optuna=True)}`",
             highlight=False,
         )
-        if password_note(ws):
-            err_console.print(password_note(ws), highlight=False)
+        note = password_note(ws)
+        if note:
+            err_console.print(note, highlight=False)
         raise typer.Exit(130) from None
     _print_result(result, ws)
     if as_json:
@@ -191,8 +192,9 @@ def _print_result(result, ws) -> None:
         highlight=False,
     )
     console.print(f"  xattn dashboard{store_flags(ws, tracking=False, optuna=True)}", highlight=False)
-    if password_note(ws):
-        console.print(f"  ({password_note(ws)})", highlight=False)
+    note = password_note(ws)
+    if note:
+        console.print(f"  ({note})", highlight=False)
     if result.best and result.best.get("model_uri"):
         console.print(
             f"  the best trial is model {result.best['model_uri']} (version {result.best['model_version']})",

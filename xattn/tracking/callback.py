@@ -102,7 +102,7 @@ class MlflowTrialLogger(Callback):
             if self.role in ("final", "refit"):
                 name = f"{self.arm}-{self.role}-fold{fold}-seed{seed}"
             elif null is not None:
-                name = f"{self.family}-null-{null[0]}{null[1]}-fold{fold}-seed{seed}"
+                name = null_run_name(self.family, null[0], null[1], fold, seed)
             else:
                 name = f"{self.family}-trial-{number if number is not None else trial.trial_id}-fold{fold}-seed{seed}"
                 name += f"-inner{inner}" if inner is not None else ""
@@ -179,6 +179,11 @@ class MlflowTrialLogger(Callback):
         for path in files:
             self.client.log_artifact(run_id, str(path), "checkpoint")
         self.client.set_terminated(run_id, status)
+
+
+def null_run_name(family: str, method: str, index: int | str, fold: int | str, seed: int | str) -> str:
+    """What a null run is called, whoever records it (one run per trial here, or a stack's member)."""
+    return f"{family}-null-{method}{index}-fold{fold}-seed{seed}"
 
 
 def _finite(value: Any) -> bool:

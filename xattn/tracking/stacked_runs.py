@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
 from xattn.tracking import tags
-from xattn.tracking.callback import EPOCH_METRICS, FINAL_METRICS, WHERE, _finite, _short
+from xattn.tracking.callback import EPOCH_METRICS, FINAL_METRICS, WHERE, _finite, _short, null_run_name
 from xattn.tracking.runs import CHECKPOINT_ARTIFACT
 from xattn.training.checkpoint import CHECKPOINT_FILES
 
@@ -70,7 +70,7 @@ class StackedNullRuns(Callback):
                 continue
             run_tags = {
                 tags.PARENT_RUN: self.parent_run_id,
-                tags.RUN_NAME: f"{self.family}-null-{self.method}{index}-fold{fold}-seed{seed}",
+                tags.RUN_NAME: null_run_name(self.family, self.method, index, fold, seed),
                 tags.ROLE: "null", tags.FAMILY: self.family, tags.ARM: self.arm, tags.FOLD: str(fold),
                 tags.SEED: str(seed), tags.RAY_TRIAL_ID: trial_id, tags.NULL_METHOD: self.method,
                 tags.NULL_INDEX: str(index), tags.STACKED: str(document["stacked"]),

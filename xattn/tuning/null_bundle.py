@@ -41,7 +41,6 @@ STACKED_FAMILIES = frozenset({"mlp", "distance_decay", "cge", "bilinear_lowrank"
 # Enough models a stack to amortise a trial, few enough that a spec's 99 nulls over 4 folds
 # still make 12 trials to share out among the workers.
 NULLS_PER_TRIAL = 33
-FIRST_NULL = "_first_null"  # a bundle's cell is [fold, seed, first null index]
 
 
 def bundles(family: str, spec: StudySpec) -> bool:
@@ -50,7 +49,8 @@ def bundles(family: str, spec: StudySpec) -> bool:
 
 
 def bundle_cells(folds: int, seeds: list[int], n: int) -> list[list[int]]:
-    """[fold, seed, first null] of every bundle: each fold and seed's n nulls, NULLS_PER_TRIAL at a time."""
+    """[fold, seed, first null index] of every bundle, its Ray grid cell: each fold and seed's n
+    nulls, NULLS_PER_TRIAL at a time."""
     return [[fold, seed, first] for fold in range(folds) for seed in seeds for first in range(0, n, NULLS_PER_TRIAL)]
 
 
@@ -63,7 +63,7 @@ def members_of(config: dict[str, Any], n: int) -> list[int]:
 def run_bundle(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str | None, n: int) -> None:
     spec = StudySpec.model_validate(spec_json)
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    own = {k: v for k, v in config.items() if k not in (CELL, FIRST_NULL)}
+    own = {k: v for k, v in config.items() if k != CELL}
     indices = members_of(config, n)
     trials = [prepare_trial(spec, {**own, NULL_INDEX: index}, mirror=mirror) for index in indices]
     where = where_it_trains(spec, trials[0].train_config)

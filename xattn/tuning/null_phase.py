@@ -61,7 +61,7 @@ def null_bundles(
     from ray import tune
 
     from xattn.tracking.stacked_runs import StackedNullRuns
-    from xattn.tuning.null_bundle import FIRST_NULL, bundle_cells, bundle_trainable
+    from xattn.tuning.null_bundle import bundle_cells, bundle_trainable
     from xattn.tuning.trial import CELL, NULL_METHOD, SELECTED, own_configuration
 
     comparison = context.spec.comparison
@@ -77,7 +77,6 @@ def null_bundles(
         CELL: tune.grid_search(cells),
         "_fold": tune.sample_from(lambda trial: trial.config[CELL][0]),
         "_seed": tune.sample_from(lambda trial: trial.config[CELL][1]),
-        FIRST_NULL: tune.sample_from(lambda trial: trial.config[CELL][2]),
     }
     results = fit_phase(
         spec, context, "null", bundle_trainable(outer_fold(spec, 0, comparison.folds), context.mirror, n),
