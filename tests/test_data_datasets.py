@@ -57,6 +57,16 @@ def test_mirror_comes_from_argument_then_environment(monkeypatch, tmp_path):
     assert resolve_mirror(tmp_path / "arg") == tmp_path / "arg"
 
 
+def test_a_relative_mirror_is_made_absolute_where_it_is_given(monkeypatch, tmp_path):
+    # Ray Tune runs each trial in its own working directory, where `../shared/data` names nothing.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(datasets.MIRROR_ENV, "../shared/data")
+    resolved = resolve_mirror()
+    monkeypatch.chdir("/")
+    assert resolved == tmp_path.parent.resolve() / "shared" / "data"
+    assert resolved.is_absolute()
+
+
 def test_synthetic_is_dispatched_with_its_options():
     data = load_dataset("synthetic", synthetic={"n_regions": 20, "n_genes": 5, "seed": 3})
     assert (data.n_regions, data.n_genes, data.target) == (20, 5, "synthetic")

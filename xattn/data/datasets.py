@@ -197,9 +197,12 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def data_mirror(mirror: str | Path | None = None) -> Path | None:
-    """The mirror folder to read from: `mirror`, else $XATTN_DATA_MIRROR, else None (download)."""
+    """The mirror folder to read from: `mirror`, else $XATTN_DATA_MIRROR, else None (download).
+
+    Absolute, because Ray Tune runs each trial in its own working directory: a relative
+    `../shared/data` read there names a folder that does not exist."""
     chosen = mirror or os.environ.get(MIRROR_ENV) or None
-    return None if chosen is None else Path(chosen).expanduser()
+    return None if chosen is None else Path(chosen).expanduser().resolve()
 
 
 def cache_folder(cache_dir: str | Path | None = None) -> Path:
