@@ -20,7 +20,10 @@ ARG CPU_BASE=python:3.11-slim
 # flash-attn needs when no prebuilt wheel matches its torch, CUDA and Python.
 ARG GPU_BASE=pytorch/pytorch:2.7.1-cuda12.6-cudnn9-devel
 
-# The sources the image installs; nothing else of the checkout goes in.
+# The sources the image installs; nothing else of the checkout goes in. pip builds a wheel of
+# them (not an editable install), so xattn reads its report template and bundled specs as package
+# data, as after `pip install` anywhere; the RUN lines below fail the build if they are missing.
+# xattn/specs is a link to studies/: both are copied.
 FROM scratch AS source
 COPY pyproject.toml README.md /src/
 COPY xattn /src/xattn
@@ -37,7 +40,8 @@ COPY --from=source /src /opt/xattn/src
 # environment (MLFLOW_AUTH_ADMIN_USERNAME/_PASSWORD), which is how docker-compose.yml sets it.
 RUN pip install "/opt/xattn/src[postgres]" "ray[default]" "mlflow[auth]" \
  && python -c "from mlflow.environment_variables import MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_ADMIN_PASSWORD" \
- && python -c "import torch, ray, mlflow, optuna, psycopg2, xattn; print('torch', torch.__version__, 'ray', ray.__version__, 'mlflow', mlflow.__version__)"
+ && python -c "import torch, ray, mlflow, optuna, psycopg2, xattn; print('torch', torch.__version__, 'ray', ray.__version__, 'mlflow', mlflow.__version__)" \
+ && python -c "from importlib.resources import files; data = [files('xattn') / 'reporting/templates/report.html.j2', files('xattn') / 'specs/quickstart.yaml']; missing = [str(p) for p in data if not p.is_file()]; assert not missing, f'package data missing: {missing}'"
 COPY docker/mlflow-basic-auth.ini /opt/xattn/docker/mlflow-basic-auth.ini
 # An unprivileged user; the folders below become named volumes, which take their owner
 # from the image the first time they are mounted.
@@ -66,7 +70,8 @@ RUN if [ "${FLASH_ATTN}" = "1" ]; then \
 COPY --from=source /src /opt/xattn/src
 RUN pip install "/opt/xattn/src[postgres]" "ray[default]" "mlflow[auth]" \
  && python -c "from mlflow.environment_variables import MLFLOW_AUTH_ADMIN_USERNAME, MLFLOW_AUTH_ADMIN_PASSWORD" \
- && python -c "import torch, ray, mlflow, optuna, psycopg2, xattn; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ray', ray.__version__, 'mlflow', mlflow.__version__)"
+ && python -c "import torch, ray, mlflow, optuna, psycopg2, xattn; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ray', ray.__version__, 'mlflow', mlflow.__version__)" \
+ && python -c "from importlib.resources import files; data = [files('xattn') / 'reporting/templates/report.html.j2', files('xattn') / 'specs/quickstart.yaml']; missing = [str(p) for p in data if not p.is_file()]; assert not missing, f'package data missing: {missing}'"
 COPY docker/mlflow-basic-auth.ini /opt/xattn/docker/mlflow-basic-auth.ini
 RUN useradd --create-home xattn \
  && mkdir -p /workspace /data /mlartifacts \

@@ -115,7 +115,9 @@ def _print_comparison(study: str, comparison: dict) -> None:
 @friendly
 def compare_local(
     spec_path: Path = typer.Argument(
-        ..., metavar="SPEC", help="Study spec with compare_with, e.g. studies/s100-compare.yaml."
+        ...,
+        metavar="SPEC",
+        help="Study spec with compare_with: a YAML file, or a bundled spec's name (e.g. s100-compare).",
     ),
     max_epochs: Optional[str] = typer.Option(None, "--max-epochs", metavar="N", help="Override budget.max_epochs."),
     sets: list[str] = typer.Option([], "--set", help="Override any spec field: --set comparison.seeds=2 (repeatable)."),

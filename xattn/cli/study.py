@@ -35,7 +35,9 @@ from xattn.tracking.store import connect, shown
 @study_app.command("run")
 @friendly
 def study_run(
-    spec_path: Path = typer.Argument(..., metavar="SPEC", help="Study spec (YAML), e.g. studies/quickstart.yaml."),
+    spec_path: Path = typer.Argument(
+        ..., metavar="SPEC", help="Study spec: a YAML file, or a bundled spec's name (quickstart, s100-fc, ...)."
+    ),
     # Read as the spec reads them, so 1e3 works here as it does in YAML.
     trials: Optional[str] = typer.Option(None, "--trials", metavar="N", help="Override budget.trials."),
     max_epochs: Optional[str] = typer.Option(None, "--max-epochs", metavar="N", help="Override budget.max_epochs."),

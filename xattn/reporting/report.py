@@ -33,7 +33,8 @@ from xattn.tracking.runs import (
 )
 from xattn.tracking.store import Workspace, connect, shown
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "dashboards" / "report.html.j2"
+# Package data (pyproject.toml [tool.setuptools.package-data]): present in a checkout and an installed wheel alike.
+TEMPLATE = "report.html.j2"
 REPORTS_FOLDER = "reports"
 
 # Shown first among a trial's metrics, in this order; any others follow alphabetically.
@@ -121,10 +122,6 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
     from xattn.reporting.provenance import package_versions, xattn_commit
     from xattn.reporting.state import study_state
 
-    if not TEMPLATE.is_file():
-        raise XattnError(
-            f"report template {TEMPLATE} is missing: xattn report needs a source checkout (pip install -e .)"
-        )
     run_tags = parent.data.tags
     name = run_tags.get(tags.STUDY) or client.get_experiment(parent.info.experiment_id).name
     spec_text, spec, spec_note = _stored_spec(client, parent)
@@ -183,14 +180,14 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
         "plotly_js": plotly.offline.get_plotlyjs() if figures else "",
     }
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+        loader=jinja2.PackageLoader("xattn.reporting", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a misspelt field fails the tests, not the reader
         trim_blocks=True,
         lstrip_blocks=True,
     )
     environment.filters["number"] = format_number
-    return environment.get_template(TEMPLATE.name).render(**context)
+    return environment.get_template(TEMPLATE).render(**context)
 
 
 # ---------------------------------------------------------------- what the stores hold

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, get_args
 
@@ -23,13 +24,42 @@ TRAINER_PARAMS = {
 DATA_PARAMS = {"genevec"}
 
 
-def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
-    """Read and validate a spec file; every problem becomes a one-line `SpecError`."""
+def bundled_spec_names() -> list[str]:
+    """The specs shipped inside the package (studies/ in a checkout), by name: quickstart, s100-fc, ..."""
+    return sorted(
+        entry.name.removesuffix(".yaml") for entry in _bundled_folder().iterdir() if entry.name.endswith(".yaml")
+    )
+
+
+def _bundled_folder():
+    return files("xattn") / "specs"
+
+
+def find_spec_file(path: str | Path) -> Path:
+    """`path` when it is a file, or names one (a suffix or a folder in it); else the bundled spec of
+    that name, so `xattn study run quickstart` works in an installed copy without a checkout."""
     path = Path(path)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    bundled = _bundled_folder() / f"{path.name}.yaml"
+    if bundled.is_file():
+        # A wheel installs unzipped, so the bundled spec is a file on disk.
+        return Path(str(bundled))
+    raise SpecError(
+        f"{path}: no such spec file, nor a bundled spec of that name{_did_you_mean(path.name, bundled_spec_names())}; "
+        f"give a YAML file, or one of {', '.join(bundled_spec_names())}"
+    )
+
+
+def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+    """Read and validate a spec file (or a bundled spec, by name); every problem becomes a one-line `SpecError`."""
+    path = find_spec_file(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file; see studies/ for examples") from None
+        raise SpecError(
+            f"{path}: no such spec file; give a YAML file, or a bundled spec's name: {', '.join(bundled_spec_names())}"
+        ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(f"{path}: cannot read the spec ({error})") from None
     except yaml.YAMLError as error:
