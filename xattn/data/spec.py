@@ -35,7 +35,11 @@ class Strict(BaseModel):
 
 
 class SplitSpec(Strict):
-    method: Literal["random", "spatial"] = "random"
+    """Regions, not pairs, are split: every pair has both regions in one set."""
+
+    method: Literal["random", "spatial"] = Field(
+        "random", description="random folds, or spatially coherent patches (balanced k-means on the coordinates)"
+    )
     folds: Whole = Field(5, ge=2, description="number of region folds (K)")
     fold: Whole = Field(0, ge=0, description="which fold is the test set")
     val_fraction: float = Field(0.2, gt=0, le=0.5, description="share of training regions held out for validation")
@@ -63,29 +67,39 @@ class GeneFileSpec(Strict):
 
 
 class FilesSpec(Strict):
-    expression: Path
-    connectivity: Path
-    coords: Path | None = None
+    """Your own data: CSV files aligned by region label, paths relative to the spec."""
+
+    expression: Path = Field(description="a label column, then one column per gene, values in [0, 1]")
+    connectivity: Path = Field(description="a square region x region matrix, with or without a header")
+    coords: Path | None = Field(None, description="x, y, z of each region; without them spatial folds are refused")
 
 
 class SyntheticSpec(Strict):
-    regions: Whole = Field(64, ge=8)
-    genes: Whole = Field(32, ge=2)
-    noise: float = Field(0.1, ge=0)
+    """A seeded connectome whose connectivity is a known function of distance and expression similarity."""
+
+    regions: Whole = Field(64, ge=8, description="regions generated")
+    genes: Whole = Field(32, ge=2, description="genes generated")
+    noise: float = Field(0.1, ge=0, description="sd of the noise added to connectivity")
     similarity: float = Field(0.5, description="weight beta of the expression-similarity term; 0: distance only")
-    seed: Whole = 0
+    seed: Whole = Field(0, description="seeds the generator (independent of the study's seed)")
 
 
 class DataSpec(Strict):
+    """Which data a study reads, which genes, how its regions are split (docs/data.md)."""
+
     dataset: str | None = Field("synthetic", description="a named dataset (xattn data list), or null with `files`")
-    files: FilesSpec | None = None
-    synthetic: SyntheticSpec = SyntheticSpec()
-    split: SplitSpec = SplitSpec()
+    files: FilesSpec | None = Field(None, description="your own CSV files instead of a named dataset")
+    synthetic: SyntheticSpec = Field(SyntheticSpec(), description="options of the `synthetic` dataset")
+    split: SplitSpec = Field(SplitSpec(), description="how regions are split into test, validation and training")
     genes: Literal["all"] | TopVarianceSpec | GeneFileSpec = Field(
         "all", description="all | {top_variance: N} (ranked on training regions) | {file: PATH}"
     )
-    genevec: Literal["gene2vec", "coexpression", "onehot"] = "coexpression"
-    gene2vec_file: Path | None = None
+    genevec: Literal["gene2vec", "coexpression", "onehot"] = Field(
+        "coexpression",
+        description="each gene's identity vector: co-expression over the training regions, Gene2Vec (needs "
+        "gene2vec_file) or one-hot",
+    )
+    gene2vec_file: Path | None = Field(None, description="a Gene2Vec text file (relative to the spec)")
 
     @field_validator("genes", mode="before")
     @classmethod

@@ -20,18 +20,26 @@ MAX_EPOCHS = 100_000
 
 
 class ModelSpec(Strict):
-    family: str = "cross_attention"
+    """Which model family a study searches, and the hyperparameters it holds constant."""
+
+    family: str = Field(
+        "cross_attention",
+        description="the model family (xattn/models/registry.py): cross_attention, shared_self_attention, "
+        "shared_self_attention_pooling, shared_self_attention_gene2vec, mlp, distance_decay, cge, bilinear_lowrank",
+    )
     fixed: dict[str, Any] = Field(default_factory=dict, description="hyperparameters held constant")
 
 
 class ParamSpec(Strict):
     """One searched hyperparameter. A bare list in YAML means `{type: choice, values: [...]}`."""
 
-    type: Literal["choice", "uniform", "loguniform", "int", "logint"]
-    values: list[Any] | None = None
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
+    type: Literal["choice", "uniform", "loguniform", "int", "logint"] = Field(
+        description="choice: one of `values`; uniform, loguniform: numbers from low to high; int, logint: whole numbers"
+    )
+    values: list[Any] | None = Field(None, description="the values a choice picks from (lists allowed)")
+    low: float | None = Field(None, description="lowest value of a range (above 0 for the log ranges)")
+    high: float | None = Field(None, description="highest value of a range")
+    step: float | None = Field(None, description="spacing of a range's values (int and uniform only)")
 
     @model_validator(mode="after")
     def _consistent(self) -> ParamSpec:
@@ -58,12 +66,21 @@ class ParamSpec(Strict):
 
 
 class SearchSpec(Strict):
-    space: dict[str, ParamSpec] = Field(default_factory=dict)
-    metric: Literal["val_loss", "val_pearson"] = "val_loss"
-    mode: Literal["min", "max"] | None = None
-    scheduler: Literal["asha", "none"] = "asha"
+    """What Optuna searches and how Ray Tune stops trials early."""
+
+    space: dict[str, ParamSpec] = Field(
+        default_factory=dict,
+        description="hyperparameter name to its range; a list is a choice (docs/specs.md lists the names)",
+    )
+    metric: Literal["val_loss", "val_pearson"] = Field(
+        "val_loss",
+        description="what the search ranks trials by; also what early stopping, the plateau schedule and the best "
+        "checkpoint watch",
+    )
+    mode: Literal["min", "max"] | None = Field(None, description="default: min for val_loss, max for val_pearson")
+    scheduler: Literal["asha", "none"] = Field("asha", description="asha stops unpromising trials early; none runs all")
     grace_period: Whole = Field(1, ge=1, description="epochs before ASHA may stop a trial")
-    reduction_factor: Whole = Field(2, ge=2)
+    reduction_factor: Whole = Field(2, ge=2, description="ASHA keeps 1 in this many trials at each rung")
 
     @field_validator("space", mode="before")
     @classmethod
@@ -80,19 +97,25 @@ class SearchSpec(Strict):
 
 
 class BudgetSpec(Strict):
-    trials: Whole = Field(8, ge=1, le=MAX_TRIALS)
-    max_epochs: Whole = Field(10, ge=1, le=MAX_EPOCHS)
+    """How much a study trains: trials, epochs, early stopping, retries."""
+
+    trials: Whole = Field(8, ge=1, le=MAX_TRIALS, description="trials the search runs (per family and outer fold)")
+    max_epochs: Whole = Field(10, ge=1, le=MAX_EPOCHS, description="epochs a trial trains at most")
     patience_steps: Whole = Field(
         1500, ge=1, description="optimizer steps without a better validation metric before early stopping"
     )
     min_steps: Whole = Field(0, ge=0, description="optimizer steps before early stopping may stop a run")
-    max_concurrent: Whole | None = Field(None, ge=1)
+    max_concurrent: Whole | None = Field(
+        None, ge=1, description="trials at once (default: as many as the cluster's CPUs and GPUs hold)"
+    )
     max_failures: Whole = Field(
         1, ge=0, description="retries of a trial that raised; a diverged trial is never retried"
     )
 
 
 class ResourcesSpec(Strict):
+    """What one trial asks Ray for."""
+
     cpus: float = Field(1, gt=0, description="CPUs per trial")
     gpus: float = Field(0, ge=0, description="GPUs per trial; fractions pack trials on one GPU")
     require_gpu: bool = Field(
@@ -103,8 +126,10 @@ class ResourcesSpec(Strict):
 class BaselineSpec(Strict):
     """How one compared family is tuned: its own fixed settings and space (default: search_space.py)."""
 
-    fixed: dict[str, Any] | None = None
-    space: dict[str, ParamSpec] | None = None
+    fixed: dict[str, Any] | None = Field(None, description="added to, and overriding, the family's default settings")
+    space: dict[str, ParamSpec] | None = Field(
+        None, description="replaces the family's default space; what `fixed` sets is no longer searched"
+    )
 
     _expand_lists = field_validator("space", mode="before")(SearchSpec._expand_lists.__func__)
 
@@ -131,12 +156,17 @@ class NullSpec(Strict):
 
 
 class ComparisonSpec(Strict):
+    """With `compare_with`: nested selection on K outer region folds, S seeds each, paired differences."""
+
     folds: Whole = Field(
         4, ge=2, description="outer region folds K: each searches on its own non-test regions (nested), then its finals"
     )
     seeds: Whole = Field(3, ge=1, description="seeds S per fold of the final runs")
     tune: bool = Field(True, description="tune every family with the study's budget; false: fixed settings")
-    baselines: dict[str, BaselineSpec] = Field(default_factory=dict)
+    baselines: dict[str, BaselineSpec] = Field(
+        default_factory=dict,
+        description="per compared family: its fixed settings and space (xattn/tuning/search_space.py)",
+    )
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="named variants of the study's family: its best configuration with these hyperparameters "
@@ -162,16 +192,23 @@ class ComparisonSpec(Strict):
 
 
 class StudySpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    description: str = ""
-    seed: Whole = 0
-    data: DataSpec = DataSpec()
-    model: ModelSpec = ModelSpec()
-    search: SearchSpec = SearchSpec()
-    budget: BudgetSpec = BudgetSpec()
-    resources: ResourcesSpec = ResourcesSpec()
+    """A study: one YAML file."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="the study, its MLflow experiment and registered model; letters, digits, '.', '_', '-'",
+    )
+    description: str = Field("", description="shown on the MLflow experiment and the study run")
+    seed: Whole = Field(0, description="seeds the split, initialisation, shuffling and Optuna's sampler")
+    data: DataSpec = Field(DataSpec(), description="which data, which genes, how regions are split")
+    model: ModelSpec = Field(ModelSpec(), description="the model family and its fixed hyperparameters")
+    search: SearchSpec = Field(SearchSpec(), description="the search space, its metric and early stopping")
+    budget: BudgetSpec = Field(BudgetSpec(), description="trials, epochs, early stopping, retries")
+    resources: ResourcesSpec = Field(ResourcesSpec(), description="CPUs and GPUs per trial")
     compare_with: list[str] = Field(default_factory=list, description="families to compare; 'all_baselines' for all")
-    comparison: ComparisonSpec = ComparisonSpec()
+    comparison: ComparisonSpec = Field(
+        ComparisonSpec(), description="how the families of `compare_with` are compared (docs/comparisons.md)"
+    )
 
     @field_validator("compare_with", mode="before")
     @classmethod
