@@ -219,7 +219,7 @@ def test_bad_hyperparameters_raise_one_line_spec_errors(overrides, message):
 def test_config_defaults_follow_the_reference_table():
     c = CrossAttentionConfig(n_genes=810)
     assert (c.gene_vector_dim, c.expression_bins, c.d_model, c.nhead, c.num_layers) == (200, 5, 128, 4, 4)
-    # Not the reference's 5 equal-width bins: continuous values measured better on held-out regions (README).
+    # Not the reference's 5 equal-width bins: continuous values measured better on held-out regions (docs/model.md).
     assert c.expression_encoding == "continuous"
     assert c.deep_hidden_dims == (512, 256, 128)
     assert (c.cls_init, c.pooling_mode, c.use_alibi) == ("random", "mean", False)

@@ -1,7 +1,7 @@
 """The same function on every device and precision: CUDA against CPU, bf16 against fp32.
 
 The CUDA tests skip on machines without a GPU; CI has none, so they run wherever one is at
-hand (see README, "GPU checks").
+hand (see docs/benchmarks.md).
 """
 
 import pytest

@@ -73,7 +73,7 @@ DIRECTION_COMBINES = ("concat", "sum", "product")
 class CrossAttentionConfig(GeneTokenFields):
     """Architecture hyperparameters; defaults follow the reference implementation, except
     expression_encoding: the reference's 5 equal-width bins lose what distinguishes a held-out
-    region at the end of a spatial gradient (README, "The model"), so values enter continuously.
+    region at the end of a spatial gradient (docs/model.md), so values enter continuously.
     The token fields (expression_encoding, expression_bins, bin_temperature) are GeneTokenFields.
 
     Trainer settings of the reference (learning_rate, batch_size, cosine_lr) live elsewhere.
@@ -361,7 +361,7 @@ class CrossAttentionGene2VecModel(nn.Module):
         Pooling first keeps what a per-token LayerNorm would squash: with continuous values a
         token's size carries the gene's expression, and normalising each token before the mean
         left the head a saturated function of it (test r 0.345 -> 0.434 pooled first, hcp-s100,
-        4 spatial folds, one layer, d_model 32; README, The model)."""
+        4 spatial folds, one layer, d_model 32; docs/model.md)."""
         if self.config.pooling_mode == "cls":
             return x[:, : self.config.n_cls].mean(dim=1)
         if self.config.pooling_mode == "mean":

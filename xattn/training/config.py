@@ -28,7 +28,7 @@ PLATEAU_MIN_SCALE = 1 / 64  # ...down to this fraction of learning_rate
 class TrainConfig:
     """Optimisation settings of one trial (the model's own settings live elsewhere).
 
-    The defaults were measured on hcp-s100 spatial folds (README, "Training recipe").
+    The defaults were measured on hcp-s100 spatial folds (docs/specs.md, "Training recipe").
     """
 
     learning_rate: float = 1e-3

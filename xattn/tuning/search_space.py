@@ -2,7 +2,7 @@
 families (`compare_with`) and the spec does not give a family its own.
 
 Sized for CPUs and chosen by measurement on hcp-s100 spatial folds with the 100 most
-variable genes (README, "Results on hcp-s100"); a spec overrides them per family under
+variable genes (docs/results.md); a spec overrides them per family under
 `comparison.baselines.<family>`.
 """
 
