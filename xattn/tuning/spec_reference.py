@@ -31,7 +31,7 @@ LIMITS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 
 
 class MissingDescription(ValueError):
-    pass
+    """A spec field without a description: its row in the reference would be blank."""
 
 
 def render_reference(root: type[BaseModel] = StudySpec) -> str:
