@@ -28,8 +28,9 @@ def image_sources() -> list[str]:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """(bin folder, run) of a fresh environment holding only the xattn wheel; its dependencies are
-    this environment's, seen through a .pth line rather than installed again (no network, seconds)."""
+    """(folder, run): `run(*args)` runs the `xattn` of a fresh environment holding only the wheel, in
+    `folder`, outside the checkout. Its dependencies are this environment's, seen through a .pth
+    line rather than installed again (no network, seconds)."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
     source.mkdir()
