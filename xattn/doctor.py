@@ -78,13 +78,13 @@ def check_tracking_store(workspace: Workspace) -> list[Check]:
         version = f"server MLflow {server}, {version}"
         if server and server.split(".")[0] != mlflow.__version__.split(".")[0]:
             return [Check("tracking store", shown(uri), False, f"{version}: major versions differ, match them")]
+    artifact_root_existed = workspace.artifact_root.exists()
     try:
         experiment_id = _probe_experiment(client, workspace.artifact_location(PROBE_EXPERIMENT))
     except Exception as error:  # noqa: BLE001 - the store answers reads but refuses writes
         detail = f"reachable but not writable: {_explain_http(str(error))}"
         return [Check("tracking store", shown(uri), False, detail)]
     checks = [Check("tracking store", shown(uri), True, f"reachable and writable; {version}")]
-    artifact_root_existed = workspace.artifact_root.exists()
     try:
         checks.append(_check_artifacts(client, experiment_id))
     finally:
