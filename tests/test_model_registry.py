@@ -15,10 +15,9 @@ from test_cli import REPO, xattn
 from xattn.errors import ModelNotFound
 from xattn.export import export_best, export_manifest
 from xattn.studies import run_study
-from xattn.tracking.model_registry import BEST_ALIAS, register_best
+from xattn.tracking.model_registry import BEST_ALIAS, register_best, registered_sha256
 from xattn.tracking.runs import CheckpointCache
 from xattn.tracking.store import Workspace
-from xattn.tracking.tags import SHA256_PREFIX
 from xattn.tuning.spec_file import load_spec
 
 pytestmark = pytest.mark.e2e
@@ -52,19 +51,24 @@ def test_the_best_trial_is_registered_under_the_study_name(studies):
     assert best.source == f"runs:/{second.best['run_id']}/checkpoint"
     assert client.get_run(second.parent_run_id).data.tags["xattn.model_version"] == "2"
 
-    # the version carries what an export of the run records, and the trial's metrics
+    # tags: what a person filters versions by; the description: the rest of what an export records
     parent, run = client.get_run(second.parent_run_id), client.get_run(second.best["run_id"])
+    assert best.tags == {
+        "xattn.study": NAME,
+        "xattn.family": "cross_attention",
+        "xattn.spec_hash": parent.data.tags["xattn.spec_hash"],
+        "xattn.data_hash": parent.data.tags["xattn.data_hash"],
+        "xattn.selected_by": "best_val_pearson",
+        "metric.best_val_pearson": repr(second.best["metrics"]["best_val_pearson"]),
+    }
     with CheckpointCache(client) as checkpoints:
         manifest = export_manifest(client, NAME, parent, run, checkpoints)
-    assert {k[len(SHA256_PREFIX) :]: v for k, v in best.tags.items() if k.startswith(SHA256_PREFIX)} == manifest[
-        "files"
-    ]
+    assert registered_sha256(best) == manifest["files"]
     assert set(manifest["files"]) == {"weights.safetensors", "config.json", "metrics.json"}
-    assert best.tags["xattn.parent_run_id"] == second.parent_run_id
-    assert best.tags["xattn.optuna_trial_number"] == second.best["optuna_trial_number"]
-    assert best.tags["xattn.selected_by"] == "best_val_pearson"
+    assert f"study run `{second.parent_run_id}`" in best.description
+    assert f"Optuna study `{second.optuna_study}`, trial {second.best['optuna_trial_number']};" in best.description
     for key in ("test_pearson", "best_val_pearson", "test_mse"):
-        assert float(best.tags[f"metric.{key}"]) == second.best["metrics"][key]
+        assert f"{key} {second.best['metrics'][key]:.6g}" in best.description
     assert client.get_registered_model(NAME).description == spec.description
 
 
@@ -181,3 +185,12 @@ def test_other_bad_model_uris_name_what_is_there(studies, tmp_path, uri, expecte
         export_best(uri, tmp_path / "out", workspace)
     assert expected in str(raised.value) and "\n" not in str(raised.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_version_registered_before_descriptions_held_the_sha256_keeps_its_check():
+    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+    digest = "ab" * 32
+    old = ModelVersion(NAME, "1", 0, tags=[ModelVersionTag("xattn.sha256.weights.safetensors", digest)])
+    new = ModelVersion(NAME, "2", 0, description=f"trial 0\n\n- metrics: x 1\n- sha256 weights.safetensors: {digest}")
+    assert registered_sha256(old) == registered_sha256(new) == {"weights.safetensors": digest}

@@ -13,6 +13,7 @@ from null_worlds import Connectivity, Expression, draw_expression, rates_text, r
 from scipy.spatial.distance import cdist
 from scipy.special import expit
 
+from xattn.data.fingerprint import data_fingerprint
 from xattn.data.nulls import (
     fitted_covariance,
     morans_i,
@@ -316,6 +317,7 @@ def test_null_runs_are_tagged_child_runs_that_resume_after_a_crash(tmp_path):
     import time
 
     import yaml
+    from filelock import FileLock
     from mlflow.tracking import MlflowClient
 
     from xattn.tuning.comparison import load_comparison
@@ -327,9 +329,15 @@ def test_null_runs_are_tagged_child_runs_that_resume_after_a_crash(tmp_path):
     process = subprocess.Popen(
         command, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    client = None
 
     def null_runs():
+        nonlocal client
+        if client is None:
+            # The study creates the store's tables holding this lock (xattn.studies.open_stores);
+            # a reader that made them too at the same moment would fail one of the two migrations.
+            with FileLock(workspace / ".stores.lock"):
+                client = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
         experiment = client.get_experiment_by_name(NULL_STUDY["name"])
         return client.search_runs([experiment.experiment_id], "tags.`xattn.role` = 'null'") if experiment else []
 
@@ -362,6 +370,8 @@ def test_null_runs_are_tagged_child_runs_that_resume_after_a_crash(tmp_path):
     assert {r.data.tags["xattn.null_method"] for r in runs} == {"shuffle"}
     assert set(finished_before) <= {run.info.run_id for run in runs}, "a null run that had finished ran again"
     assert {run.data.tags[tags.STACKED] for run in runs} == {"2"}  # both nulls of a fold in one trial
+    # stacked or not, each null run says what produced it: the data of the study's spec
+    assert {run.data.tags[tags.DATA_HASH] for run in runs} == {data_fingerprint(parse_spec(NULL_STUDY).data).hash}
     run = min(
         runs, key=lambda r: (r.data.tags["xattn.family"], r.data.tags["xattn.fold"], r.data.tags["xattn.null_index"])
     )

@@ -179,6 +179,30 @@ def test_report_of_a_finished_study_draws_every_figure_offline(finished_study, b
         assert shown in page.text
 
 
+@pytest.mark.e2e
+def test_every_run_of_a_compared_study_carries_its_provenance(finished_study):
+    """Search, final (trained, or a search winner recorded as its fold's final) and refit runs
+    alike: the tags of the study run that recorded them."""
+    from mlflow.tracking import MlflowClient
+
+    from xattn.tracking import tags
+    from xattn.tracking.runs import child_runs
+
+    spec, workspace, result = finished_study
+    client = MlflowClient(workspace.tracking_uri)
+    parent = client.get_run(result.parent_run_id)
+    provenance = {
+        key: value
+        for key, value in parent.data.tags.items()
+        if key in tags.PROVENANCE or key.startswith(tags.VERSION_PREFIX)
+    }
+    assert len(provenance) == len(tags.PROVENANCE) + 6  # python and five packages
+    children = child_runs(client, parent)
+    assert {run.data.tags[tags.ROLE] for run in children} == {"search", "final", "refit"}
+    for run in children:
+        assert {key: run.data.tags.get(key) for key in provenance} == provenance, run.data.tags[tags.RUN_NAME]
+
+
 # -- an interrupted study ------------------------------------------------------------------
 
 

@@ -203,6 +203,31 @@ def test_export_then_evaluate_reproduces_test_metrics(study, tmp_path, mirror):
         evaluate_export(out, mirror=str(mirror))
 
 
+def test_a_changed_byte_in_a_named_dataset_is_refused_in_one_line(study, tmp_path, mirror):
+    """A named dataset's files are checked against their pinned sha256 on every read, so data
+    that differs from what the model saw never gets as far as evaluation."""
+    import shutil
+
+    from xattn.data.datasets import DATASETS
+
+    spec, workspace, _ = study
+    export = tmp_path / "export"
+    export_best(spec.name, export, workspace)
+    copy = tmp_path / "mirror"
+    for relative in DATASETS["hcp-s100-r08"].files:
+        (copy / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(mirror / relative, copy / relative)
+    changed = copy / DATASETS["hcp-s100-r08"].files[1]  # the connectivity matrix
+    data = bytearray(changed.read_bytes())
+    data[-2] = ord("1") if data[-2] != ord("1") else ord("2")
+    changed.write_bytes(bytes(data))
+    command = [sys.executable, "-m", "xattn.cli", "evaluate", str(export), "--mirror", str(copy)]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 2, process.stdout + process.stderr
+    (line,) = process.stderr.strip().splitlines()
+    assert line.startswith(f"error: {changed} has sha256 ") and "damaged or a different version" in line
+
+
 def _children(client, result):
     runs = client.search_runs([result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
     return [{"metrics": r.data.metrics} for r in runs]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xattn.errors import StoreError, XattnError, first_line
-from xattn.tracking.store import Workspace, check_optuna_storage, connect, shown
+from xattn.tracking.store import Workspace, check_optuna_storage, connect, missing_sqlite_file, shown
 from xattn.tuning.cluster import tcp_unreachable
 
 PROBE_EXPERIMENT = "xattn-doctor-probe"
@@ -35,10 +36,7 @@ class Check:
 
 def run_checks(workspace: Workspace, *, address: str | None = None, mirror: str | None = None) -> list[Check]:
     checks = [check_environment(), check_workspace(workspace.root)]
-    client, tracking = check_tracking_store(workspace)
-    checks.append(tracking)
-    if client is not None:
-        checks.append(check_artifacts(client, workspace))
+    checks += check_tracking_store(workspace)
     checks += [check_optuna(workspace.optuna_storage), check_ray(address), check_data(mirror)]
     return checks
 
@@ -62,52 +60,99 @@ def check_workspace(root: Path) -> Check:
     return Check("workspace", str(root), False, f"{folder} is not writable: pass --workspace DIR")
 
 
-def check_tracking_store(workspace: Workspace):
-    """(client, check): the client only when the store answered."""
+def check_tracking_store(workspace: Workspace) -> list[Check]:
+    """The tracking store's row and the artifact store's: a probe run that logs an artifact and
+    reads it back, removed again (see `_remove_probe`). A SQLite file not made yet is not made."""
     uri = workspace.tracking_uri
     import mlflow
 
+    if missing_sqlite_file(uri) is not None:
+        return [_not_made_yet("tracking store", uri, "--workspace DIR")]
     try:
         client = connect(workspace)
     except StoreError as error:
-        return None, Check("tracking store", shown(uri), False, _explain_http(str(error)))
+        return [Check("tracking store", shown(uri), False, _explain_http(str(error)))]
     version = f"client MLflow {mlflow.__version__}"
     if uri.startswith(("http://", "https://")):
         server = _server_version(uri)
         version = f"server MLflow {server}, {version}"
         if server and server.split(".")[0] != mlflow.__version__.split(".")[0]:
-            return client, Check("tracking store", shown(uri), False, f"{version}: major versions differ, match them")
+            return [Check("tracking store", shown(uri), False, f"{version}: major versions differ, match them")]
+    artifact_root_existed = workspace.artifact_root.exists()
     try:
         experiment_id = _probe_experiment(client, workspace.artifact_location(PROBE_EXPERIMENT))
-        client.delete_experiment(experiment_id)
     except Exception as error:  # noqa: BLE001 - the store answers reads but refuses writes
-        return None, Check(
-            "tracking store", shown(uri), False, f"reachable but not writable: {_explain_http(str(error))}"
-        )
-    return client, Check("tracking store", shown(uri), True, f"reachable and writable; {version}")
+        detail = f"reachable but not writable: {_explain_http(str(error))}"
+        return [Check("tracking store", shown(uri), False, detail)]
+    checks = [Check("tracking store", shown(uri), True, f"reachable and writable; {version}")]
+    try:
+        checks.append(_check_artifacts(client, experiment_id))
+    finally:
+        left = _remove_probe(client, experiment_id, workspace, artifact_root_existed)
+    if left:
+        checks[0].detail += f"; {left}"
+    return checks
 
 
-def check_artifacts(client, workspace: Workspace) -> Check:
+def _check_artifacts(client, experiment_id: str) -> Check:
     """Log a small artifact to a probe run and read it back: catches artifact roots that the
     client cannot reach (a server without --serve-artifacts, a path only the server sees)."""
     target = "artifact store"
     try:
-        experiment_id = _probe_experiment(client, workspace.artifact_location(PROBE_EXPERIMENT))
         run = client.create_run(experiment_id)
-        try:
-            client.log_text(run.info.run_id, "ok", "probe.txt")
-            with tempfile.TemporaryDirectory() as folder:
-                text = Path(client.download_artifacts(run.info.run_id, "probe.txt", folder)).read_text()
-            where = client.get_run(run.info.run_id).info.artifact_uri.rsplit("/", 3)[0]
-        finally:
-            client.delete_run(run.info.run_id)
-            client.delete_experiment(experiment_id)
+        client.log_text(run.info.run_id, "ok", "probe.txt")
+        with tempfile.TemporaryDirectory() as folder:
+            text = Path(client.download_artifacts(run.info.run_id, "probe.txt", folder)).read_text()
+        where = run.info.artifact_uri.rsplit("/", 3)[0]
     except Exception as error:  # noqa: BLE001
         return Check(target, "", False, f"cannot log and read back an artifact: {_explain_http(str(error))}")
     return Check(target, shown(where), text == "ok", "an artifact was logged and read back")
 
 
+def _remove_probe(client, experiment_id: str, workspace: Workspace, artifact_root_existed: bool) -> str:
+    """Remove the probe experiment, its runs and their artifacts, so that the store holds what it
+    held before; returns what could not be removed ("" when nothing is left).
+
+    MLflow only marks deleted experiments and runs; `mlflow gc` removes them for good, through
+    the database store's own hard deletes, which are used here. A tracking server offers no
+    hard delete: there the probe's artifacts are removed and its experiment stays deleted, one
+    experiment under one name that the next check restores and reuses."""
+    from mlflow.entities import ViewType
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    store = client._tracking_client.store  # no public API for `mlflow gc`'s hard delete
+    left = []
+    runs = client.search_runs([experiment_id], run_view_type=ViewType.ALL)
+    for run in runs:
+        try:
+            repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=client.tracking_uri)
+            repository.delete_artifacts()
+        except Exception as error:  # noqa: BLE001 - a server whose artifact store refuses deletes
+            left.append(f"the probe's artifacts at {run.info.artifact_uri} ({first_line(error)})")
+        client.delete_run(run.info.run_id)
+        if hasattr(store, "_hard_delete_run"):
+            store._hard_delete_run(run.info.run_id)
+    client.delete_experiment(experiment_id)
+    if hasattr(store, "_hard_delete_experiment"):
+        store._hard_delete_experiment(experiment_id)
+    else:
+        left.append(f"the deleted experiment {PROBE_EXPERIMENT} (removed by the server's `mlflow gc`)")
+    location = workspace.artifact_location(PROBE_EXPERIMENT)
+    if location is not None:  # the embedded store's artifact folder: the probe's own, and the root if new
+        folder = Path(urllib.request.url2pathname(location.removeprefix("file://")))
+        shutil.rmtree(folder, ignore_errors=True)
+        if (
+            not artifact_root_existed
+            and workspace.artifact_root.is_dir()
+            and not any(workspace.artifact_root.iterdir())
+        ):
+            workspace.artifact_root.rmdir()
+    return f"left behind: {'; '.join(left)}" if left else ""
+
+
 def check_optuna(url: str) -> Check:
+    if missing_sqlite_file(url) is not None:
+        return _not_made_yet("Optuna storage", url, "--optuna-storage URL")
     try:
         check_optuna_storage(url)
         import optuna
@@ -164,13 +209,15 @@ def check_ray(address: str | None) -> Check:
 
 
 def check_data(mirror: str | None) -> Check:
-    from xattn.data.datasets import DATASETS, data_mirror, fetch
+    from xattn.data.datasets import DATASETS, MIRROR_ENV, data_mirror, fetch
 
     root = data_mirror(mirror)
     if root is None:
-        return Check(
-            "data", "download", True, "no mirror: named datasets are downloaded (pinned, sha256-checked) on first use"
-        )
+        detail = "no mirror configured: named datasets are downloaded (pinned, sha256-checked) on first use"
+        nearby = nearby_mirror()
+        if nearby is not None:
+            detail += f"; {nearby} looks like a mirror: set {MIRROR_ENV}={nearby} (or pass --mirror) to read it"
+        return Check("data", "download", True, detail)
     available = []
     for name, info in DATASETS.items():
         if not info.files:
@@ -182,9 +229,23 @@ def check_data(mirror: str | None) -> Check:
             pass
     if not available:
         return Check(
-            "data", str(root), False, "no named dataset is complete in this mirror: check --mirror / $XATTN_DATA_MIRROR"
+            "data", str(root), False, f"no named dataset is complete in this mirror: check --mirror / ${MIRROR_ENV}"
         )
     return Check("data", str(root), True, f"complete and checksummed: {', '.join(available)}")
+
+
+def nearby_mirror() -> Path | None:
+    """A `shared/data` folder in the upstream layout beside the current folder or beside the
+    checkout xattn runs from: a hint only. Studies read a mirror only where one is configured,
+    so that where a command is typed never changes which files a study reads."""
+    from xattn.data.datasets import UPSTREAM
+
+    checkout = Path(__file__).resolve().parents[1]
+    for folder in (Path.cwd().parent, checkout.parent):
+        candidate = folder / "shared" / "data"
+        if any((candidate / upstream).is_dir() for upstream in UPSTREAM):
+            return candidate
+    return None
 
 
 def _probe_experiment(client, artifact_location: str | None = None) -> str:
@@ -194,6 +255,15 @@ def _probe_experiment(client, artifact_location: str | None = None) -> str:
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
     return experiment.experiment_id
+
+
+def _not_made_yet(name: str, url: str, option: str) -> Check:
+    """The row of a SQLite file no study has made yet: opening it would make it, so it is not opened."""
+    missing = missing_sqlite_file(url)
+    folder = next((p for p in missing.parents if p.exists()), missing.parent)
+    if not os.access(folder, os.W_OK):
+        return Check(name, shown(url), False, f"{folder} is not writable: pass {option}")
+    return Check(name, shown(url), True, "none yet: the first study creates it")
 
 
 def _server_version(uri: str) -> str | None:

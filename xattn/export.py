@@ -2,8 +2,9 @@
 folder again.
 
 An export holds the weights (safetensors), the config that rebuilds model and data
-(config.json), the trial's logged metrics (metrics.json) and a sha256 manifest; evaluation
-refuses a folder whose files do not match its manifest.
+(config.json), the trial's logged metrics and what produced it (metrics.json: commit, versions,
+the hashes of spec and data) and a sha256 manifest; evaluation refuses a folder whose files do
+not match its manifest, and warns when the data it is given is not the data the model saw.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from xattn.errors import DataError, StoreError
 from xattn.paths import ensure_can_create
 from xattn.tracking import tags
+from xattn.tracking.provenance import recorded_provenance
 from xattn.tracking.runs import CheckpointCache, deployed_run, download_checkpoint, find_parent_run
 from xattn.tracking.store import Workspace, connect
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
@@ -106,6 +108,9 @@ def _stage(
             "params": dict(best.data.params),
             "metrics": dict(best.data.metrics),
         }
+        provenance = recorded_provenance(best.data.tags)
+        if provenance:
+            metrics["provenance"] = provenance
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         files = sorted(p.name for p in staging.iterdir())
         manifest = {"files": {name: file_sha256(staging / name) for name in files}, "run_id": best.info.run_id}
@@ -150,7 +155,8 @@ def verify_export(directory: Path) -> dict[str, Any]:
 
 
 def evaluate_export(directory: Path, *, mirror: str | None = None) -> dict[str, Any]:
-    """Rebuild model and data from an export and recompute the test metrics on its split."""
+    """Rebuild model and data from an export and recompute the test metrics on its split;
+    `warnings` says where the data differs from the data the model was trained on."""
     from xattn.experiment import rebuild_from_checkpoint
     from xattn.training.trainer import evaluate
 
@@ -159,4 +165,31 @@ def evaluate_export(directory: Path, *, mirror: str | None = None) -> dict[str, 
     model, experiment, precision = rebuild_from_checkpoint(directory, mirror)
     metrics = evaluate(model, experiment.pairs, experiment.pairs.test_pairs, precision=precision)
     logged = json.loads((directory / "metrics.json").read_text()) if (directory / "metrics.json").exists() else {}
-    return {"directory": str(directory.resolve()), "metrics": metrics, "logged": logged.get("metrics", {})}
+    return {
+        "directory": str(directory.resolve()),
+        "metrics": metrics,
+        "logged": logged.get("metrics", {}),
+        "warnings": data_warnings(directory, logged.get("provenance", {})),
+    }
+
+
+def data_warnings(directory: Path, provenance: dict[str, Any]) -> list[str]:
+    """One line per way the data an export is evaluated on differs from its training data (as
+    far as its recorded hashes tell; an export from before they were recorded tells nothing)."""
+    from xattn.data.fingerprint import data_fingerprint
+    from xattn.data.spec import DataSpec
+
+    recorded = provenance.get("data_hash")
+    if not recorded:
+        return []
+    config = json.loads((directory / "config.json").read_text())
+    now = data_fingerprint(DataSpec.model_validate(config["data"]))
+    if now.hash == recorded:
+        return []
+    before = provenance.get("data_files", {})
+    changed = [name for name, digest in now.files.items() if before.get(name) not in (None, digest)]
+    which = f" ({', '.join(f'{name} {now.paths.get(name, name)}' for name in changed)} changed)" if changed else ""
+    return [
+        f"data hash differs: the model was trained on data {recorded[:12]}..., this data is {now.hash[:12]}...{which}; "
+        "these metrics are of other data: evaluate on the training data to reproduce the logged ones"
+    ]

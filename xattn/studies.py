@@ -17,9 +17,12 @@ from typing import Any
 import yaml
 
 from xattn.data import data_mirror
+from xattn.data.fingerprint import data_fingerprint
 from xattn.errors import StoreError, StudyNotFound, first_line
 from xattn.passwords import mask
+from xattn.provenance import xattn_commit
 from xattn.tracking import parent_run, tags
+from xattn.tracking.provenance import provenance_tags
 from xattn.tracking.runs import (
     CheckpointCache,
     best_child,
@@ -164,7 +167,9 @@ def open_stores(workspace: Workspace):
 
 
 def study_run(spec: StudySpec) -> parent_run.StudyRun:
-    """What the study run records of `spec`."""
+    """What the study run records of `spec`, and what produced it: xattn's commit (one `git`
+    call per study) and package versions, the spec's hash and the hash of its data (whose files
+    must exist: `_check` has read them)."""
     params = {
         "family": spec.model.family,
         "dataset": spec.data.dataset or "files",
@@ -175,6 +180,7 @@ def study_run(spec: StudySpec) -> parent_run.StudyRun:
         "mode": spec.search.mode,
         **{f"fixed.{k}": v for k, v in spec.model.fixed.items()},
     }
+    spec_yaml = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
     return parent_run.StudyRun(
         name=spec.name,
         description=spec.description,
@@ -182,7 +188,8 @@ def study_run(spec: StudySpec) -> parent_run.StudyRun:
         metric=spec.search.metric,
         mode=spec.search.mode,
         params=params,
-        spec_yaml=yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+        spec_yaml=spec_yaml,
+        provenance=provenance_tags(xattn_commit(), spec_yaml, data_fingerprint(spec.data)),
     )
 
 
@@ -208,7 +215,17 @@ def _open_study_run(spec: StudySpec, workspace: Workspace, client, address, mirr
         parent_run_id, optuna_study = parent_run.start(client, experiment_id, study)
     agreement = selection.Agreement(spec.search.metric, spec.search.mode)
     return phases.Context(
-        workspace, client, experiment_id, parent_run_id, optuna_study, address, mirror, progress, spec, agreement
+        workspace,
+        client,
+        experiment_id,
+        parent_run_id,
+        optuna_study,
+        address,
+        mirror,
+        progress,
+        spec,
+        agreement,
+        provenance=study.provenance,
     )
 
 

@@ -13,7 +13,17 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from xattn.cli.common import JsonOpt, MirrorOpt, TrackingOpt, WorkspaceOpt, app, console, friendly, stored_workspace
+from xattn.cli.common import (
+    JsonOpt,
+    MirrorOpt,
+    TrackingOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    err_console,
+    friendly,
+    stored_workspace,
+)
 
 
 @app.command("export")
@@ -55,6 +65,8 @@ def evaluate(
     from xattn.export import evaluate_export
 
     result = evaluate_export(directory, mirror=str(mirror) if mirror else None)
+    for warning in result["warnings"]:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if as_json:
         print(json.dumps(result))
         return

@@ -118,9 +118,10 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
     import jinja2
     import plotly.offline
 
+    from xattn.provenance import package_versions, xattn_commit
     from xattn.reporting.data_context import data_context
-    from xattn.reporting.provenance import package_versions, xattn_commit
     from xattn.reporting.state import study_state
+    from xattn.tracking.provenance import recorded_provenance
 
     run_tags = parent.data.tags
     name = run_tags.get(tags.STUDY) or client.get_experiment(parent.info.experiment_id).name
@@ -163,7 +164,8 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
         "data": data_context(spec) if spec else None,
         "checkpoint": _checkpoint_context(client, best) if best else None,
         "provenance": {
-            "xattn_commit": xattn_commit(),
+            "recorded": recorded_provenance(run_tags),  # what the study ran with
+            "xattn_commit": str(xattn_commit()),  # what writes this page
             "versions": package_versions(),
             "driver": run_tags.get(tags.DRIVER),
             "resumed": run_tags.get(tags.RESUMED, "0"),

@@ -53,6 +53,7 @@ class MlflowTrialLogger(Callback):
         configuration: Callable[[dict[str, Any], str], str] | None = None,
         null_of: Callable[[dict[str, Any]], tuple[str, int] | None] | None = None,
         params_of: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        provenance: dict[str, str] | None = None,
     ) -> None:
         """`fixed`: the hyperparameters every trial shares (the spec's model.fixed), logged with
         each trial's own, so a run's params are its whole configuration.
@@ -61,7 +62,8 @@ class MlflowTrialLogger(Callback):
         `configuration(config, trial_id)` is the search configuration a trial belongs to,
         recorded as tags.CONFIGURATION (xattn.tuning.selection); `null_of(config)` the
         (method, index) of the null a null run trains on; `params_of(config)` the hyperparameters
-        a trial's config stands for (a final run's config holds every fold's selection)."""
+        a trial's config stands for (a final run's config holds every fold's selection).
+        `provenance`: the tags that say what produced the study's runs (xattn.tracking.provenance)."""
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -75,6 +77,7 @@ class MlflowTrialLogger(Callback):
         self.configuration = configuration
         self.null_of = null_of
         self.params_of = params_of or dict
+        self.provenance = dict(provenance or {})
         self.run_ids: dict[str, str] = {}
         self.workers: dict[str, str] = {}
 
@@ -107,6 +110,7 @@ class MlflowTrialLogger(Callback):
                 name = f"{self.family}-trial-{number if number is not None else trial.trial_id}-fold{fold}-seed{seed}"
                 name += f"-inner{inner}" if inner is not None else ""
             run_tags = {
+                **self.provenance,
                 tags.PARENT_RUN: self.parent_run_id,
                 tags.RUN_NAME: name,
                 tags.ROLE: self.role,

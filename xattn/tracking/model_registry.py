@@ -1,9 +1,11 @@
 """A study's best model in MLflow's model registry: one registered model per study, named
 after it, whose alias `best` points at the best trial of the newest study run.
 
-A version is the trial run's `checkpoint/` artifact (`runs:/<run_id>/checkpoint`), tagged with
-what an export of it records (study, runs, Optuna trial, the sha256 of each file of its
-manifest) and the trial's metrics. A run is registered once: running or resuming the study
+A version is the trial run's `checkpoint/` artifact (`runs:/<run_id>/checkpoint`). Its tags are
+what a person filters versions by: study, family, the spec's and the data's hash, the selection
+metric and its value. Its description says the rest: which runs and trials it came from, the
+software it was trained with, the trial's metrics and the sha256 of each file of its export's
+manifest (which `xattn export` checks). A run is registered once: running or resuming the study
 again moves the alias, onto the same version when the best trial is the same.
 """
 
@@ -23,7 +25,8 @@ from xattn.tracking.store import shown
 
 BEST_ALIAS = "best"
 CHECKPOINT = "checkpoint"
-METRIC_TAG = "metric."  # + a metric of the trial run
+METRIC_TAG = "metric."  # + the selection metric of the trial run
+SHA256_LINE = re.compile(r"^- sha256 (\S+): ([0-9a-f]{64})$", re.MULTILINE)  # describe_version's lines
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
 # What a registry answers for a name, alias or version it does not have (an unknown alias is
 # an invalid parameter to MLflow's SQL store); anything else means the store itself failed.
@@ -43,8 +46,8 @@ def register_best(
             study,
             f"runs:/{run.info.run_id}/{CHECKPOINT}",
             run_id=run.info.run_id,
-            tags=version_tags(study, parent, run, manifest),
-            description=_describe(parent, run),
+            tags=version_tags(study, parent, run),
+            description=describe_version(parent, run, manifest),
         )
     client.set_registered_model_alias(study, BEST_ALIAS, str(version.version))
     return client.get_model_version(study, str(version.version))
@@ -57,29 +60,59 @@ def version_of_run(client: MlflowClient, study: str, run_id: str) -> ModelVersio
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def version_tags(study: str, parent: Run, run: Run, manifest: dict[str, Any]) -> dict[str, str]:
-    run_tags = run.data.tags
+def version_tags(study: str, parent: Run, run: Run) -> dict[str, str]:
+    """What a person filters a study's versions by."""
+    run_tags, parent_tags = run.data.tags, parent.data.tags
+    metric = parent_tags.get(tags.METRIC, "")
     info = {
         tags.STUDY: study,
-        tags.PARENT_RUN_ID: parent.info.run_id,
-        tags.OPTUNA_STUDY: parent.data.tags.get(tags.OPTUNA_STUDY, ""),
-        tags.OPTUNA_TRIAL_NUMBER: run_tags.get(tags.OPTUNA_TRIAL_NUMBER, ""),
-        tags.RAY_TRIAL_ID: run_tags.get(tags.RAY_TRIAL_ID, ""),
         tags.FAMILY: run_tags.get(tags.FAMILY, ""),
-        tags.SELECTED_BY: parent.data.tags.get(tags.METRIC, ""),
+        tags.SPEC_HASH: run_tags.get(tags.SPEC_HASH, parent_tags.get(tags.SPEC_HASH, "")),
+        tags.DATA_HASH: run_tags.get(tags.DATA_HASH, parent_tags.get(tags.DATA_HASH, "")),
+        tags.SELECTED_BY: metric,
     }
-    info.update({f"{tags.SHA256_PREFIX}{name}": digest for name, digest in sorted(manifest["files"].items())})
-    info.update({f"{METRIC_TAG}{key}": repr(float(value)) for key, value in sorted(run.data.metrics.items())})
+    if metric in run.data.metrics:  # a refit has no validation metric
+        info[f"{METRIC_TAG}{metric}"] = repr(float(run.data.metrics[metric]))
     return {key: value for key, value in info.items() if value != ""}
 
 
 def registered_sha256(version: ModelVersion) -> dict[str, str]:
-    """The sha256 of each export file, as recorded when the version was registered."""
-    return {
-        key[len(tags.SHA256_PREFIX) :]: value
-        for key, value in (version.tags or {}).items()
-        if key.startswith(tags.SHA256_PREFIX)
-    }
+    """The sha256 of each export file, as recorded when the version was registered: in its
+    description (`describe_version`), or in tags for versions registered before that."""
+    recorded = {name: digest for name, digest in SHA256_LINE.findall(version.description or "")}
+    recorded.update(
+        {
+            key[len(tags.SHA256_PREFIX) :]: value
+            for key, value in (version.tags or {}).items()
+            if key.startswith(tags.SHA256_PREFIX)
+        }
+    )
+    return recorded
+
+
+def describe_version(parent: Run, run: Run, manifest: dict[str, Any]) -> str:
+    """The version's description, in Markdown as MLflow's UI shows it: what it is, where it came
+    from, what trained it, its metrics, and the sha256 `xattn export` checks its files against."""
+    from xattn.tracking.provenance import recorded_provenance
+
+    run_tags, parent_tags = run.data.tags, parent.data.tags
+    lines = [_describe(parent, run), ""]
+    lines.append(f"- study run `{parent.info.run_id}`, trial run `{run.info.run_id}`")
+    optuna_study, trial = parent_tags.get(tags.OPTUNA_STUDY), run_tags.get(tags.OPTUNA_TRIAL_NUMBER)
+    if optuna_study and trial is not None:
+        lines.append(f"- Optuna study `{optuna_study}`, trial {trial}; Ray trial `{run_tags.get(tags.RAY_TRIAL_ID)}`")
+    provenance = recorded_provenance(run_tags) or recorded_provenance(parent_tags)
+    if provenance:
+        dirty = {"true": " with uncommitted changes", "unknown": " (not a git checkout)"}.get(
+            provenance["git_dirty"], ""
+        )
+        versions = ", ".join(f"{name} {version}" for name, version in provenance["versions"].items())
+        lines.append(f"- xattn commit `{provenance['git_commit']}`{dirty}; {versions}")
+        lines.append(f"- data files: {', '.join(f'{k} {v}' for k, v in provenance['data_files'].items())}")
+    metrics = ", ".join(f"{key} {value:.6g}" for key, value in sorted(run.data.metrics.items()))
+    lines.append(f"- metrics: {metrics}")
+    lines += [f"- sha256 {name}: {digest}" for name, digest in sorted(manifest["files"].items())]
+    return "\n".join(lines)
 
 
 def resolve(client: MlflowClient, uri: str) -> ModelVersion:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from xattn.errors import StoreError
@@ -36,6 +36,7 @@ class StudyRun:
     mode: str
     params: dict[str, Any]  # logged as the run's params
     spec_yaml: str  # logged as study.yaml, which a resume starts from
+    provenance: dict[str, str] = field(default_factory=dict)  # tags: what produced the run (tracking.provenance)
 
 
 def open_experiment(client: MlflowClient, workspace: Workspace, study: StudyRun) -> str:
@@ -61,6 +62,7 @@ def open_experiment(client: MlflowClient, workspace: Workspace, study: StudyRun)
 def start(client: MlflowClient, experiment_id: str, study: StudyRun) -> tuple[str, str]:
     """Create the study run; return its id and the name of its Optuna study."""
     run_tags = {
+        **study.provenance,
         tags.ROLE: "study",
         tags.STUDY: study.name,
         tags.FAMILY: study.family,
@@ -98,6 +100,9 @@ def reopen(client: MlflowClient, parent: Run, study: StudyRun) -> tuple[str, str
     if study.description and tags.NOTE not in parent.data.tags:  # a run started before descriptions were recorded
         client.set_tag(run_id, tags.NOTE, study.description)
     client.set_tag(run_id, tags.RESUMED, str(int(parent.data.tags.get(tags.RESUMED, "0")) + 1))
+    # The software of the driver that runs it now; each trial run keeps the one it ran with.
+    for key, value in study.provenance.items():
+        client.set_tag(run_id, key, value)
     return run_id, parent.data.tags[tags.OPTUNA_STUDY]
 
 

@@ -197,14 +197,18 @@ def deployed_run(client: MlflowClient, parent: Run, children: list[Run] | None =
 
 def copy_run(client: MlflowClient, source: Run, run_tags: dict[str, str]) -> str:
     """A finished run in `source`'s experiment with `run_tags` and everything `source` logged:
-    params, every step of every metric, the epochs-run tag and its checkpoint. A final run whose
+    params, every step of every metric, the epochs-run and provenance tags and its checkpoint. A final run whose
     search already trained it (same split, seed and budget) is recorded this way, not retrained."""
     from mlflow.entities import Param, RunTag
 
     run_id = client.create_run(source.info.experiment_id, tags=run_tags).info.run_id
     metrics = [m for key in sorted(source.data.metrics) for m in client.get_metric_history(source.info.run_id, key)]
     params = [Param(k, v) for k, v in sorted(source.data.params.items())]
-    kept = [RunTag(k, source.data.tags[k]) for k in (tags.EPOCHS_RUN,) if k in source.data.tags]
+    kept = [
+        RunTag(key, value)
+        for key, value in sorted(source.data.tags.items())
+        if key in (tags.EPOCHS_RUN, *tags.PROVENANCE) or key.startswith(tags.VERSION_PREFIX)
+    ]
     client.log_batch(run_id, params=params, tags=kept)
     for start in range(0, len(metrics), 1000):  # MLflow's cap per batch
         client.log_batch(run_id, metrics=metrics[start : start + 1000])

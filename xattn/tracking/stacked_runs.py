@@ -40,8 +40,9 @@ class StackedNullRuns(Callback):
         arm: str | None = None,
         fixed: dict[str, Any] | None = None,
         params_of: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+        provenance: dict[str, str] | None = None,
     ) -> None:
-        """`fixed` and `params_of(config)`: a member's hyperparameters, as MlflowTrialLogger's."""
+        """`fixed`, `params_of(config)` and `provenance`: as MlflowTrialLogger's."""
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -50,6 +51,7 @@ class StackedNullRuns(Callback):
         self.method = method
         self.fixed = dict(fixed or {})
         self.params_of = params_of
+        self.provenance = dict(provenance or {})
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info: Any) -> None:
         if trial.checkpoint is not None:
@@ -69,6 +71,7 @@ class StackedNullRuns(Callback):
             if int(index) in recorded:
                 continue
             run_tags = {
+                **self.provenance,
                 tags.PARENT_RUN: self.parent_run_id,
                 tags.RUN_NAME: null_run_name(self.family, self.method, index, fold, seed),
                 tags.ROLE: "null", tags.FAMILY: self.family, tags.ARM: self.arm, tags.FOLD: str(fold),

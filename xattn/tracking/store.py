@@ -68,10 +68,7 @@ class Workspace:
 
     def missing_store(self) -> Path | None:
         """The SQLite tracking file, when it does not exist yet: reading it would create it."""
-        if not self.tracking_uri.startswith("sqlite:///"):
-            return None
-        database = Path(self.tracking_uri.removeprefix("sqlite:///").split("?")[0])
-        return None if database.exists() else database
+        return missing_sqlite_file(self.tracking_uri)
 
     @property
     def artifact_root(self) -> Path:
@@ -91,6 +88,14 @@ class Workspace:
         if self.tracking_uri.startswith(("http://", "https://", "databricks")):
             return None
         return (self.artifact_root / study).as_uri()
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of SQLite database `url` when it does not exist yet (opening it would create it)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    database = Path(url.removeprefix("sqlite:///").split("?")[0])
+    return None if database.exists() else database
 
 
 def check_tracking_uri(uri: str, source: str) -> str:

@@ -41,6 +41,16 @@ PRECISION = "xattn.precision"  # the floating-point precision a trial trained in
 CLUSTER_RESOURCES = "xattn.cluster_resources"  # the Ray cluster's CPUs, GPUs and memory at the study's start
 GPU_FALLBACK = "xattn.gpu_fallback"  # why trials that asked for GPUs trained on CPU
 
+# What produced a run (study and trial runs alike; xattn.tracking.provenance): the driver's
+# software, the spec and the data.
+GIT_COMMIT = "xattn.git_commit"  # HEAD of xattn's checkout; "unknown" for an installed copy
+GIT_DIRTY = "xattn.git_dirty"  # "true" when tracked files had uncommitted changes; "unknown" outside a checkout
+VERSION_PREFIX = "xattn.version."  # + python, xattn, torch, ray, optuna, mlflow
+SPEC_HASH = "xattn.spec_hash"  # the sha256 of the study's study.yaml artifact
+DATA_HASH = "xattn.data_hash"  # one sha256 over every data file's (xattn.data.fingerprint)
+DATA_FILES = "xattn.data_files"  # JSON: each data file's sha256, or the synthetic data's options
+PROVENANCE = (GIT_COMMIT, GIT_DIRTY, SPEC_HASH, DATA_HASH, DATA_FILES)  # with every VERSION_PREFIX tag
+
 # A study run's selection and lifecycle.
 METRIC = "xattn.metric"  # the selection metric, best_<metric>
 MODE = "xattn.mode"  # "min" or "max"
@@ -52,7 +62,6 @@ MODEL_VERSION = "xattn.model_version"
 REGISTRY_ERROR = "xattn.registry_error"
 
 # On a registered model version.
-PARENT_RUN_ID = "xattn.parent_run_id"
 SELECTED_BY = "xattn.selected_by"
 SHA256_PREFIX = "xattn.sha256."  # + the name of a file of the export's manifest
 

@@ -40,6 +40,7 @@ def deploy(spec: StudySpec, context: phases.Context, comparison: dict[str, Any] 
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
             role="refit", fold=tags.WHOLE_DATA_FOLD, seed=spec.seed, fixed=spec.trial_params({}),
+            provenance=context.provenance,
         )  # fmt: skip
 
     if context.progress is not None:

@@ -69,7 +69,7 @@ def null_bundles(
     cells = bundle_cells(comparison.folds, seeds, n)
     recorder = StackedNullRuns(
         context.client, context.experiment_id, context.parent_run_id, spec.model.family, method,
-        fixed=spec.trial_params({}), params_of=own_configuration,
+        fixed=spec.trial_params({}), params_of=own_configuration, provenance=context.provenance,
     )  # fmt: skip
     if context.progress is not None:
         context.progress.start_phase(title, len(cells), "test_pearson", "max")

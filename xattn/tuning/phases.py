@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ class Context:
     progress: Any
     spec: StudySpec
     agreement: selection.Agreement
+    provenance: dict[str, str] = field(default_factory=dict)  # the tags of what produced the runs
 
 
 def search(spec: StudySpec, context: Context, optuna_study: str | None = None, *, whole: str | None = None):
@@ -105,7 +106,7 @@ def search(spec: StudySpec, context: Context, optuna_study: str | None = None, *
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, optuna_number, spec.model.family,
             role="search", fold=tags.WHOLE_DATA_FOLD if whole else spec.data.split.fold, seed=spec.seed,
-            fixed=spec.trial_params({}), configuration=selection.configuration_key,
+            fixed=spec.trial_params({}), configuration=selection.configuration_key, provenance=context.provenance,
         )  # fmt: skip
 
     part = "all regions" if whole else f"fold {spec.data.split.fold + 1}/{spec.data.split.folds}"
@@ -183,7 +184,7 @@ def finals(
         return MlflowTrialLogger(
             context.client, context.experiment_id, context.parent_run_id, lambda _: None, spec.model.family,
             role=role, fold=None, seed=None, fixed=spec.trial_params({}), arm=arm, null_of=null_of,
-            params_of=own_configuration,
+            params_of=own_configuration, provenance=context.provenance,
         )  # fmt: skip
 
     reused = _record_winners_as_finals(spec, context, winners or {}, arm, seeds[0])
