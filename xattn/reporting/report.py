@@ -188,6 +188,7 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
         undefined=jinja2.StrictUndefined,  # a misspelt field fails the tests, not the reader
         trim_blocks=True,
         lstrip_blocks=True,
+        keep_trailing_newline=True,  # a text file ends with a newline
     )
     environment.filters["number"] = format_number
     return environment.get_template(TEMPLATE.name).render(**context)
