@@ -95,7 +95,7 @@ def check_artifacts(client, workspace: Workspace) -> Check:
         experiment_id = _probe_experiment(client, workspace.artifact_location(PROBE_EXPERIMENT))
         run = client.create_run(experiment_id)
         try:
-            client.log_text(run.info.run_id, "ok\n", "probe.txt")
+            client.log_text(run.info.run_id, "ok", "probe.txt")  # deleted at once; read back as "ok"
             with tempfile.TemporaryDirectory() as folder:
                 text = Path(client.download_artifacts(run.info.run_id, "probe.txt", folder)).read_text()
             where = client.get_run(run.info.run_id).info.artifact_uri.rsplit("/", 3)[0]
