@@ -562,8 +562,7 @@ def test_optuna_in_the_database_behind_the_tracking_server_is_refused(tmp_path):
 
 def test_printed_commands_name_the_stores_they_need_and_paste_whole(tmp_path, monkeypatch):
     """What `study run` prints after a study (xattn ui, show, export, report, resume ...)."""
-    from xattn.cli.common import store_flags
-    from xattn.tracking.store import Workspace
+    from xattn.tracking.store import Workspace, store_flags
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("XATTN_WORKSPACE", raising=False)
