@@ -349,7 +349,7 @@ def test_a_study_piped_to_a_file_prints_plain_lines_with_the_summary_s_best(tmp_
     assert result["stopped_early"] == early
     (counts,) = [line for line in lines if line.startswith(f"study quickstart (study run {result['parent_run_id']}): ")]
     assert counts.endswith(
-        f": 3 trials finished, {early} of them stopped early by the scheduler" if early else ": 3 trials finished"
+        f": 3 trials finished ({early} of them stopped early by the scheduler)" if early else ": 3 trials finished"
     )
     table = xattn("study", "show", "quickstart", "--workspace", workspace, cwd=tmp_path, check=True).stdout
     assert "cross_attention, every run on fold 0, seed 0" in table

@@ -152,13 +152,16 @@ def _interrupt(signum, frame) -> None:
 def _print_result(result, ws) -> None:
     from xattn.export import default_export_folder
 
-    counts = [f"{n} {state}" for state, n in sorted(result.trial_counts.items())]
+    # finished first: the early stops are some of them
+    states = sorted(result.trial_counts.items(), key=lambda item: (item[0] != "finished", item[0]))
+    counts = [f"{n} {state}" for state, n in states]
+    if result.stopped_early and "finished" in result.trial_counts:
+        counts[0] += f" ({result.stopped_early} of them stopped early by the scheduler)"
     if counts:
-        n, state = counts[0].split(" ", 1)
-        counts[0] = f"{n} {'trial' if n == '1' else 'trials'} {state}"
-    early = f", {result.stopped_early} of them stopped early by the scheduler" if result.stopped_early else ""
+        n, rest = counts[0].split(" ", 1)
+        counts[0] = f"{n} {'trial' if n == '1' else 'trials'} {rest}"
     console.print()
-    prose(f"study {result.name} (study run {result.parent_run_id}): {', '.join(counts) or 'no trials'}{early}")
+    prose(f"study {result.name} (study run {result.parent_run_id}): {', '.join(counts) or 'no trials'}")
     if result.best:
         table = Table(title="best trial", show_header=False)
         table.add_row("run id", result.best["run_id"])
