@@ -203,7 +203,9 @@ def _print_result(result, ws) -> None:
         (f"xattn report {name}{store_flags(ws, optuna=True)}", "one HTML page: figures, trials, comparison"),
         (f"xattn dashboard{store_flags(ws, tracking=False, optuna=True)}", "Optuna's view of the search"),
     ]
+    # comments in a column where the commands are short; a long --workspace would push them far right
     width = max(len(command) for command, _ in suggestions)
+    width = width if width <= 48 else 0
     for command, what in suggestions:
         console.print(f"  {command:<{width}}  # {what}", highlight=False)
     note = password_note(ws)

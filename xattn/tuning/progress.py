@@ -289,7 +289,8 @@ class TrialProgress(Callback):
         at = "" if self.metric.startswith("test_") else " at its best epoch"
         shown = f"{self.metric} {value:.4f}{at}" if value is not None else "no result"
         best = f"best so far {self.best:.4f}" if self.best is not None else "no best yet"
-        timing = f"{_duration(self._elapsed())} elapsed, {_time_left(self._eta())}"
+        timing = f"{_duration(self._elapsed())} elapsed"
+        timing += f", {_time_left(self._eta())}" if self.done < self.total else ""
         return f"[{self.done}/{self.total}]", f"{shown}; {best}; {len(self._running)} running; {timing}"
 
     def _record(self, trial) -> None:
