@@ -1,7 +1,10 @@
 """The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
 
+import html
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +36,32 @@ def xattn(*args, cwd, check=False, timeout=600, env=None):
             f"xattn {' '.join(map(str, args))} exited {process.returncode}:\n{process.stdout}\n{process.stderr}"
         )
     return process
+
+
+def printed_commands(text: str) -> list[list[str]]:
+    """The `xattn ...` commands in printed text, one a line, as a shell splits them (comments dropped)."""
+    return [shlex.split(line, comments=True)[1:] for line in text.splitlines() if line.strip().startswith("xattn ")]
+
+
+def run_as_printed(args: list[str], cwd: Path) -> str:
+    """Run a printed command; return its stdout. A server (ui, dashboard) is given a free port,
+    must announce itself and serve, and is then stopped."""
+    if args[0] not in ("ui", "dashboard"):
+        return xattn(*args, cwd=cwd, check=True).stdout
+    from services import free_port, port_open, wait_until
+
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "xattn.cli", *args, "--port", str(port)],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: port_open(port), f"xattn {' '.join(args)}", server)
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=60)
+    assert f"on http://127.0.0.1:{port} (Ctrl-C stops it)" in out and err == "", out + err
+    return out
 
 
 def write_spec(tmp_path, **changes):
@@ -140,9 +169,9 @@ def test_quickstart_from_the_cli(tmp_path):
         cwd=tmp_path,
         check=True,
     )
-    result = json.loads(process.stdout.strip().splitlines()[-1])
+    printed = process.stdout
+    result = json.loads(printed.strip().splitlines()[-1])
     assert result["name"] == "quickstart" and result["trial_counts"] == {"finished": 2}
-    assert "xattn ui" in process.stdout and "xattn export quickstart" in process.stdout
 
     shown = json.loads(
         xattn("study", "show", "quickstart", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
@@ -168,10 +197,30 @@ def test_quickstart_from_the_cli(tmp_path):
         in resumed.stderr
     )
 
-    # As the study's output prints it: no --out, so exports/STUDY (git-ignored), files ending in a newline.
-    xattn("export", "quickstart", cwd=tmp_path, check=True)
-    assert (tmp_path / "exports" / "quickstart" / "manifest.json").read_text().endswith("}\n")
-    assert "exports/" in (REPO / ".gitignore").read_text().splitlines()
+    # Every command the study's end message suggests runs as printed (the servers on a free
+    # port), then those the export and the report print.
+    suggested = printed_commands(printed)
+    assert [args[:2] for args in suggested] == [
+        ["study", "show"], ["ui"], ["export", "quickstart"], ["evaluate", "exports/quickstart"],
+        ["report", "quickstart"], ["dashboard"],
+    ]  # fmt: skip
+    outputs = [run_as_printed(args, tmp_path) for args in suggested]
+    exported, reported = outputs[2], outputs[4]
+    assert printed_commands(exported) == [["evaluate", "exports/quickstart"]]
+    report = Path(reported.strip().splitlines()[-1])
+    from_report = [
+        shlex.split(html.unescape(code))[1:] for code in re.findall(r"<code>(xattn [^<]*)</code>", report.read_text())
+    ]
+    assert ["export", "quickstart"] in from_report  # again: it replaces the export of the same study
+    for args in from_report:
+        run_as_printed(args, tmp_path)
+    # What they wrote: exports/STUDY (git-ignored) and the workspace's reports (.xattn/, ignored too),
+    # every text file ending in a newline.
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert "exports/" in ignored and ".xattn/" in ignored and report.is_relative_to(tmp_path / ".xattn")
+    for path in [*(tmp_path / "exports" / "quickstart").iterdir(), report]:
+        if path.suffix in (".json", ".html", ".csv", ".txt"):
+            assert path.read_text().endswith("\n"), path
     xattn("export", "quickstart", "--out", tmp_path / "best", cwd=tmp_path, check=True)
     (tmp_path / "best" / "stale.txt").write_text("from an earlier export")
     xattn("export", "quickstart", "--out", tmp_path / "best", "--force", cwd=tmp_path, check=True)  # replaces an export

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -450,7 +451,9 @@ def test_ui_on_a_port_in_use_is_one_line(tmp_path):
     assert f"port {port} on 127.0.0.1 is in use" in line
 
 
-def test_ui_stopped_by_its_pid_ends_with_every_process_it_started(tmp_path):
+def test_ui_says_one_line_logs_the_server_and_ends_with_every_process_it_started(tmp_path):
+    """Stopped by its pid (`kill PID`). MLflow's notices, Starlette's deprecation and uvicorn's
+    line per request go to the workspace log, not the terminal."""
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "mlflow.db").touch()  # a store (MLflow creates its tables on an empty file)
     port = free_port()
@@ -463,8 +466,17 @@ def test_ui_stopped_by_its_pid_ends_with_every_process_it_started(tmp_path):
         wait_until(lambda: port_open(port), "xattn ui", ui)
         started = descendants(ui.pid)
         assert len(started) >= 2, started  # mlflow, and the server (and job runner) under it
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health?from=the-test", timeout=30) as response:
+            assert response.status == 200
         os.kill(ui.pid, signal.SIGTERM)  # `kill PID`
-        ui.wait(timeout=60)
+        stdout, stderr = ui.communicate(timeout=60)
+        assert stdout.splitlines() == [
+            f"MLflow UI on http://127.0.0.1:{port} (Ctrl-C stops it); studies are under Model training in its "
+            f"sidebar; server messages go to ws/xattn.log"
+        ]
+        assert stderr == ""
+        log = (tmp_path / "ws" / "xattn.log").read_text()
+        assert "GET /health?from=the-test" in log and "Uvicorn running" in log
         deadline = time.monotonic() + 60
         while (port_open(port) or any(alive(pid) for pid in started)) and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -474,6 +486,20 @@ def test_ui_stopped_by_its_pid_ends_with_every_process_it_started(tmp_path):
         for pid in [ui.pid, *started]:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_mlflow_ui_gets_a_store_s_password_by_environment_and_logs_it_masked(tmp_path, monkeypatch, caplog):
+    """`ps` shows a command line to every user of the machine; the log is read by people too."""
+    from xattn import dashboard
+
+    started = {}
+    monkeypatch.setattr(dashboard, "run_server", lambda command, **kwargs: started.update(command=command, **kwargs))
+    uri = "postgresql://me:s3cret-pw@db.example/mlflow"
+    with caplog.at_level("INFO", logger="xattn.dashboard"):
+        dashboard.serve_mlflow_ui(uri, "127.0.0.1", free_port(), announce=lambda url: None, log=tmp_path / "x.log")
+    assert not any("s3cret-pw" in part for part in started["command"])
+    assert started["env"]["MLFLOW_BACKEND_STORE_URI"] == uri and started["log"] == tmp_path / "x.log"
+    assert "me:***@db.example" in caplog.text and "s3cret-pw" not in caplog.text
 
 
 SERVER_TREE = """
@@ -536,8 +562,7 @@ def test_optuna_in_the_database_behind_the_tracking_server_is_refused(tmp_path):
 
 def test_printed_commands_name_the_stores_they_need_and_paste_whole(tmp_path, monkeypatch):
     """What `study run` prints after a study (xattn ui, show, export, report, resume ...)."""
-    from xattn.cli.common import store_flags
-    from xattn.tracking.store import Workspace
+    from xattn.tracking.store import Workspace, store_flags
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("XATTN_WORKSPACE", raising=False)

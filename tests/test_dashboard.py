@@ -86,7 +86,11 @@ def test_the_dashboard_lists_the_study_then_stops(finished, tmp_path):
     finally:
         process.terminate()
         out, err = process.communicate(timeout=30)
-    assert f"Optuna dashboard on http://127.0.0.1:{port}" in out, out + err
+    # one line on the terminal; the line per request in the workspace log
+    (line,) = out.splitlines()
+    assert line.startswith(f"Optuna dashboard on http://127.0.0.1:{port} (Ctrl-C stops it)"), out + err
+    assert err == "" and "GET /api/studies" not in out
+    assert "GET /api/studies" in (workspace.root / "xattn.log").read_text()
     deadline = time.monotonic() + 10
     while port_open(port) and time.monotonic() < deadline:
         time.sleep(0.2)

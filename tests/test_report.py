@@ -8,6 +8,7 @@ must still be reported, and say so.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -203,6 +204,46 @@ def test_every_run_of_a_compared_study_carries_its_provenance(finished_study):
         assert {key: run.data.tags.get(key) for key in provenance} == provenance, run.data.tags[tags.RUN_NAME]
 
 
+def at_80_columns(*args) -> list[str]:
+    """The CLI's lines as an 80-column terminal shows them (rich takes the pipe for a terminal)."""
+    environment = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "80", "NO_COLOR": "1"}
+    process = subprocess.run(
+        [sys.executable, "-m", "xattn.cli", *args], capture_output=True, text=True, timeout=300, env=environment
+    )
+    assert process.returncode == 0, process.stderr
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in process.stdout.splitlines()]
+
+
+@pytest.mark.e2e
+def test_the_tables_fit_80_columns_and_show_every_value_whole(finished_study):
+    """`study show`, `study list` and `compare` of a nested study with a baseline: no line past
+    80 columns, nothing cut off with an ellipsis; `study show --wide` has the full names and values."""
+    from xattn.tracking.store import connect
+    from xattn.tracking.study_index import show_table, study_summary
+
+    spec, workspace, result = finished_study
+    store = ["--workspace", str(workspace.root)]
+    summary = study_summary(connect(workspace), spec.name)
+    compact = at_80_columns("study", "show", spec.name, *store)
+    listed = at_80_columns("study", "list", *store)
+    compared = at_80_columns("compare", spec.name, *store)
+    for lines in (compact, listed, compared):
+        assert max(map(len, lines)) <= 80 and not any("…" in line for line in lines), "\n".join(lines)
+    # every changed param whole on a line of its own, each family's table under its name
+    cells = {cell for line in compact for cell in line.split()}
+    for row in show_table(summary).rows:
+        assert set(row[-1].split(", ")) - {""} <= cells, row
+    assert {"cross_attention", "cge"} <= {line.split()[0].rstrip(",") for line in compact if line}
+    assert any(result.parent_run_id in line for line in listed)
+    assert {"cross_attention", "cge", "diff", "test", "MDD"} <= {word for line in compared for word in line.split()}
+
+    wide = at_80_columns("study", "show", spec.name, "--wide", *store)
+    full = show_table(summary, full_values=True)
+    for row in full.rows:  # one line each: its full run name and every value
+        (line,) = [line for line in wide if f" {row[1]} " in line]
+        assert all(cell in line for cell in row)
+
+
 # -- an interrupted study ------------------------------------------------------------------
 
 
@@ -256,7 +297,8 @@ def test_report_of_an_interrupted_study_renders_and_says_so(interrupted_study, b
     page = open_report(browser, out)
     assert_rendered(page)
     assert page.state == INTERRUPTED and page.status.startswith("Status: interrupted")
-    assert f"xattn study resume {spec.name}" in page.status
+    # the command, with the flags that reach this workspace from where the report was written
+    assert f"`xattn study resume {spec.name} --workspace {workspace.root}` continues it" in page.status
     assert [(row[1], row[-1]) for row in page.trial_rows] == [("0", "finished"), ("1", "running")]
     assert page.trial_rows[1][-2] == "2"  # epochs so far, from the metric history
     assert "Best trial so far" in page.text

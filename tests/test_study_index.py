@@ -11,6 +11,7 @@ from xattn.tracking import tags
 from xattn.tracking.store import Workspace
 from xattn.tracking.study_index import (
     SUMMARY_FIELDS,
+    compact_tables,
     list_studies,
     params_text,
     short_number,
@@ -137,6 +138,32 @@ def test_the_show_table_without_a_budget_shows_bare_epochs_and_leaves_out_famili
     table = show_table(summary(trials, max_epochs=None, metric="best_val_pearson"))
     assert [row[3] for row in table.rows] == ["7", "3"]
     assert table.columns[4] == "best_val_pearson" and table.fixed == {}
+
+
+def test_the_compact_tables_group_by_family_and_name_runs_by_what_differs():
+    """For an 80-column terminal: the family, and the fold or seed every run of it shares, leave
+    the run cells; one changed param a line, floats short."""
+    trials = [
+        shown_trial("a", "cross_attention", {"learning_rate": "0.0012345", "nhead": "2"}, {"best_val_loss": 0.5},
+                    best=True, run_name="cross_attention-trial-0-fold0-seed0"),
+        shown_trial("b", "cross_attention", {"learning_rate": "0.003", "nhead": "4"}, {}, epochs=2, stopped=2,
+                    run_name="cross_attention-trial-1-fold1-seed0"),
+        shown_trial("c", "cge", {}, {"test_pearson": 0.25}, run_name="cge-final-fold1-seed0"),
+        shown_trial("d", "cge", {}, {}, status="FAILED", epochs=None, run_name="cge-final-fold1-seed1"),
+        shown_trial("e", "mlp", {}, {}, status="RUNNING", epochs=None),
+    ]  # fmt: skip
+    tables = compact_tables(summary(trials))
+    assert [(table.family, table.shared) for table in tables] == [
+        ("cross_attention", "seed 0"), ("cge", "fold 1"), ("mlp", "")
+    ]  # fmt: skip
+    assert tables[0].columns == ("", "run", "status", "epochs", "best val loss", "test r", "params that differ")
+    assert tables[0].rows == [
+        ("*", "trial-0, fold 0", "finished", "4/4", "0.5000", "-", "learning_rate=0.00123\nnhead=2"),
+        ("", "trial-1, fold 1", "stopped early", "2/4", "-", "-", "learning_rate=0.003\nnhead=4"),
+    ]
+    assert [row[1:3] for row in tables[1].rows] == [("final, seed 0", "finished"), ("final, seed 1", "failed")]
+    assert tables[1].rows[0][5] == "0.250"
+    assert tables[2].rows[0][1:3] == ("e", "running")  # no run name: its id
 
 
 def test_a_store_not_created_yet_lists_no_studies_and_stays_uncreated(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +26,13 @@ from xattn.tracking.store import Workspace, connect
 from xattn.training.checkpoint import CHECKPOINT_FILES, file_sha256
 
 MANIFEST = "manifest.json"
+EXPORTS_FOLDER = Path("exports")  # below the current folder; the project's .gitignore lists it
+
+
+def default_export_folder(study: str) -> Path:
+    """Where `xattn export STUDY` writes without --out: exports/STUDY, the name made safe for a
+    path (a model URI models:/NAME@best becomes exports/NAME-best)."""
+    return EXPORTS_FOLDER / (re.sub(r"[^A-Za-z0-9._-]+", "-", study.removeprefix("models:/")).strip("-") or "export")
 
 
 def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | None = None, force: bool = False) -> dict:
@@ -36,7 +44,9 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
     out = Path(out)
     ensure_can_create(out, "--out", "choose another --out")
     if out.exists() and any(out.iterdir()):
-        if not force:
+        # The same study exported again (as its end message and its report both suggest)
+        # replaces its earlier export: every file of it comes from the store again.
+        if not force and _exported_study(out) != study:
             raise StoreError(f"{out} exists and is not empty: choose another --out or pass --force")
         if not (out / MANIFEST).is_file():
             # --force replaces an earlier export, never a folder of other things (a workspace, a home).
@@ -70,6 +80,14 @@ def export_best(study: str, out: Path, workspace: Workspace, *, run_id: str | No
         shutil.rmtree(staging, ignore_errors=True)
     registered = {"model_name": version.name, "model_version": str(version.version)} if version is not None else {}
     return {"out": str(out.resolve()), **metrics, **registered}
+
+
+def _exported_study(folder: Path) -> str | None:
+    """The study an earlier export in `folder` is of, or None for a folder that is no export."""
+    try:
+        return json.loads((folder / "metrics.json").read_text())["study"] if (folder / MANIFEST).is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def export_manifest(client, study: str, parent, best, checkpoint: str | Path | CheckpointCache) -> dict[str, Any]:

@@ -40,12 +40,27 @@ def check_port(host: str, port: int, who: str) -> None:
         ) from None
 
 
-def run_server(command: list[str]) -> int:
+def run_server(command: list[str], *, log: Path | None = None, env: dict[str, str] | None = None) -> int:
     """Run `command` under a guard until it exits or this process is told to stop; return its
-    exit code (0 when stopped by a signal)."""
-    guard = subprocess.Popen(
-        [sys.executable, "-m", "xattn.processes", *command], preexec_fn=_lead_group_and_die_with_parent
-    )
+    exit code (0 when stopped by a signal).
+
+    With `log`, everything the server and its children print (notices, warnings, one line per
+    request) is appended to that file instead of the terminal. `env` adds to the environment:
+    the place for a secret, which the command line would show to anyone who lists processes.
+    """
+    output = log.open("ab") if log is not None else None
+    try:
+        guard = subprocess.Popen(
+            [sys.executable, "-m", "xattn.processes", *command],
+            preexec_fn=_lead_group_and_die_with_parent,
+            stdin=subprocess.DEVNULL if output is not None else None,
+            stdout=output,
+            stderr=output,
+            env={**os.environ, **env} if env else None,
+        )
+    finally:
+        if output is not None:
+            output.close()  # the guard holds its own copy
     stopping: list[int] = []
 
     def stop(signum, frame) -> None:

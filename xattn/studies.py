@@ -9,6 +9,7 @@ study run's records xattn.tracking.parent_run.
 from __future__ import annotations
 
 import os
+import shlex
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,15 @@ from xattn.tracking.runs import (
     held_out_run,
     unfinished_parent_run,
 )
-from xattn.tracking.store import Workspace, check_optuna_storage, check_tracking_store, check_writable, connect, shown
+from xattn.tracking.store import (
+    Workspace,
+    check_optuna_storage,
+    check_tracking_store,
+    check_writable,
+    connect,
+    shown,
+    store_flags,
+)
 from xattn.tuning import null_phase, phases, selection
 from xattn.tuning.cluster import check_gpu, check_ray_address, check_trial_fits, init_ray
 from xattn.tuning.deploy import deploy
@@ -125,7 +134,7 @@ def resume_study(name: str, workspace: Workspace, **kwargs: Any) -> StudyResult:
     spec = spec_from_yaml(parent_run.spec_text(client, parent))
     progress = kwargs.get("progress")
     if progress is not None:
-        progress.console.print(f"resuming study {name}; tracking {shown(workspace.tracking_uri)}", highlight=False)
+        progress.console.print(f"resuming study {name}, recorded in {shown(workspace.tracking_uri)}", highlight=False)
         progress.total, progress.metric, progress.mode = spec.search_trials, spec.search.metric, spec.search.mode
         progress.title, progress.max_epochs = f"search {spec.model.family}", spec.budget.max_epochs
     return run_study(spec, workspace, **kwargs)
@@ -203,7 +212,8 @@ def _open_study_run(spec: StudySpec, workspace: Workspace, client, address, mirr
         if spec_from_yaml(parent_run.spec_text(client, unfinished)) != spec:
             raise StoreError(
                 f"study {spec.name!r} has an unfinished run {run_id} of a different spec: "
-                f"`xattn study resume {spec.name}` continues it, --name NEW starts another study"
+                f"`xattn study resume {shlex.quote(spec.name)}{store_flags(workspace, optuna=True)}` continues it, "
+                "--name NEW starts another study"
             )
         parent_run_id, optuna_study = parent_run.reopen(client, unfinished, study)
         if progress is not None:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
-import shlex
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from xattn.errors import StudyNotFound, XattnError
-from xattn.passwords import PASSWORD_FROM_ENVIRONMENT, has_password, mask, without_password
-from xattn.tracking.store import DEFAULT_WORKSPACE, Workspace, shown
+from xattn.passwords import mask
+from xattn.tracking.store import Workspace, password_note, shown, store_flags  # noqa: F401 - the commands' names for them
 
 app = typer.Typer(help="Hyperparameter studies of cross-attention models of brain connectivity.", no_args_is_help=True)
 study_app = typer.Typer(help="Run and inspect studies.", no_args_is_help=True)
@@ -24,6 +23,7 @@ data_app = typer.Typer(help="Named datasets: list, fetch, info.", no_args_is_hel
 app.add_typer(study_app, name="study")
 app.add_typer(data_app, name="data")
 
+WHOLE_LINE = 40  # columns a compact table's "name=value" line keeps whole: half of an 80-column terminal
 LONG_LINE = 100_000  # columns rich may use off a terminal: a printed command or a table row stays one line
 
 
@@ -36,6 +36,42 @@ def _console(stderr: bool = False) -> Console:
 
 console = _console()
 err_console = _console(stderr=True)
+
+
+def prose(text: str) -> None:
+    """A sentence for a person: wrapped between words at a terminal's width (one line off a
+    terminal). Commands a person copies are printed soft-wrapped instead, with no break in them."""
+    console.print(text, highlight=False, soft_wrap=False)
+
+
+def print_wide(renderable) -> None:
+    """`renderable` (a table) as wide as it is, whatever the terminal's width: `--wide` output,
+    for a wide terminal or `less -S`. Rich never prints wider than its console, so a console
+    as wide as LONG_LINE prints it, to the same stream in the same colours."""
+    Console(
+        file=console.file,
+        width=LONG_LINE,
+        soft_wrap=True,
+        force_terminal=console.is_terminal,
+        color_system=console.color_system,
+        no_color=console.no_color,
+    ).print(renderable)
+
+
+def compact_table(columns: tuple[str, ...], rows: list[tuple[str, ...]], *, whole: tuple[int, ...] = ()) -> Table:
+    """A table for an 80-column terminal: no vertical rules, cells that wrap between words (a
+    word longer than its column folds; nothing is cut off with an ellipsis). The lines of the
+    columns in `whole` (a "name=value" a line) are kept whole while they are short enough;
+    the other columns wrap to make room."""
+    several_lines = any("\n" in cell for row in rows for cell in row)
+    # a blank line between rows where a row takes several lines, so each reads as one
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=0, leading=int(several_lines))
+    for index, column in enumerate(columns):
+        longest = max((len(line) for row in rows for line in row[index].splitlines()), default=0)
+        table.add_column(column, overflow="fold", width=min(longest, WHOLE_LINE) if index in whole else None)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _flags_take_no_value() -> None:
@@ -150,21 +186,3 @@ def parse_sets(values: list[str]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
-
-
-def store_flags(ws: Workspace, *, tracking: bool = True, optuna: bool = False) -> str:
-    """The flags a printed command needs to reach these stores from here: none where the
-    defaults (flags left out, the same environment) would find them."""
-    default_root = Path(os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
-    defaults = Workspace.open(ws.root, create=False)
-    flags = [("--workspace", str(ws.root))] if ws.root != default_root else []
-    if tracking and ws.tracking_uri != defaults.tracking_uri:
-        flags.append(("--tracking-uri", without_password(ws.tracking_uri)))
-    if optuna and ws.optuna_storage != defaults.optuna_storage:
-        flags.append(("--optuna-storage", without_password(shown(ws.optuna_storage))))
-    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in flags)
-
-
-def password_note(ws: Workspace) -> str | None:
-    """What a printed command lacks when a store's URI carries a password (store_flags leaves it out)."""
-    return PASSWORD_FROM_ENVIRONMENT if has_password(ws.tracking_uri) or has_password(ws.optuna_storage) else None

@@ -5,7 +5,6 @@ attention learned.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from pathlib import Path
 from typing import Optional
@@ -36,7 +35,9 @@ def export(
         None, "--out", help="Folder to write the export to (default: exports/STUDY, below the current folder)."
     ),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
-    force: bool = typer.Option(False, "--force", help="Replace the --out folder if it is not empty."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an earlier export in --out (one of the same study is replaced without it)."
+    ),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     as_json: bool = JsonOpt,
@@ -44,12 +45,14 @@ def export(
     """Export the best trial's weights, config and metrics, with a sha256 manifest."""
     ws = stored_workspace(workspace, tracking_uri)
 
-    from xattn.export import export_best
+    from xattn.export import default_export_folder, export_best
 
-    out = out or Path("exports") / re.sub(r"[^A-Za-z0-9._-]+", "-", study.removeprefix("models:/")).strip("-")
+    out = out or default_export_folder(study)
     info = export_best(study, out, ws, run_id=run_id, force=force)
     console.print(f"exported trial {info['run_id']} of {study} to {info['out']}", highlight=False)
-    console.print(f"  check it: xattn evaluate {shlex.quote(str(out))}", highlight=False)
+    console.print(
+        f"  xattn evaluate {shlex.quote(str(out))}  # rebuilds the model, checks its test metrics", highlight=False
+    )
     if as_json:
         print(json.dumps(info))
 

@@ -16,9 +16,12 @@ from xattn.cli.common import (
     TrackingOpt,
     WorkspaceOpt,
     app,
+    compact_table,
     console,
     friendly,
     parse_sets,
+    print_wide,
+    prose,
     stored_workspace,
 )
 from xattn.errors import XattnError
@@ -31,6 +34,9 @@ def compare(
     study: str = typer.Argument(..., help="Study name (run with compare_with)."),
     output: str = typer.Option("table", "--format", help="table | csv | json | markdown"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
+    wide: bool = typer.Option(
+        False, "--wide", help="The table with a family a row, a line each (for a wide terminal or `less -S`)."
+    ),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
 ) -> None:
@@ -51,19 +57,15 @@ def compare(
     if output == "markdown":
         print(comparison_markdown(comparison))
         return
-    _print_comparison(study, comparison)
+    _print_comparison(study, comparison, wide=wide)
 
 
-def _print_comparison(study: str, comparison: dict) -> None:
+def _print_comparison(study: str, comparison: dict, *, wide: bool = False) -> None:
     from xattn.tuning.comparison import format_cell
 
-    table = Table(
-        title=f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed; "
-        "K folds are the evidence (corrected t, Holm over baselines)"
-    )
     nulls = next((entry["nulls"] for entry in comparison["families"] if "nulls" in entry), None)
     null_columns = (f"{nulls['method']} nulls: r", "p null") if nulls else ()
-    for column in (
+    columns = (
         "family",
         "n",
         "test r",
@@ -74,8 +76,8 @@ def _print_comparison(study: str, comparison: dict) -> None:
         "MDD 80%",
         "search: rank r(val, test)",
         *null_columns,
-    ):
-        table.add_column(column, no_wrap=True)
+    )
+    rows = []
     for entry in comparison["families"]:
         diff = entry.get("vs_reference")
         null = entry.get("nulls")
@@ -84,7 +86,7 @@ def _print_comparison(study: str, comparison: dict) -> None:
             if null
             else ("-", "-")
         )
-        table.add_row(
+        rows.append((
             entry["family"],
             str(entry["n_runs"]),
             f"{format_cell(entry['test_pearson_mean'])} ± {format_cell(entry['test_pearson_sd'])}",
@@ -100,14 +102,27 @@ def _print_comparison(study: str, comparison: dict) -> None:
             format_cell(diff.get("mdd80", math.nan)) if diff else "-",
             format_cell(entry.get("search_val_test_spearman", math.nan)),
             *(null_cells if nulls else ()),
-        )
-    console.print(table)
+        ))  # fmt: skip
+    prose(
+        f"{study}: diff = {comparison['reference']} - baseline, paired on fold and seed; "
+        "K folds are the evidence (corrected t, Holm over baselines)"
+    )
+    if wide:
+        table = Table()
+        for column in columns:
+            table.add_column(column, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        print_wide(table)  # a family a row
+    else:
+        # A family a column: ten measures side by side do not fit 80 columns, three families do.
+        measures = [(column, *(row[index] for row in rows)) for index, column in enumerate(columns) if index]
+        console.print(compact_table(("", *(row[0] for row in rows)), measures))
     agreement = comparison.get("search_agreement")
     if agreement and agreement["spearman"] == agreement["spearman"]:
-        console.print(
+        prose(
             f"search, every family: validation {agreement['metric']} ranks the {agreement['n_trials']} trials "
-            f"by test r with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})",
-            highlight=False,
+            f"by test r with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g})"
         )
 
 

@@ -77,16 +77,31 @@ def ui(
         console.print(f"the tracking store is a server: open {shown(ws.tracking_uri)} in a browser", highlight=False)
         return
     ws = stored_workspace(workspace, tracking_uri)
+    log = server_log(ws)
 
     def announce(url: str) -> None:
-        console.print(f"MLflow UI on {url} (Ctrl-C to stop); store {ws.tracking_uri}", highlight=False)
+        # One line: where, how to stop, where the server's own messages go. MLflow 3.17 opens on
+        # its GenAI view, so the line names the view studies are in.
         console.print(
-            "  studies are model training: pick [bold]Model training[/] in its sidebar once "
-            "(MLflow starts a browser on GenAI)",
+            f"MLflow UI on {url} (Ctrl-C stops it); studies are under Model training in its sidebar; "
+            f"server messages go to {log}",
             highlight=False,
         )
 
-    raise typer.Exit(serve_mlflow_ui(ws.tracking_uri, host, port, workers=workers, announce=announce))
+    code = serve_mlflow_ui(ws.tracking_uri, host, port, workers=workers, announce=announce, log=log)
+    if code != 0:
+        err_console.print(f"[red]error:[/] the MLflow UI stopped (exit code {code}): see {log}", highlight=False)
+    raise typer.Exit(code)
+
+
+def server_log(ws) -> Path:
+    """The workspace log, where a server's messages go; the folder is made (a store elsewhere,
+    PostgreSQL, leaves none), and the path shown as short as it reads from here."""
+    from xattn.logs import LOG_FILE
+
+    ws.root.mkdir(parents=True, exist_ok=True)
+    path = ws.root / LOG_FILE
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 @app.command("dashboard")
@@ -107,8 +122,11 @@ def dashboard(
     ws = open_workspace(workspace, None, optuna_storage, create=False)
 
     def announce(url: str, studies: list[str]) -> None:
+        log = server_log(ws)  # made once the storage opened: a mistyped one leaves no folder
         console.print(
-            f"Optuna dashboard on {url} (Ctrl-C to stop); {len(studies)} Optuna studies in {shown(ws.optuna_storage)}",
+            f"Optuna dashboard on {url} (Ctrl-C stops it), {len(studies)} Optuna "
+            f"{'study' if len(studies) == 1 else 'studies'} in "
+            f"{shown(ws.optuna_storage)}; requests are logged to {log}",
             highlight=False,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +20,15 @@ from xattn.cli.common import (
     OptunaOpt,
     TrackingOpt,
     WorkspaceOpt,
+    compact_table,
     console,
     err_console,
     friendly,
     open_workspace,
     parse_sets,
     password_note,
+    print_wide,
+    prose,
     store_flags,
     stored_workspace,
     study_app,
@@ -73,7 +77,7 @@ def study_run(
 
     console.print(
         f"study [bold]{spec.name}[/]: {spec.model.family} on {spec.data.dataset or 'user files'}, "
-        f"{spec.budget.trials} trials x {spec.budget.max_epochs} epochs; tracking {shown(ws.tracking_uri)}",
+        f"{spec.budget.trials} trials of up to {spec.budget.max_epochs} epochs, recorded in {shown(ws.tracking_uri)}",
         highlight=False,
         soft_wrap=True,  # one line in a log too, like the progress lines below it
     )
@@ -123,7 +127,7 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
     except KeyboardInterrupt:
         err_console.print(
             "interrupted: the study run is marked KILLED; "
-            f"continue it with `xattn study resume {name}{store_flags(ws, optuna=True)}`",
+            f"continue it with `xattn study resume {shlex.quote(name)}{store_flags(ws, optuna=True)}`",
             highlight=False,
         )
         note = password_note(ws)
@@ -136,7 +140,8 @@ def _finish_study(start: Callable[[], Any], ws, name: str, as_json: bool, progre
     if result.best is None:
         reasons = "; ".join(f"{n} x {reason}" for reason, n in result.failures.items()) or "no trial reported a result"
         err_console.print(
-            f"[red]error:[/] every trial failed ({reasons}): see the FAILED runs' error artifacts in `xattn ui`",
+            f"[red]error:[/] every trial failed ({reasons}): see the FAILED runs' error artifacts in "
+            f"`xattn ui{store_flags(ws)}`",
             soft_wrap=True,
         )
         raise typer.Exit(1)
@@ -147,10 +152,18 @@ def _interrupt(signum, frame) -> None:
 
 
 def _print_result(result, ws) -> None:
-    counts = ", ".join(f"{n} {state}" for state, n in sorted(result.trial_counts.items()))
-    if result.stopped_early:
-        counts += f" ({result.stopped_early} of them stopped early by the scheduler)"
-    console.print(f"\nstudy {result.name}: {counts} (parent run {result.parent_run_id})", highlight=False)
+    from xattn.export import default_export_folder
+
+    # finished first: the early stops are some of them
+    states = sorted(result.trial_counts.items(), key=lambda item: (item[0] != "finished", item[0]))
+    counts = [f"{n} {state}" for state, n in states]
+    if result.stopped_early and "finished" in result.trial_counts:
+        counts[0] += f" ({result.stopped_early} of them stopped early by the scheduler)"
+    if counts:
+        n, rest = counts[0].split(" ", 1)
+        counts[0] = f"{n} {'trial' if n == '1' else 'trials'} {rest}"
+    console.print()
+    prose(f"study {result.name} (study run {result.parent_run_id}): {', '.join(counts) or 'no trials'}")
     if result.best:
         table = Table(title="best trial", show_header=False)
         table.add_row("run id", result.best["run_id"])
@@ -165,42 +178,44 @@ def _print_result(result, ws) -> None:
         if agreement["spearman"] == agreement["spearman"]:  # not NaN: three trials or more
             whose = "every family's" if family == "all" else f"{family}'s"
             within = agreement.get("spearman_within_folds")
-            within = f"; within its {agreement['n_folds']} folds {within:+.2f}" if within is not None else ""
-            console.print(
-                f"search: validation {agreement['metric']} ranks {whose} {agreement['n_trials']} trials by test r "
-                f"with Spearman {agreement['spearman']:+.2f} (p = {agreement['p_value']:.2g}){within}",
-                highlight=False,
+            within = f"; within its {agreement['n_folds']} folds, {within:+.2f}" if within is not None else ""
+            prose(
+                f"search: ranking {whose} {agreement['n_trials']} trials by validation {agreement['metric']} "
+                f"agrees with ranking them by test r at Spearman {agreement['spearman']:+.2f} "
+                f"(p = {agreement['p_value']:.2g}){within}"
             )
-    stores = store_flags(ws)
     console.print("\nlook at it:", highlight=False)
-    console.print(f"  xattn ui{stores}", highlight=False)
     # MLflow 3.17's UI opens every experiment as a GenAI app unless the link asks for runs.
     ui_base = (
         shown(ws.tracking_uri).rstrip("/")
         if ws.tracking_uri.startswith(("http://", "https://"))
         else "http://127.0.0.1:5000"
     )
-    console.print(
-        f"    then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning", highlight=False
-    )
-    console.print(f"  xattn study show {result.name}{stores}", highlight=False)
-    console.print(f"  xattn export {result.name}{stores}   (into exports/{result.name})", highlight=False)
-    console.print(
-        f"  xattn evaluate exports/{result.name}   (after export: rebuilds the best model, checks its test metrics)",
-        highlight=False,
-    )
-    console.print(
-        f"  xattn report {result.name}{store_flags(ws, optuna=True)}   (one HTML page: figures, trials, comparison)",
-        highlight=False,
-    )
-    console.print(f"  xattn dashboard{store_flags(ws, tracking=False, optuna=True)}", highlight=False)
+    name, stores = shlex.quote(result.name), store_flags(ws)
+    exported = shlex.quote(str(default_export_folder(result.name)))
+    # Each line pastes into a shell as it is: what it does follows as a shell comment.
+    suggestions = [
+        (f"xattn study show {name}{stores}", "its trials, the best one starred"),
+        (
+            f"xattn ui{stores}",
+            f"then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning",
+        ),
+        (f"xattn export {name}{stores}", f"the best trial's weights, config and metrics into {exported}"),
+        (f"xattn evaluate {exported}", "after export: rebuilds the best model, checks its test metrics"),
+        (f"xattn report {name}{store_flags(ws, optuna=True)}", "one HTML page: figures, trials, comparison"),
+        (f"xattn dashboard{store_flags(ws, tracking=False, optuna=True)}", "Optuna's view of the search"),
+    ]
+    # comments in a column where the commands are short; a long --workspace would push them far right
+    width = max(len(command) for command, _ in suggestions)
+    width = width if width <= 48 else 0
+    for command, what in suggestions:
+        console.print(f"  {command:<{width}}  # {what}", highlight=False)
     note = password_note(ws)
     if note:
-        console.print(f"  ({note})", highlight=False)
+        prose(f"  ({note})")
     if result.best and result.best.get("model_uri"):
-        console.print(
-            f"  the best trial is model {result.best['model_uri']} (version {result.best['model_version']})",
-            highlight=False,
+        prose(
+            f"the best trial is registered as model {result.best['model_uri']} (version {result.best['model_version']})"
         )
 
 
@@ -216,16 +231,13 @@ def study_list(
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("study", "experiment", "runs", "latest run", "status")
-    for row in rows:
-        table.add_row(
-            row["name"],
-            row["experiment_id"],
-            str(row["study_runs"]),
-            str(row["latest_run_id"]),
-            str(row["latest_status"]),
-        )
-    console.print(table)
+    cells = [
+        (row["name"], row["experiment_id"], str(row["study_runs"]), row["latest_run_id"] or "-",
+         (row["latest_status"] or "-").lower())
+        for row in rows
+    ]  # fmt: skip
+    # A run id is copied whole (--run-id); a long study name wraps instead.
+    console.print(compact_table(("study", "experiment", "runs", "newest run", "status"), cells, whole=(3,)))
 
 
 @study_app.command("show")
@@ -233,6 +245,9 @@ def study_list(
 def study_show(
     name: str = typer.Argument(..., help="Study name."),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="A specific study run (default: the newest)."),
+    wide: bool = typer.Option(
+        False, "--wide", help="One table, full run names and values, a row a line (for a wide terminal or `less -S`)."
+    ),
     workspace: Optional[Path] = WorkspaceOpt,
     tracking_uri: Optional[str] = TrackingOpt,
     as_json: bool = JsonOpt,
@@ -240,21 +255,31 @@ def study_show(
     """Show a study run and its trials: the best one marked, the epochs each ran, and those the scheduler
     stopped early.
     """
-    from xattn.tracking.study_index import show_table, study_summary
+    from xattn.tracking.study_index import compact_tables, show_table, study_summary
 
     summary = study_summary(connect(stored_workspace(workspace, tracking_uri)), name, run_id)
     if as_json:
         print(json.dumps(summary))
         return
-    console.print(
+    prose(
         f"study {name}: run {summary['parent_run_id']} ({summary['status']}), {len(summary['trials'])} runs; "
-        f"* marks the best trial (by {summary['metric']})",
-        highlight=False,
+        f"* marks the best trial (by {summary['metric']})"
+        + ("" if wide else "; run names are shortened, --wide shows them whole")
     )
-    shown = show_table(summary)
-    table = Table(*shown.columns)
-    for row in shown.rows:
-        table.add_row(*row)
-    console.print(table)
-    for family, params in shown.fixed.items():
-        console.print(f"fixed for {family}: {params}", highlight=False)
+    if wide:
+        shown = show_table(summary, full_values=True)
+        table = Table(*shown.columns)
+        for column in table.columns:
+            column.no_wrap = True
+        for row in shown.rows:
+            table.add_row(*row)
+        print_wide(table)  # as wide as its longest row, never cut
+        for family, params in shown.fixed.items():
+            console.print(f"fixed for {family}: {params}", highlight=False)
+        return
+    for family in compact_tables(summary):
+        console.print()
+        prose(f"[bold]{family.family}[/]" + (f", every run on {family.shared}" if family.shared else ""))
+        console.print(compact_table(family.columns, family.rows, whole=(len(family.columns) - 1,)))
+        if family.fixed:
+            prose(f"the same in every {family.family} run: {family.fixed}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,7 @@ from xattn.tracking.runs import (
     read_artifact_text,
     trial_row,
 )
-from xattn.tracking.store import Workspace, connect, shown
+from xattn.tracking.store import Workspace, connect, shown, store_flags
 
 # Package data (pyproject.toml [tool.setuptools.package-data]): present in a checkout and an installed wheel alike.
 TEMPLATE = "report.html.j2"
@@ -134,9 +135,15 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
     family = run_tags.get(tags.FAMILY) or (spec.model.family if spec else None)
     best, best_note = _best_run(client, parent, children, family)
     figures, figure_notes = _figures(client, parent, workspace, mirror)
-    state = study_state(parent)
+    resume = f"xattn study resume {shlex.quote(name)}{store_flags(workspace, optuna=True)}"
+    state = study_state(parent, resume)
     context = {
         "name": name,
+        # as a person pastes them from this page, from where the report was written
+        "commands": {
+            "export": f"xattn export {shlex.quote(name)}{store_flags(workspace)}",
+            "report": f"xattn report {shlex.quote(name)}{store_flags(workspace, optuna=True)}",
+        },
         "description": spec.description if spec else "",
         "run_id": parent.info.run_id,
         "run_name": run_tags.get(tags.RUN_NAME, ""),
@@ -187,6 +194,7 @@ def render_report(client: MlflowClient, parent: Run, workspace: Workspace, *, mi
         undefined=jinja2.StrictUndefined,  # a misspelt field fails the tests, not the reader
         trim_blocks=True,
         lstrip_blocks=True,
+        keep_trailing_newline=True,  # a text file ends with a newline
     )
     environment.filters["number"] = format_number
     return environment.get_template(TEMPLATE).render(**context)

@@ -28,11 +28,13 @@ class StudyState:
     detail: str  # one sentence for a person: why, and what to do
 
 
-def study_state(parent: Run) -> StudyState:
+def study_state(parent: Run, resume_command: str | None = None) -> StudyState:
+    """Where study run `parent` stands; `resume_command` is what continues it from where the
+    reader is (by default `xattn study resume NAME`, for the default workspace)."""
     run_tags = parent.data.tags
     status = parent.info.status
-    name = run_tags.get(tags.STUDY, "NAME")
-    resume = f"`xattn study resume {name}` continues it"
+    resume_command = resume_command or f"xattn study resume {run_tags.get(tags.STUDY, 'NAME')}"
+    resume = f"`{resume_command}` continues it"
     if tags.COMPLETED in run_tags:
         if status == "FINISHED":
             return StudyState(FINISHED, "every trial has ended and the best trial is recorded")

@@ -7,13 +7,14 @@ by code, so the same study runs against a lab's PostgreSQL-backed server unchang
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from xattn.errors import StoreError, first_line
-from xattn.passwords import mask
+from xattn.passwords import PASSWORD_FROM_ENVIRONMENT, has_password, mask, without_password
 from xattn.paths import ensure_can_create, ensure_not_a_file
 
 if TYPE_CHECKING:  # MLflow takes seconds to import: commands that fail on their input should not wait for it
@@ -157,6 +158,24 @@ def shown(uri: str) -> str:
     """`uri` as a person reads it: any password masked, and without the SQLite wait that xattn
     adds to the stores it makes itself (SQLITE_WAIT)."""
     return mask(uri).removesuffix(SQLITE_WAIT)
+
+
+def store_flags(ws: Workspace, *, tracking: bool = True, optuna: bool = False) -> str:
+    """The flags a printed command needs to reach these stores from here: none where the
+    defaults (flags left out, the same environment) would find them."""
+    default_root = Path(os.environ.get("XATTN_WORKSPACE") or DEFAULT_WORKSPACE).expanduser().resolve()
+    defaults = Workspace.open(ws.root, create=False)
+    flags = [("--workspace", str(ws.root))] if ws.root != default_root else []
+    if tracking and ws.tracking_uri != defaults.tracking_uri:
+        flags.append(("--tracking-uri", without_password(ws.tracking_uri)))
+    if optuna and ws.optuna_storage != defaults.optuna_storage:
+        flags.append(("--optuna-storage", without_password(shown(ws.optuna_storage))))
+    return "".join(f" {flag} {shlex.quote(value)}" for flag, value in flags)
+
+
+def password_note(ws: Workspace) -> str | None:
+    """What a printed command lacks when a store's URI carries a password (store_flags leaves it out)."""
+    return PASSWORD_FROM_ENVIRONMENT if has_password(ws.tracking_uri) or has_password(ws.optuna_storage) else None
 
 
 def check_writable(workspace: Workspace) -> None:

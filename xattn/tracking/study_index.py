@@ -5,11 +5,13 @@ What `xattn study list` and `xattn study show` print, as plain records a noteboo
     ws = Workspace.open("path/to/workspace", create=False)
     list_studies(ws)                        # one row per study
     summary = study_summary(connect(ws), "quickstart")
-    show_table(summary)                     # the table `xattn study show` prints
+    compact_tables(summary)                 # the tables `xattn study show` prints, one per family
+    show_table(summary, full_values=True)   # the one table of `xattn study show --wide`
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from xattn.tracking import tags
@@ -108,15 +110,18 @@ def short_number(text: str) -> str:
         return text
 
 
-def params_text(params: dict[str, str], keys: set[str] | None = None) -> str:
-    """`name=value, ...` sorted by name, floats shortened; only `keys` where given."""
-    return ", ".join(f"{k}={short_number(v)}" for k, v in sorted(params.items()) if keys is None or k in keys)
+def params_text(
+    params: dict[str, str], keys: set[str] | None = None, *, full_values: bool = False, separator: str = ", "
+) -> str:
+    """`name=value, ...` sorted by name, floats shortened unless `full_values`; only `keys` where given."""
+    value = str if full_values else short_number
+    return separator.join(f"{k}={value(v)}" for k, v in sorted(params.items()) if keys is None or k in keys)
 
 
-def show_table(summary: dict[str, Any]) -> ShowTable:
+def show_table(summary: dict[str, Any], *, full_values: bool = False) -> ShowTable:
     """The table of a `study_summary`: the best trial starred, each trial's status (or the epoch
     the scheduler stopped it at), epochs, selection metric, test r and the params that differ."""
-    metric, max_epochs = summary["metric"], summary["max_epochs"]
+    metric = summary["metric"]
     varying, fixed = split_params(summary["trials"])
     rows = []
     for trial in summary["trials"]:
@@ -126,21 +131,87 @@ def show_table(summary: dict[str, Any]) -> ShowTable:
             if trial["stopped_early_at"] is None
             else f"stopped early (epoch {trial['stopped_early_at']})"
         )
-        epochs = (
-            "-"
-            if trial["epochs"] is None
-            else f"{trial['epochs']}/{max_epochs}"
-            if max_epochs
-            else str(trial["epochs"])
-        )
         rows.append((
             "*" if trial["best"] else "",
             trial["run_name"] or trial["run_id"],
             status,
-            epochs,
+            _epochs(trial, summary["max_epochs"]),
             f"{m[metric]:.4f}" if metric in m else "-",
             f"{m['test_pearson']:.3f}" if "test_pearson" in m else "-",
-            params_text(trial["params"], varying[trial["family"]]),
+            params_text(trial["params"], varying[trial["family"]], full_values=full_values),
         ))  # fmt: skip
     columns = ("", "run", "status", "epochs", metric, "test_pearson", "params that differ")
-    return ShowTable(columns, rows, {family: params_text(params) for family, params in fixed.items() if params})
+    fixed_text = {family: params_text(params, full_values=full_values) for family, params in fixed.items() if params}
+    return ShowTable(columns, rows, fixed_text)
+
+
+class FamilyTable(NamedTuple):
+    """One family's (or arm's) runs in `xattn study show`'s compact view, for an 80-column
+    terminal: run names without the family and without the fold, seed and inner fold every run
+    of the family shares (`shared`, e.g. "fold 0, seed 0"), one changed param a line."""
+
+    family: str
+    shared: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
+    fixed: str
+
+
+# The parts of a run name (xattn.tracking.callback) that say where it trained: fold0, seed1, inner2, foldall.
+_PLACE = re.compile(r"(fold|seed|inner)(\w+)")
+
+
+def compact_tables(summary: dict[str, Any]) -> list[FamilyTable]:
+    """The study's runs as one compact table per family, in the order the families first appear."""
+    metric = summary["metric"]
+    varying, fixed = split_params(summary["trials"])
+    families: dict[str, list[dict[str, Any]]] = {}
+    for trial in summary["trials"]:
+        families.setdefault(trial["family"], []).append(trial)
+    tables = []
+    for family, trials in families.items():
+        names = [_name_parts(trial, family) for trial in trials]
+        # a place every run of the family shares goes to the title, not to each row
+        shared = {
+            key: value for key, value in names[0][1].items() if all(places.get(key) == value for _, places in names)
+        }
+        rows = []
+        for trial, (label, places) in zip(trials, names):
+            m = trial["metrics"]
+            where = [f"{key} {value}" for key, value in places.items() if key not in shared]
+            rows.append((
+                "*" if trial["best"] else "",
+                ", ".join([label, *where]) if label else trial["run_id"],
+                "stopped early" if trial["stopped_early_at"] is not None else trial["status"].lower(),
+                _epochs(trial, summary["max_epochs"]),
+                f"{m[metric]:.4f}" if metric in m else "-",
+                f"{m['test_pearson']:.3f}" if "test_pearson" in m else "-",
+                params_text(trial["params"], varying[family], separator="\n"),
+            ))  # fmt: skip
+        # "_" to " ": a long metric name then wraps in its header instead of widening its column
+        columns = ("", "run", "status", "epochs", metric.replace("_", " "), "test r", "params that differ")
+        shared_text = ", ".join(f"{key} {value}" for key, value in shared.items())
+        tables.append(FamilyTable(family, shared_text, columns, rows, params_text(fixed.get(family, {}))))
+    return tables
+
+
+def _name_parts(trial: dict[str, Any], family: str) -> tuple[str, dict[str, str]]:
+    """A run name as (what the run is, where it trained): "cross_attention-trial-3-fold0-seed0"
+    is ("trial-3", {"fold": "0", "seed": "0"}); a run without a name is ("", {})."""
+    name = trial["run_name"] or ""
+    for prefix in (f"{family}-", f"{family.split(':')[0]}-"):
+        name = name.removeprefix(prefix)
+    label, places = [], {}
+    for part in name.split("-") if name else []:
+        place = _PLACE.fullmatch(part)
+        if place:
+            places[place[1]] = place[2]
+        else:
+            label.append(part)
+    return "-".join(label), places  # "trial-3", not "trial 3": a table wraps between words, not inside a name
+
+
+def _epochs(trial: dict[str, Any], max_epochs: int | None) -> str:
+    if trial["epochs"] is None:
+        return "-"
+    return f"{trial['epochs']}/{max_epochs}" if max_epochs else str(trial["epochs"])

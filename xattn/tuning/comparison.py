@@ -260,7 +260,7 @@ def format_cell(value: Any) -> str:
 
 
 def log_comparison(client, parent_run_id: str, comparison: dict[str, Any]) -> None:
-    client.log_text(parent_run_id, json.dumps(comparison, indent=2), "comparison.json")
+    client.log_text(parent_run_id, json.dumps(comparison, indent=2) + "\n", "comparison.json")
     buffer = io.StringIO()
     comparison_frame(comparison).to_csv(buffer, index=False)
     client.log_text(parent_run_id, buffer.getvalue(), "comparison.csv")

@@ -50,7 +50,7 @@ def write_json_out(path: Path, comparison: dict[str, Any] | None, runs: list[Loc
     """`{"comparison": ..., "runs": [...]}` written whole (staged beside `path`, then moved in), so
     a reader never sees half a file; `comparison` is None until every run has finished."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"comparison": comparison, "runs": [run.to_dict() for run in runs]}, indent=2))
+    partial.write_text(json.dumps({"comparison": comparison, "runs": [run.to_dict() for run in runs]}, indent=2) + "\n")
     partial.replace(path)
 
 

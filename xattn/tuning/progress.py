@@ -50,7 +50,7 @@ class TrialProgress(Callback):
     """A Ray Tune callback counting one phase's trials at a time (see `start_phase`).
 
     Use it as a context manager around the study: in an interactive terminal it then shows a
-    live bar (trials done, running, best so far, elapsed, ETA) under the printed lines, and it
+    live bar (trials done, running, best so far, time elapsed and left) under the printed lines, and it
     takes the bar down however the study ends. Elsewhere every line is plain and never wrapped.
     """
 
@@ -159,18 +159,16 @@ class TrialProgress(Callback):
             return Group(grid, Text(f"running: {shown}{more}", style="dim"))
 
     def _status(self) -> str:
-        """Done/total, running, best so far, elapsed and ETA, as one line."""
+        """Done/total, running, best so far, elapsed and time left, as one line."""
         parts = [f"{self.done}/{self.total} done"]
         outcomes = [f"{n} {text}" for n, text in ((self.stopped_early, "stopped early"), (self.failed, "failed")) if n]
         if outcomes:
             parts[0] += f" ({', '.join(outcomes)})"
         parts.append(f"{len(self._running)} running")
-        key = result_key(self.metric)
-        parts.append(f"best so far {key}={self.best:.4f}" if self.best is not None else f"best so far {key}=-")
-        parts.append(f"elapsed {_duration(self._elapsed())}")
-        eta = self._eta()
-        parts.append(f"ETA {_duration(eta)}" if eta is not None else "ETA after the first trial")
-        return "  ".join(parts)
+        parts.append(f"best {self.metric} so far {self.best:.4f}" if self.best is not None else "no result yet")
+        parts.append(f"{_duration(self._elapsed())} elapsed")
+        parts.append(_time_left(self._eta()))
+        return ", ".join(parts)
 
     def _elapsed(self) -> float:
         if self.phase_started is None:
@@ -246,14 +244,16 @@ class TrialProgress(Callback):
         with self._lock:
             self._absorb(trials)
             self.phase_ended = self.clock()
-            done = f"{self.done}/{self.total} trials done in {_duration(self._elapsed())}"
+            done = f"{self.done} of {self.total} trials done in {_duration(self._elapsed())}"
             outcomes = [
                 f"{n} {text}"
                 for n, text in ((self.stopped_early, "stopped early by the scheduler"), (self.failed, "failed"))
                 if n
             ]
             done += f" ({', '.join(outcomes)})" if outcomes else ""
-            best = f"best {self.metric} {self.best:.4f}" if self.best is not None else "no trial result"
+            best = (
+                f"the best reached {self.metric} {self.best:.4f}" if self.best is not None else "no trial has a result"
+            )
             line = f"{escape(self.title)}: {done}; {best}"
         self._print(line)
 
@@ -283,14 +283,15 @@ class TrialProgress(Callback):
         if running is not None:
             self._durations.append(self.clock() - running.started)
         result = trial.last_result or {}
-        key = result_key(self.metric)
-        value = result.get(key)
+        value = result.get(result_key(self.metric))
         # A search trial's test r stays out of sight while the search runs: selection is on validation only.
-        shown = f"{key}={value:.4f}" if value is not None else "no result"
+        # A validation metric is read at the trial's best epoch, a test metric as it is.
+        at = "" if self.metric.startswith("test_") else " at its best epoch"
+        shown = f"{self.metric} {value:.4f}{at}" if value is not None else "no result"
         best = f"best so far {self.best:.4f}" if self.best is not None else "no best yet"
-        eta = self._eta()
-        timing = f"elapsed {_duration(self._elapsed())}, ETA {_duration(eta) if eta is not None else '-'}"
-        return f"[{self.done}/{self.total}]", f"{shown}  |  {best}  |  {len(self._running)} running  |  {timing}"
+        timing = f"{_duration(self._elapsed())} elapsed"
+        timing += f", {_time_left(self._eta())}" if self.done < self.total else ""
+        return f"[{self.done}/{self.total}]", f"{shown}; {best}; {len(self._running)} running; {timing}"
 
     def _record(self, trial) -> None:
         """A completed trial's result joins its configuration's; failed trials never count,
@@ -339,8 +340,19 @@ def _point_log_handlers(moves: list[tuple[Any, Any]]) -> None:
 
 
 def _duration(seconds: float) -> str:
+    """As a person says it: 16 s, 2 min 05 s, 1 h 02 min."""
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min"
+
+
+def _time_left(eta: float | None) -> str:
+    if eta is None:
+        return "time left known after the first trial"
+    return f"about {_duration(eta)} left" if eta >= 0.5 else "almost done"
 
 
 def _fmt(value: Any) -> str:

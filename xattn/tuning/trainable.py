@@ -29,7 +29,7 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str 
     # diverge again from the same checkpoint and seed, so its retries fail at once.
     marker = Path(tune.get_context().get_trial_dir()) / DIVERGED_MARKER
     if marker.exists():
-        raise TrainingDiverged(marker.read_text())
+        raise TrainingDiverged(marker.read_text().rstrip("\n"))
     spec = StudySpec.model_validate(spec_json)
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     trial = prepare_trial(spec, {**config, WHOLE: whole} if whole else config, mirror=mirror)
@@ -72,7 +72,7 @@ def run_trial(config: dict[str, Any], *, spec_json: dict[str, Any], mirror: str 
         fit(model, trial.experiment.pairs, trial.train_config, on_epoch=report, start_epoch=start_epoch,
             optimizer_state=optimizer_state)  # fmt: skip
     except TrainingDiverged as error:
-        marker.write_text(str(error))
+        marker.write_text(f"{error}\n")
         raise
 
 
