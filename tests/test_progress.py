@@ -175,6 +175,19 @@ def test_off_a_terminal_every_event_is_one_plain_line():
     assert "best_val_pearson" not in written and "0:00" not in written
 
 
+def test_a_started_line_names_fold_seed_and_null_not_the_platform_s_keys():
+    from xattn.tuning.progress import started_text
+
+    null_run = {"_cell": [3, 0], "_fold": 3, "_seed": 0, "_null_index": 7, "_null_method": "msr"}
+    null_run["_selected"] = {"3": {"learning_rate": 0.0027}}
+    assert started_text({**null_run, "learning_rate": 0.00214}) == "fold 3, null 7, seed 0, learning_rate=0.00214"
+    bundle = {"_cell": [1, 0, 66], "_fold": 1, "_seed": 0, "_null_method": "msr", "_selected": {}}
+    assert started_text(bundle) == "nulls from 66, fold 1, seed 0"
+    refit = {"_epochs": 8, "_seed": 0, "_whole": "refit", "learning_rate": 0.002}
+    assert started_text(refit) == "8 epochs, seed 0, all regions (refit), learning_rate=0.002"
+    assert "_" not in started_text({"_cell": [0, 0], "_some_new_key": 1}).replace("default_", "")
+
+
 def test_each_phase_counts_afresh():
     out = io.StringIO()
     progress = TrialProgress(Console(file=out, width=200), total=2, metric="val_loss", mode="min")

@@ -25,6 +25,8 @@ from rich.text import Text
 
 from xattn.tracking.runs import best_group
 from xattn.tuning import selection
+from xattn.tuning import trial as trial_keys
+from xattn.tuning.comparison import GROUP
 
 # Ray Tune trial statuses (ray.tune.experiment.Trial) of a trial that will not run again.
 FINISHED_STATUSES = ("TERMINATED", "ERROR")
@@ -197,8 +199,7 @@ class TrialProgress(Callback):
             # A retried trial keeps its first start: its duration is what it cost.
             self._running.setdefault(trial.trial_id, _Running(started=now))
             self.peak_running = max(self.peak_running, len(self._running))
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(trial.config.items()))
-        self._print(f"[dim]started  {escape(trial.trial_id)}: {escape(params)}[/]")
+        self._print(f"[dim]started  {escape(trial.trial_id)}: {escape(started_text(trial.config))}[/]")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         with self._lock:
@@ -353,6 +354,38 @@ def _time_left(eta: float | None) -> str:
     if eta is None:
         return "time left known after the first trial"
     return f"about {_duration(eta)} left" if eta >= 0.5 else "almost done"
+
+
+# Keys the platform adds to a trial's config, as a person reads them; None hides one the phase's
+# own header already says (the null method) or that only the platform reads (a fold's selection).
+_PLATFORM_KEYS = {
+    trial_keys.CELL: None,
+    trial_keys.SELECTED: None,
+    trial_keys.NULL_METHOD: None,
+    selection.INNER_FOLD: None,
+    GROUP: None,
+    "_fold": lambda value: f"fold {value}",
+    "_seed": lambda value: f"seed {value}",
+    trial_keys.NULL_INDEX: lambda value: f"null {value}",
+    trial_keys.EPOCHS: lambda value: f"{value} epochs",
+    trial_keys.WHOLE: lambda value: f"all regions ({value})",
+}
+
+
+def started_text(config: dict[str, Any]) -> str:
+    """A trial's settings as its "started" line shows them: the fold, seed and null it trains on
+    (named as in its run name), then its hyperparameters; never the platform's own `_keys`."""
+    where, params = [], []
+    cell = config.get(trial_keys.CELL)
+    if isinstance(cell, list | tuple) and len(cell) == 3:  # a bundle of nulls: [fold, seed, its first null]
+        where.append(f"nulls from {cell[2]}")
+    for key, value in sorted(config.items()):
+        if key in _PLATFORM_KEYS:
+            if _PLATFORM_KEYS[key] is not None:
+                where.append(_PLATFORM_KEYS[key](value))
+        elif not key.startswith("_"):
+            params.append(f"{key}={_fmt(value)}")
+    return ", ".join(where + params) or "default settings"
 
 
 def _fmt(value: Any) -> str:
