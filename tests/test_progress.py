@@ -188,6 +188,22 @@ def test_a_started_line_names_fold_seed_and_null_not_the_platform_s_keys():
     assert "_" not in started_text({"_cell": [0, 0], "_some_new_key": 1}).replace("default_", "")
 
 
+def test_a_refit_with_no_validation_regions_says_so_instead_of_nan():
+    out = io.StringIO()
+    progress = TrialProgress(Console(file=out), 1, "val_pearson", "max", max_epochs=8)
+    trials = [make_trial(0, _epochs=8, _seed=0, _whole="refit", learning_rate=0.002)]
+    with progress:
+        progress.start_phase("refit cross_attention on all regions (8 epochs)", 1, "val_pearson", "max")
+        start(progress, trials, trials[0])
+        report(progress, trials, trials[0], **epoch(float("nan"), float("nan"), 8, done=True))
+        complete(progress, trials, trials[0])
+        progress.on_experiment_end(trials)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "refit cross_attention on all regions (8 epochs): 1 trial"
+    assert "no val_pearson: it trained on every region" in lines[2] and "nan" not in lines[2], lines[2]
+    assert lines[-1].endswith("no val_pearson: it trained on every region, so none was held out to score it")
+
+
 def test_each_phase_counts_afresh():
     out = io.StringIO()
     progress = TrialProgress(Console(file=out, width=200), total=2, metric="val_loss", mode="min")

@@ -8,6 +8,7 @@ group and rank trials by configuration as the summary does (xattn.tuning.selecti
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -84,6 +85,7 @@ class TrialProgress(Callback):
         self.title = title
         self.done = 0
         self.best: float | None = None
+        self.unmeasured = 0  # completed trials whose metric is NaN: refits, with no validation regions
         self.best_configuration: str | None = None  # its key (selection.configuration_key)
         self.stopped_early = 0
         self.failed = 0
@@ -103,7 +105,7 @@ class TrialProgress(Callback):
         with self._lock:
             self._reset(title)
             self.total, self.metric, self.mode = total, metric, mode
-        self._print(f"[bold]{escape(title)}[/]: {total} trials")
+        self._print(f"[bold]{escape(title)}[/]: {total} trial{'' if total == 1 else 's'}")
 
     def note(self, line: str) -> None:
         """A line between phases: what a phase did without running trials."""
@@ -252,9 +254,12 @@ class TrialProgress(Callback):
                 if n
             ]
             done += f" ({', '.join(outcomes)})" if outcomes else ""
-            best = (
-                f"the best reached {self.metric} {self.best:.4f}" if self.best is not None else "no trial has a result"
-            )
+            if self.best is not None:
+                best = f"the best reached {self.metric} {self.best:.4f}"
+            elif self.unmeasured:
+                best = f"no {self.metric}: {UNMEASURED}"
+            else:
+                best = "no trial has a result"
             line = f"{escape(self.title)}: {done}; {best}"
         self._print(line)
 
@@ -288,7 +293,12 @@ class TrialProgress(Callback):
         # A search trial's test r stays out of sight while the search runs: selection is on validation only.
         # A validation metric is read at the trial's best epoch, a test metric as it is.
         at = "" if self.metric.startswith("test_") else " at its best epoch"
-        shown = f"{self.metric} {value:.4f}{at}" if value is not None else "no result"
+        if value is None:
+            shown = "no result"
+        elif not math.isfinite(value):  # a refit on every region has no validation pairs to score
+            shown = f"no {self.metric}: {UNMEASURED}"
+        else:
+            shown = f"{self.metric} {value:.4f}{at}"
         best = f"best so far {self.best:.4f}" if self.best is not None else "no best yet"
         timing = f"{_duration(self._elapsed())} elapsed"
         timing += f", {_time_left(self._eta())}" if self.done < self.total else ""
@@ -299,6 +309,9 @@ class TrialProgress(Callback):
         as the summary only ranks finished runs."""
         value = (trial.last_result or {}).get(result_key(self.metric))
         if value is None:
+            return
+        if not math.isfinite(value):
+            self.unmeasured += 1
             return
         key = selection.configuration_key(trial.config or {}, trial.trial_id)
         self._results.setdefault(key, []).append(float(value))
@@ -370,6 +383,9 @@ _PLATFORM_KEYS = {
     trial_keys.EPOCHS: lambda value: f"{value} epochs",
     trial_keys.WHOLE: lambda value: f"all regions ({value})",
 }
+
+
+UNMEASURED = "it trained on every region, so none was held out to score it"
 
 
 def started_text(config: dict[str, Any]) -> str:
