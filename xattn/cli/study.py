@@ -29,6 +29,7 @@ from xattn.cli.common import (
     stored_workspace,
     study_app,
 )
+from xattn.tracking.runs_view import runs_view_url
 from xattn.tracking.store import connect, shown
 
 
@@ -172,15 +173,13 @@ def _print_result(result, ws) -> None:
     stores = store_flags(ws)
     console.print("\nlook at it:", highlight=False)
     console.print(f"  xattn ui{stores}", highlight=False)
-    # MLflow 3.17's UI opens every experiment as a GenAI app unless the link asks for runs.
     ui_base = (
         shown(ws.tracking_uri).rstrip("/")
         if ws.tracking_uri.startswith(("http://", "https://"))
         else "http://127.0.0.1:5000"
     )
-    console.print(
-        f"    then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning", highlight=False
-    )
+    # its trials, best first, with their family, tuned parameters and validation and test metrics
+    console.print(f"    then {runs_view_url(ui_base, result.experiment_id, result.runs_view)}", highlight=False)
     console.print(f"  xattn study show {result.name}{stores}", highlight=False)
     console.print(f"  xattn export {result.name}{stores}   (into exports/{result.name})", highlight=False)
     console.print(
