@@ -44,6 +44,28 @@ def mirror(data_mirror) -> Path:
     return data_mirror
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by playwright, for the pages a user opens (the report, the
+    figures page); absent, the test skips here and fails in CI."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if sync_playwright is None or not CHROMIUM.exists():
+        message = f"no browser for the page tests (playwright and {CHROMIUM}; `make chromium` installs it)"
+        if os.environ.get("XATTN_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for every study test in the session."""

@@ -172,6 +172,7 @@ def test_quickstart_from_the_cli(tmp_path):
     printed = process.stdout
     result = json.loads(printed.strip().splitlines()[-1])
     assert result["name"] == "quickstart" and result["trial_counts"] == {"finished": 2}
+    assert_the_runs_link_shows_the_trials_and_their_numbers(process.stdout, result)
 
     shown = json.loads(
         xattn("study", "show", "quickstart", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
@@ -229,6 +230,38 @@ def test_quickstart_from_the_cli(tmp_path):
         xattn("evaluate", tmp_path / "best", "--json", cwd=tmp_path, check=True).stdout.strip().splitlines()[-1]
     )
     assert evaluated["metrics"]["test_pearson"] == pytest.approx(result["best"]["metrics"]["test_pearson"], abs=1e-4)
+
+
+def assert_the_runs_link_shows_the_trials_and_their_numbers(stdout: str, result: dict) -> None:
+    """The printed MLflow link opens a view (stored where MLflow's UI reads it) whose filter finds
+    the study's trials, whose sort and columns are params and metrics the trials have, and whose
+    metrics draw as lines: a point per epoch."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from mlflow.tracking import MlflowClient
+
+    (link,) = [line.split("then ", 1)[1] for line in stdout.splitlines() if "#/experiments/" in line]
+    route = urlsplit(urlsplit(link).fragment)
+    assert route.path == f"/experiments/{result['experiment_id']}/runs"
+    query = parse_qs(route.query)
+    assert query["workflowType"] == ["machine_learning"] and query["viewStateShareKey"] == [result["runs_view"]]
+    client = MlflowClient(result["tracking_uri"])
+    tag = client.get_experiment(result["experiment_id"]).tags[f"mlflow.sharedViewState.{result['runs_view']}"]
+    view = json.loads(tag)
+    trials = client.search_runs([result["experiment_id"]], view["searchFilter"], order_by=[view["orderByKey"]])
+    assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {result["parent_run_id"]} and len(trials) == 2
+    assert view["orderByKey"] == "metrics.`best_val_pearson`" and view["orderByAsc"] is False  # the spec's metric
+    spec = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
+    columns = {tuple(column.split(".", 1)) for column in view["selectedColumns"]}
+    assert {name.strip("`") for kind, name in columns if kind == "params"} == set(spec["search"]["space"])
+    assert ("tags", "`xattn.family`") in columns
+    assert view["columnOrder"] == view["selectedColumns"]  # family, then metrics, then params
+    metrics = {name.strip("`") for kind, name in columns if kind == "metrics"}
+    assert {"best_val_pearson", "test_pearson"} <= metrics
+    for run in trials:
+        assert metrics <= set(run.data.metrics)
+        for key in run.data.metrics:  # two epochs each (ASHA stops none before its grace period)
+            assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2], key
 
 
 def test_doctor_names_a_tracking_server_that_is_down(tmp_path):

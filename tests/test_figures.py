@@ -1,9 +1,10 @@
-"""A study's figures: drawn from what a real study recorded, logged to its MLflow run as
-interactive HTML and PNG, and read back from MLflow.
+"""A study's figures: drawn from what a real study recorded, logged to its MLflow run as one
+interactive HTML page and a PNG each, and read back from MLflow.
 
-The HTML files are parsed back into the plotly figure they hold, and each figure's data is
-checked against the records it was drawn from: MLflow metric histories, the final runs, the
-comparison, the Optuna storage, the dataset, the best trial's logged test r.
+The page is parsed back into the plotly figures it holds, and each figure's data is checked
+against the records it was drawn from: MLflow metric histories, the final runs, the
+comparison, the Optuna storage, the dataset, the best trial's logged test r. The page is
+opened in headless Chromium offline, from disk and as MLflow's artifact viewer shows it.
 """
 
 import base64
@@ -23,7 +24,7 @@ from scipy import stats
 
 from xattn.data import load_dataset
 from xattn.reporting import FIGURE_NAMES, log_study_figures, study_figures
-from xattn.reporting.figures import NULL_FIGURES
+from xattn.reporting.figures import FIGURES_PAGE, NULL_FIGURES
 from xattn.reporting.plots import network_of
 from xattn.reporting.study_data import epoch_curve
 from xattn.studies import FIGURES_ENV, run_study
@@ -36,6 +37,7 @@ WITHOUT_NULLS = tuple(name for name in FIGURE_NAMES if name not in NULL_FIGURES)
 TRIALS, EPOCHS = 3, 3
 FOLDS, SEEDS = 2, 2
 FAMILIES = ["cross_attention", "cge"]
+PARENT_RUN_BYTES = 5_000_000  # a small study's parent run, figures included: what its data costs
 
 
 # -- reading a study back (the plot builders are tested from hand-made data in test_plots.py) ---
@@ -81,8 +83,8 @@ def compared(tmp_path_factory, mirror, ray_local):
         patch.setenv(FIGURES_ENV, "1")
         result = run_study(spec, workspace, mirror=str(mirror))
     client = MlflowClient(workspace.tracking_uri)
-    logged = {Path(a.path).stem for a in client.list_artifacts(result.parent_run_id, "figures")}
-    names = [name for name in FIGURE_NAMES if name in logged]
+    first = tmp_path_factory.mktemp("first")
+    names = list(figures_in(client.download_artifacts(result.parent_run_id, f"figures/{FIGURES_PAGE}", str(first))))
     started = time.perf_counter()
     relogged = log_study_figures(client, result.parent_run_id, workspace.optuna_storage, mirror=str(mirror))
     seconds = time.perf_counter() - started
@@ -92,20 +94,60 @@ def compared(tmp_path_factory, mirror, ray_local):
     client.download_artifacts(result.parent_run_id, "figures", str(folder))
     return SimpleNamespace(
         spec=spec, workspace=workspace, result=result, client=client, names=names, folder=folder / "figures",
-        seconds=seconds,
+        page=folder / "figures" / FIGURES_PAGE, seconds=seconds,
     )  # fmt: skip
 
 
 @pytest.mark.e2e
-def test_every_figure_of_a_comparison_study_is_logged_as_html_and_png(compared):
+def test_every_figure_of_a_comparison_study_is_logged_in_one_page_and_as_png(compared):
     assert compared.names == list(WITHOUT_NULLS)
     logged = {a.path for a in compared.client.list_artifacts(compared.result.parent_run_id, "figures")}
-    assert logged == {f"figures/{name}.{ext}" for name in WITHOUT_NULLS for ext in ("html", "png")}
+    assert logged == {f"figures/{FIGURES_PAGE}"} | {f"figures/{name}.png" for name in WITHOUT_NULLS}
     for name in WITHOUT_NULLS:
         assert_real_png(compared.folder / f"{name}.png")
-        html = (compared.folder / f"{name}.html").read_text()
-        # plotly.js is inside the file: it opens offline
-        assert script_sources(html) == [] and "Plotly.newPlot" in html and len(html) > 1_000_000
+    assert script_sources(compared.page.read_text()) == []  # plotly.js is inside the page: it opens offline
+
+
+@pytest.mark.e2e
+def test_the_parent_run_of_a_small_study_costs_what_its_data_costs(compared):
+    """plotly.js once, compressed (2 MB), not once per figure (4.8 MB each: 48 MB for a study)."""
+    sizes = artifact_sizes(compared.client, compared.result.parent_run_id)
+    assert compared.page.read_text().count('id="plotly-js-gzip-base64"') == 1
+    largest = sorted(sizes.items(), key=lambda item: -item[1])[:5]
+    print(f"\nparent run: {sum(sizes.values()):,} bytes in {len(sizes)} files; largest {largest}")
+    assert sum(sizes.values()) < PARENT_RUN_BYTES, largest
+
+
+@pytest.mark.e2e
+def test_the_figures_page_draws_every_figure_offline_from_disk_and_in_mlflows_artifact_viewer(compared, browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, offline=True)
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(compared.page.as_uri())
+        drawn = figures_drawn(page.main_frame)
+        assert drawn["figures"] == compared.names and drawn["plotted"] == compared.names, drawn
+        assert drawn["widest"] <= 1280 and drawn["scroll_width"] <= 1280, drawn  # no figure scrolls sideways
+        # MLflow's UI shows an HTML artifact in an iframe sandboxed to scripts, from a blob: URL
+        # (mlflow/server/js ShowArtifactHtmlView): nothing beside the page can load there.
+        page.set_content('<iframe id="artifact" sandbox="allow-scripts" style="width:1200px;height:800px"></iframe>')
+        page.evaluate(
+            "html => { document.getElementById('artifact').src ="
+            " URL.createObjectURL(new Blob([html], {type: 'text/html'})); }",
+            compared.page.read_text(),
+        )
+        frame = None
+        for _ in range(100):
+            frame = next((f for f in page.frames if f.url.startswith("blob:")), None)
+            if frame is not None:
+                break
+            page.wait_for_timeout(100)
+        assert figures_drawn(frame)["plotted"] == compared.names
+        assert errors == []
+    finally:
+        context.close()
 
 
 @pytest.mark.e2e
@@ -113,10 +155,10 @@ def test_optuna_figures_show_the_studys_trials(compared):
     result = compared.result
     study = optuna.load_study(study_name=result.optuna_study, storage=compared.workspace.optuna_storage)
     values = sorted(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
-    data, layout = figure_in(compared.folder / "optimization_history.html")
+    data, layout = figure_in(compared.page, "optimization_history")
     assert sorted(array(data[0]["y"]).tolist()) == pytest.approx(values)
     assert layout["yaxis"]["title"]["text"] == "best_val_pearson"  # the spec's metric names the objective
-    data, _ = figure_in(compared.folder / "param_importances.html")
+    data, _ = figure_in(compared.page, "param_importances")
     assert set(data[0]["y"]) <= {"d_model", "learning_rate"}
 
 
@@ -128,7 +170,7 @@ def test_learning_curves_have_one_line_per_trial_with_its_logged_history(compare
         f"tags.`mlflow.parentRunId` = '{result.parent_run_id}' and tags.`xattn.role` = 'search' "
         "and tags.`xattn.family` = 'cross_attention'",
     )
-    data, _ = figure_in(compared.folder / "learning_curves.html")
+    data, _ = figure_in(compared.page, "learning_curves")
     # nested: the study's family searches each outer fold, then all regions
     assert len(data) == len(runs) == TRIALS * (FOLDS + 1)
     by_name = {trace["meta"]["trial"]: trace for trace in data}
@@ -153,7 +195,7 @@ def test_comparison_figures_pair_each_fold_and_seed_across_families(compared):
         ]
         for r in finals
     }
-    data, _ = figure_in(compared.folder / "comparison_runs.html")
+    data, _ = figure_in(compared.page, "comparison_runs")
     assert len(data) == FOLDS * SEEDS  # one line per (fold, seed)
     for family in FAMILIES:
         assert sum(list(trace["x"]).count(family) for trace in data) == FOLDS * SEEDS
@@ -163,7 +205,7 @@ def test_comparison_figures_pair_each_fold_and_seed_across_families(compared):
         assert array(trace["y"]).tolist() == pytest.approx([test_r[(family, fold, seed)] for family in FAMILIES])
 
     comparison = json.loads(open(client.download_artifacts(result.parent_run_id, "comparison.json")).read())
-    data, _ = figure_in(compared.folder / "comparison_forest.html")
+    data, _ = figure_in(compared.page, "comparison_forest")
     baseline = comparison["families"][1]["vs_reference"]
     assert list(data[0]["y"]) == ["cge"]
     assert array(data[0]["x"]).tolist() == pytest.approx([baseline["mean_difference"]])
@@ -180,7 +222,7 @@ def test_best_model_figures_reproduce_its_test_predictions(compared, mirror):
     test_regions = config["split"]["test"]
     n_pairs = len(test_regions) * (len(test_regions) - 1)
 
-    data, layout = figure_in(compared.folder / "predicted_vs_observed.html")
+    data, layout = figure_in(compared.page, "predicted_vs_observed")
     observed, predicted = array(data[0]["x"]), array(data[0]["y"])
     assert len(observed) == n_pairs
     # the predictions are the ones the trial's logged test r was computed from
@@ -189,7 +231,7 @@ def test_best_model_figures_reproduce_its_test_predictions(compared, mirror):
 
     dataset = load_dataset("hcp-s100-r08", mirror=str(mirror))
     index_of = {label: k for k, label in enumerate(dataset.labels)}
-    data, _ = figure_in(compared.folder / "connectivity_matrices.html")
+    data, _ = figure_in(compared.page, "connectivity_matrices")
     assert [trace["type"] for trace in data] == ["heatmap", "heatmap"]
     labels = list(data[0]["x"])
     regions = [index_of[label] for label in labels]
@@ -206,7 +248,7 @@ def test_best_model_figures_reproduce_its_test_predictions(compared, mirror):
     assert len(blocks) == len(set(networks)) > 1
     assert blocks == sorted(blocks, key=[network_of(dataset.labels[k]) for k in sorted(test_regions)].index)
 
-    data, _ = figure_in(compared.folder / "error_vs_distance.html")
+    data, _ = figure_in(compared.page, "error_vs_distance")
     distance, error = array(data[0]["x"]), array(data[0]["y"])
     assert len(distance) == n_pairs and (distance > 0).all()
     assert sorted(error.tolist()) == pytest.approx(sorted((predicted - observed).tolist()), abs=1e-9)
@@ -250,26 +292,74 @@ def test_a_one_trial_study_without_a_browser_still_logs_its_html_figures(
     )
     assert any("no PNGs" in r.getMessage() for r in caplog.records)
     logged = {a.path for a in client.list_artifacts(result.parent_run_id, "figures")}
-    assert logged == {f"figures/{name}.html" for name in names}
-    data, _ = figure_in(client.download_artifacts(result.parent_run_id, "figures/learning_curves.html", str(tmp_path)))
+    assert logged == {f"figures/{FIGURES_PAGE}"}
+    page = client.download_artifacts(result.parent_run_id, f"figures/{FIGURES_PAGE}", str(tmp_path))
+    assert list(figures_in(page)) == names
+    data, _ = figure_in(page, "learning_curves")
     assert len(data) == 1 and array(data[0]["x"]).tolist() == [1]
 
 
 # -- reading a logged figure back ----------------------------------------------------------------
 
 
-def figure_in(path) -> tuple[list[dict], dict]:
-    """The data and layout of the plotly figure in an HTML file written by plotly."""
-    text = open(path).read()
-    decoder = json.JSONDecoder()
-    position = text.index("Plotly.newPlot(") + len("Plotly.newPlot(")
-    values = []
-    for _ in range(3):  # the div id, the data, the layout
-        while text[position] in " \n\t,":
-            position += 1
-        value, position = decoder.raw_decode(text, position)
-        values.append(value)
-    return values[1], values[2]
+def figures_in(page) -> dict[str, tuple[list[dict], dict]]:
+    """The data and layout of every plotly figure in a figures page, by name, in page order."""
+    from html.parser import HTMLParser
+
+    figures: dict[str, tuple[list[dict], dict]] = {}
+
+    class Figures(HTMLParser):
+        name, text = None, None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "section" and "data-figure" in attrs:
+                self.name = attrs["data-figure"]
+            if tag == "script" and attrs.get("class") == "figure-json":
+                self.text = []
+
+        def handle_data(self, data):
+            if self.text is not None:
+                self.text.append(data)
+
+        def handle_endtag(self, tag):
+            if tag == "script" and self.text is not None:
+                figure = json.loads("".join(self.text))
+                figures[self.name] = (figure["data"], figure["layout"])
+                self.text = None
+
+    Figures().feed(Path(page).read_text(encoding="utf-8"))
+    return figures
+
+
+def figure_in(page, name: str) -> tuple[list[dict], dict]:
+    """The data and layout of figure `name` in a figures page."""
+    return figures_in(page)[name]
+
+
+def figures_drawn(frame) -> dict:
+    """Once the page says it is done: the figures it holds, those plotly drew, and how wide they are."""
+    frame.wait_for_function("document.querySelector('#status') === null", timeout=60_000)
+    return frame.evaluate(
+        """() => {
+            const sections = Array.from(document.querySelectorAll('section[data-figure]'));
+            const drawn = sections.filter(s => s.querySelector('.figure')._fullLayout && s.querySelector('.main-svg'));
+            const rights = Array.from(document.querySelectorAll('.main-svg'), svg => svg.getBoundingClientRect().right);
+            return {figures: sections.map(s => s.dataset.figure), plotted: drawn.map(s => s.dataset.figure),
+                    widest: Math.max(0, ...rights), scroll_width: document.documentElement.scrollWidth};
+        }"""
+    )
+
+
+def artifact_sizes(client, run_id: str, path: str | None = None) -> dict[str, int]:
+    """Every artifact file of a run, with its size in bytes."""
+    sizes = {}
+    for entry in client.list_artifacts(run_id, path):
+        if entry.is_dir:
+            sizes.update(artifact_sizes(client, run_id, entry.path))
+        else:
+            sizes[entry.path] = entry.file_size
+    return sizes
 
 
 def array(value) -> np.ndarray:

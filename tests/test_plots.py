@@ -122,6 +122,38 @@ def test_optuna_figures_name_the_objective_and_refuse_importances_they_cannot_es
 # -- the comparison of families ------------------------------------------------------------------
 
 
+def test_the_slice_plot_of_many_parameters_wraps_into_rows_that_fit_the_report():
+    """Optuna draws one 300 px subplot per parameter side by side: the quickstart's seven were 2100 px."""
+    distributions = {
+        "learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+        "dropout": optuna.distributions.FloatDistribution(0.0, 0.5),
+        **{f"choice_{k}": optuna.distributions.CategoricalDistribution(["a", "b"]) for k in range(4)},
+        "layers": optuna.distributions.IntDistribution(1, 4),
+    }
+    study = optuna.create_study(direction="maximize")
+    for number in range(6):
+        params = {"learning_rate": 10 ** (-4 + number * 0.4), "dropout": number / 10, "layers": 1 + number % 4,
+                  **{f"choice_{k}": "ab"[(number + k) % 2] for k in range(4)}}  # fmt: skip
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=number / 6))
+    unwrapped = optuna.visualization.plot_slice(study, target_name="best_val_pearson")
+    assert unwrapped.layout.width > REPORT_WIDTH  # what this guards against
+
+    figure = optuna_figure("slice", study, "best_val_pearson")
+    assert_fits_the_report(figure, "slice")
+    axes = {key: figure.layout[key] for key in figure.layout.to_plotly_json() if key.startswith("xaxis")}
+    assert sorted(axis.title.text for axis in axes.values()) == sorted(distributions)
+    assert len({round(axis.domain[0], 3) for axis in axes.values()}) == 3  # three to a row, three rows
+    assert len({round(figure.layout["y" + key[1:]].domain[0], 3) for key in axes}) == 3
+    by_title = {axis.title.text: axis for axis in axes.values()}
+    assert by_title["learning_rate"].type == "log" and by_title["choice_0"].type == "category"
+    # every trace stays on its parameter's axis, with the same points
+    for before, after in zip(unwrapped.data, figure.data, strict=True):
+        assert (after.xaxis, after.yaxis, list(after.x), list(after.y)) == (
+            before.xaxis, before.yaxis, list(before.x), list(before.y)
+        )  # fmt: skip
+    assert figure.layout.height > 2 * 300
+
+
 def test_comparison_runs_join_each_fold_and_seed_across_families_in_numeric_order():
     def result(family, fold, seed, r):
         return SimpleNamespace(family=family, fold=fold, seed=seed, metrics={"test_pearson": r})

@@ -33,6 +33,7 @@ from xattn.tracking.runs import (
     held_out_run,
     unfinished_parent_run,
 )
+from xattn.tracking.runs_view import share_runs_view
 from xattn.tracking.store import (
     Workspace,
     check_optuna_storage,
@@ -65,6 +66,8 @@ class StudyResult:
     stopped_early: int = 0  # finished search trials the scheduler (ASHA) stopped before max_epochs
     # family -> Spearman rank correlation of its search trials' validation metric with test r
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the key of the MLflow runs-table view of this study run's trials (xattn.tracking.runs_view)
+    runs_view: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as `--json` prints it: the tracking URI's password masked."""
@@ -246,6 +249,10 @@ def _summarise(spec: StudySpec, context: phases.Context, comparison: dict[str, A
     children = child_runs(client, parent)
     counts, failures, stopped_early = parent_run.search_outcome(children, spec.model.family, spec.budget.max_epochs)
     parent_run.log_trials_table(client, parent_run_id, children)
+    runs_view = share_runs_view(
+        client, context.experiment_id, parent_run_id, params=tuned_params(spec), metric=spec.search.metric,
+        mode=spec.search.mode,
+    )  # fmt: skip
     try:
         run = best_child(client, parent, family=spec.model.family, children=children)
     except Exception:  # noqa: BLE001 - no finished trial: reported through the counts
@@ -284,9 +291,18 @@ def _summarise(spec: StudySpec, context: phases.Context, comparison: dict[str, A
         comparison=comparison,
         failures=failures,
         stopped_early=stopped_early,
+        runs_view=runs_view,
     )
     result.agreement = context.agreement.by_family
     return result
+
+
+def tuned_params(spec: StudySpec) -> list[str]:
+    """Every hyperparameter the study searches: its family's space, then each compared family's
+    (when the comparison tunes them)."""
+    compared = spec.compare_with if spec.comparison.tune else []
+    spaces = [spec.search.space, *(spec.for_family(family).search.space for family in compared)]
+    return list(dict.fromkeys(name for space in spaces for name in space))
 
 
 def _register(client, spec: StudySpec, parent, run, checkpoints: CheckpointCache) -> dict[str, Any]:

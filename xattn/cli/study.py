@@ -33,6 +33,7 @@ from xattn.cli.common import (
     stored_workspace,
     study_app,
 )
+from xattn.tracking.runs_view import runs_view_url
 from xattn.tracking.store import connect, shown
 
 
@@ -185,7 +186,6 @@ def _print_result(result, ws) -> None:
                 f"(p = {agreement['p_value']:.2g}){within}"
             )
     console.print("\nlook at it:", highlight=False)
-    # MLflow 3.17's UI opens every experiment as a GenAI app unless the link asks for runs.
     ui_base = (
         shown(ws.tracking_uri).rstrip("/")
         if ws.tracking_uri.startswith(("http://", "https://"))
@@ -198,7 +198,7 @@ def _print_result(result, ws) -> None:
         (f"xattn study show {name}{stores}", "its trials, the best one starred"),
         (
             f"xattn ui{stores}",
-            f"then {ui_base}/#/experiments/{result.experiment_id}/runs?workflowType=machine_learning",
+            f"then {runs_view_url(ui_base, result.experiment_id, result.runs_view)}",
         ),
         (f"xattn export {name}{stores}", f"the best trial's weights, config and metrics into {exported}"),
         (f"xattn evaluate {exported}", "after export: rebuilds the best model, checks its test metrics"),

@@ -3,9 +3,9 @@
 `study_figures` draws every figure that applies to a study run, from what the run recorded:
 the Optuna study (search history, importances, parallel coordinates, slices), the trials'
 per-epoch validation metric, the comparison of families when the spec had `compare_with`,
-and the best trial's predictions on its held-out regions. `log_study_figures` writes each
-one to the parent run as `figures/<name>.html` (interactive, works offline) and
-`figures/<name>.png`.
+and the best trial's predictions on its held-out regions. `log_study_figures` writes them to
+the parent run: `figures/interactive.html` holds them all (works offline, plotly.js inside
+once) and `figures/<name>.png` is each for a quick look.
 
 The data comes from study_data.py, each figure from plots.py, the files from render.py.
 A figure that cannot be drawn (too few trials, no checkpoint, no browser for PNGs) is left
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from xattn.errors import one_line
 from xattn.reporting import plots, study_data
 from xattn.reporting.plots import CannotDraw
-from xattn.reporting.render import PngBrowser, write_html, write_pngs
+from xattn.reporting.render import PngBrowser, write_figures_page, write_pngs
 from xattn.tracking import tags
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
+FIGURES_PAGE = "interactive.html"  # every figure, interactive, in one page beside their PNGs
 OPTUNA_FIGURES = ("optimization_history", "param_importances", "parallel_coordinate", "slice")
 COMPARISON_FIGURES = ("comparison_runs", "comparison_forest", "null_distribution")
 NULL_FIGURES = ("null_distribution",)  # only for a comparison with `nulls`
@@ -45,6 +46,23 @@ FIGURE_NAMES = (
     "optimization_history", "learning_curves", "param_importances", "parallel_coordinate", "slice",
     *COMPARISON_FIGURES, *BEST_MODEL_FIGURES,
 )  # fmt: skip
+FIGURE_TITLES = {
+    "optimization_history": "Optimisation history",
+    "param_importances": "Hyperparameter importances",
+    "parallel_coordinate": "Parallel coordinates",
+    "slice": "Slices",
+    "learning_curves": "Learning curves",
+    "comparison_runs": "Comparison: every final run",
+    "comparison_forest": "Comparison: paired differences",
+    "null_distribution": "Comparison: real data against spatial nulls",
+    "predicted_vs_observed": "Best trial: predicted vs observed",
+    "connectivity_matrices": "Best trial: connectivity matrices",
+    "error_vs_distance": "Best trial: error vs distance",
+}
+
+
+def figure_title(name: str) -> str:
+    return FIGURE_TITLES.get(name, name.replace("_", " ").capitalize())
 
 
 def study_figures(
@@ -121,7 +139,7 @@ def log_study_figures(
     mirror: str | None = None,
     checkpoints: CheckpointCache | None = None,
 ) -> list[str]:
-    """Write figures/<name>.html (interactive, plotly.js inside: opens offline) and
+    """Write figures/interactive.html (every figure, plotly.js inside once: opens offline) and
     figures/<name>.png to the parent run; return the names. Never raises: a failure is logged
     and the figures that could be written are kept. `checkpoints` (open) saves downloading a
     checkpoint the caller already has."""
@@ -133,7 +151,13 @@ def log_study_figures(
             return []
         drawn = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="xattn-figures-") as folder:
-            write_html(figures, Path(folder))
+            study = client.get_run(parent_run_id).data.tags.get(tags.STUDY, "study")
+            write_figures_page(
+                figures,
+                Path(folder) / FIGURES_PAGE,
+                title=f"{study}: figures of study run {parent_run_id}",
+                titles={name: figure_title(name) for name in figures},
+            )
             written = time.perf_counter()
             write_pngs(figures, Path(folder), browser)
             rendered = time.perf_counter()

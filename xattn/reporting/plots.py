@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from xattn.tuning.comparison import FinalResult
 
 TEMPLATE = "plotly_white"
+SLICE_COLUMNS = 3  # parameters side by side in the slice plot: each keeps ~400 px of a 1280 px window
+SLICE_ROW_HEIGHT = 340  # px
 
 
 class CannotDraw(Exception):
@@ -53,8 +55,46 @@ def optuna_figure(name: str, study: optuna.Study, target_name: str) -> go.Figure
         "slice": visualization.plot_slice,
     }[name]
     figure = plot(study, target_name=target_name)
+    if name == "slice":
+        figure = in_rows(figure, SLICE_COLUMNS, SLICE_ROW_HEIGHT)
     figure.update_layout(template=TEMPLATE)
     return figure
+
+
+def in_rows(figure: go.Figure, columns: int, row_height: int) -> go.Figure:
+    """A one-row figure of subplots (Optuna's slice plot: one per parameter, 300 px each, 2100 px
+    wide for seven) laid out `columns` to a row, its width left to the page.
+
+    The grid numbers its subplots row by row as the single row did, so every trace keeps its
+    axes, and each x axis keeps its title, type (log, category) and category order."""
+    from plotly.subplots import make_subplots
+
+    x_axes = sorted((key for key in figure.layout.to_plotly_json() if key.startswith("xaxis")), key=_axis_number)
+    if len(x_axes) < 2:
+        figure.update_layout(width=None)
+        return figure
+    count = len(x_axes)
+    rows = math.ceil(count / columns)
+    width = min(count, columns)
+    cells = [[{} if row * width + col < count else None for col in range(width)] for row in range(rows)]
+    grid = make_subplots(
+        rows=rows, cols=width, specs=cells, shared_yaxes="all", horizontal_spacing=0.06, vertical_spacing=0.5 / rows
+    )
+    grid.add_traces(figure.data)
+    kept = ("title", "type", "categoryorder", "categoryarray")
+    for key in x_axes:
+        grid.layout[key].update(
+            {name: figure.layout[key][name] for name in kept if figure.layout[key][name] is not None}
+        )
+    y_title = figure.layout.yaxis.title.text
+    for row in range(1, rows + 1):
+        grid.update_yaxes(title_text=y_title, row=row, col=1)
+    grid.update_layout(title=figure.layout.title, height=rows * row_height + 100, width=None)
+    return grid
+
+
+def _axis_number(key: str) -> int:
+    return int(key.removeprefix("xaxis") or 1)
 
 
 def varied_params(trials: list[optuna.trial.FrozenTrial]) -> list[str]:

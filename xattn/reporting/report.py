@@ -51,20 +51,6 @@ KEY_METRICS = (
 
 COUNT_METRICS = ("best_epoch",)  # logged as floats, read as whole numbers
 
-FIGURE_TITLES = {
-    "optimization_history": "Optimisation history",
-    "param_importances": "Hyperparameter importances",
-    "parallel_coordinate": "Parallel coordinates",
-    "slice": "Slices",
-    "learning_curves": "Learning curves",
-    "comparison_runs": "Comparison: every final run",
-    "comparison_forest": "Comparison: paired differences",
-    "null_distribution": "Comparison: real data against spatial nulls",
-    "predicted_vs_observed": "Best trial: predicted vs observed",
-    "connectivity_matrices": "Best trial: connectivity matrices",
-    "error_vs_distance": "Best trial: error vs distance",
-}
-
 
 def default_report_path(workspace: Workspace, name: str) -> Path:
     return workspace.root / REPORTS_FOLDER / f"{name}.html"
@@ -345,7 +331,7 @@ def _figures(
     from xattn.reporting.render import figure_div
 
     try:
-        from xattn.reporting.figures import study_figures
+        from xattn.reporting.figures import figure_title, study_figures
     except ImportError as error:
         return [], [f"no figures: xattn.reporting.figures cannot be imported ({first_line(error)})"]
     mirror_path = data_mirror(mirror)
@@ -368,9 +354,7 @@ def _figures(
         except Exception as error:  # noqa: BLE001 - one bad figure must not cost the others
             notes.append(f"{name}: not drawn ({type(error).__name__}: {first_line(error)})")
             continue
-        figures.append(
-            {"name": name, "title": FIGURE_TITLES.get(name, name.replace("_", " ").capitalize()), "html": div}
-        )
+        figures.append({"name": name, "title": figure_title(name), "html": div})
     return figures, notes
 
 

@@ -22,6 +22,9 @@ from xattn.tracking import tags
 from xattn.training.checkpoint import CHECKPOINT_FILES
 
 EPOCH_METRICS = ("train_loss", "val_loss", "val_pearson")
+# The trial's kept checkpoint: its validation and test metrics. Logged at every epoch as well as
+# at the end (what the checkpoint kept so far had), so that MLflow charts them as lines: logged
+# once, each was a single dot, and a run's metrics tab opened on seven of them.
 FINAL_METRICS = (
     "best_val_loss",
     "best_val_pearson",
@@ -80,6 +83,7 @@ class MlflowTrialLogger(Callback):
         self.provenance = dict(provenance or {})
         self.run_ids: dict[str, str] = {}
         self.workers: dict[str, str] = {}
+        self.logged_epochs: dict[str, int] = {}  # trial id -> the epoch whose result was logged last
 
     def run_id(self, trial) -> str:
         """The child run of `trial`, created on first sight and reused after a restore."""
@@ -149,6 +153,8 @@ class MlflowTrialLogger(Callback):
         now = int(time.time() * 1000)
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
+        metrics += [Metric(k, float(result[k]), now, step) for k in FINAL_METRICS if _finite(result.get(k))]
+        self.logged_epochs[trial.trial_id] = step
         # `done` on a result the trial is still running means the scheduler stops it here
         # (see TrialProgress.on_trial_result); at max_epochs that is no early stop.
         run_tags = [RunTag(tags.SCHEDULER_STOPPED_AT, str(step))] if result.get("done") else []
@@ -166,7 +172,11 @@ class MlflowTrialLogger(Callback):
         now = int(time.time() * 1000)
         step = int(result.get("epoch", 0))
         # A refit has no validation or test pairs: its NaN metrics are left out, not logged as values.
-        metrics = [Metric(k, float(result[k]), now, step) for k in FINAL_METRICS if _finite(result.get(k))]
+        # Logged with the last epoch already, unless this driver never saw that result (a restore).
+        logged = self.logged_epochs.get(trial.trial_id) == step
+        metrics = (
+            [] if logged else [Metric(k, float(result[k]), now, step) for k in FINAL_METRICS if _finite(result.get(k))]
+        )
         run_tags = [RunTag(tags.EPOCHS_RUN, str(step))]
         if status == "FAILED" and trial.error_file:
             run_tags.append(RunTag(tags.FAILURE, _last_line(trial.error_file)))

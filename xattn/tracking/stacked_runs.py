@@ -85,17 +85,19 @@ class StackedNullRuns(Callback):
                 self.client.set_terminated(run_id, "FAILED")
                 continue
             now = int(time.time() * 1000)
+            # as MlflowTrialLogger logs them: the kept checkpoint's metrics at every epoch too (lines, not dots)
             epochs = [
                 Metric(key, float(row[key]), now, int(row["epoch"]))
                 for row in member["history"]
-                for key in EPOCH_METRICS
-                if key in row
+                for key in (*EPOCH_METRICS, *FINAL_METRICS)
+                if key in EPOCH_METRICS and key in row or _finite(row.get(key))
             ]
             last = int(member["epochs_run"])
+            at_last = {metric.key for metric in epochs if metric.step == last}
             final = [
                 Metric(k, float(member["final"][k]), now, last)
                 for k in FINAL_METRICS
-                if _finite(member["final"].get(k))
+                if _finite(member["final"].get(k)) and k not in at_last
             ]
             for start in range(0, len(epochs), 1000):  # MLflow's cap per batch
                 self.client.log_batch(run_id, metrics=epochs[start : start + 1000])
