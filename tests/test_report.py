@@ -360,3 +360,41 @@ def test_status_follows_run_status_completed_tag_and_driver(live_driver):
     assert study_state(parent("FAILED", f"{host}:1")).state == INTERRUPTED  # the driver crashed
     elsewhere = study_state(parent("RUNNING", "another-host:1234"))
     assert elsewhere.state == RUNNING and "another host" in elsewhere.detail
+
+
+@pytest.mark.e2e
+def test_the_printed_mlflow_link_opens_the_trials_with_their_numbers_in_mlflows_ui(finished_study, browser):
+    """The link `study run` prints, opened in MLflow's own UI (`xattn ui`) in Chromium: the runs
+    table lists the study's trials with the tuned parameters and the metrics as columns."""
+    from mlflow.tracking import MlflowClient
+    from services import free_port, port_open, wait_until
+
+    from xattn.tracking.runs_view import runs_view_url
+
+    spec, workspace, result = finished_study
+    assert result.runs_view, "the study stored no shared view"
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "xattn.cli", "ui", "--workspace", str(workspace.root), "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # wide enough that the grid draws every column: it leaves out those scrolled out of sight
+    context = browser.new_context(viewport={"width": 3600, "height": 1000})
+    try:
+        wait_until(lambda: port_open(port), "xattn ui", ui)
+        page = context.new_page()
+        page.goto(runs_view_url(f"http://127.0.0.1:{port}", result.experiment_id, result.runs_view))
+        client = MlflowClient(workspace.tracking_uri)
+        trials = client.search_runs(
+            [result.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'", max_results=1000
+        )
+        names = {run.data.tags["mlflow.runName"] for run in trials}
+        page.get_by_text(sorted(names)[0], exact=True).first.wait_for(timeout=90_000)
+        shown = page.inner_text("body")
+        assert sum(name in shown for name in names) >= min(len(names), 5), shown[:2000]
+        for column in ("best_val_pearson", "test_pearson", *spec.search.space):
+            assert column in shown, (column, shown[:3000])
+    finally:
+        context.close()
+        ui.terminate()
+        ui.communicate(timeout=60)
